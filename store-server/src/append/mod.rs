@@ -1,0 +1,251 @@
+//! The write path: validated appends wait in a bounded queue; ONE writer task per server
+//! drains whatever is queued and commits it as one transaction (group commit), so one
+//! fsync serves many requests. Each request is still decided on its own ([`decide`]).
+
+pub mod decide;
+
+pub use decide::Outcome;
+
+use crate::metrics::Metrics;
+use crate::protocol::{AppendRequest, EventId, ExpectedRevision, NewEvent, StreamName, Timestamp};
+use crate::store::Store;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+use tracing::error;
+
+/// An append ready to commit: validated, with every event's id settled.
+#[derive(Debug)]
+pub struct Append {
+    /// The stream to append to.
+    pub stream: StreamName,
+    /// What the stream must look like.
+    pub expected: ExpectedRevision,
+    /// The events with their ids (the client's, or assigned here).
+    pub events: Vec<(EventId, NewEvent)>,
+    /// Whether any id came from the client: only then can the request be a retry.
+    pub ids_from_client: bool,
+}
+
+/// Limits an append request is checked against before it is queued.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Most events in one request.
+    pub append_events_max: usize,
+    /// Most bytes of `data` plus `metadata` in one event.
+    pub event_bytes_max: usize,
+}
+
+/// Why an append request was refused before it reached storage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Invalid {
+    /// `400 invalid-request`.
+    #[error("events must not be empty")]
+    NoEvents,
+    /// `400 invalid-request`.
+    #[error("event id {0} appears more than once in the request")]
+    RepeatedId(EventId),
+    /// `413 payload-too-large`.
+    #[error("the request has {count} events, the limit is {max}")]
+    TooManyEvents {
+        /// Events in the request.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `413 payload-too-large`.
+    #[error("event {index} carries {bytes} bytes of data and metadata, the limit is {max}")]
+    EventTooLarge {
+        /// 0-based index of the event in the request.
+        index: usize,
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl Append {
+    /// Validates `request` for `stream` and gives every event an id.
+    ///
+    /// # Errors
+    /// [`Invalid`] says which rule the request breaks.
+    pub fn new(
+        stream: StreamName,
+        request: AppendRequest,
+        limits: RequestLimits,
+    ) -> Result<Self, Invalid> {
+        let count = request.events.len();
+        if count == 0 {
+            return Err(Invalid::NoEvents);
+        }
+        if count > limits.append_events_max {
+            return Err(Invalid::TooManyEvents {
+                count,
+                max: limits.append_events_max,
+            });
+        }
+        if let Some((index, bytes)) = request
+            .events
+            .iter()
+            .map(NewEvent::payload_bytes)
+            .enumerate()
+            .find(|&(_, bytes)| bytes > limits.event_bytes_max)
+        {
+            return Err(Invalid::EventTooLarge {
+                index,
+                bytes,
+                max: limits.event_bytes_max,
+            });
+        }
+        let mut seen = HashSet::with_capacity(count);
+        let mut ids_from_client = false;
+        let mut events = Vec::with_capacity(count);
+        for event in request.events {
+            let id = match event.id {
+                Some(id) => {
+                    ids_from_client = true;
+                    if !seen.insert(id) {
+                        return Err(Invalid::RepeatedId(id));
+                    }
+                    id
+                }
+                // Time-ordered ids keep the id index's inserts at its right edge.
+                None => EventId(uuid::Uuid::now_v7()),
+            };
+            events.push((id, event));
+        }
+        Ok(Self {
+            stream,
+            expected: request.expected_revision,
+            events,
+            ids_from_client,
+        })
+    }
+}
+
+/// Why an append got no outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The commit failed: the append may or may not be stored; retry with the same ids.
+    /// `503 unavailable`.
+    #[error("storage unavailable")]
+    Unavailable,
+}
+
+/// How the writer batches.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Requests that may wait in the queue. When it is full, new requests wait for room
+    /// (the HTTP client sees latency, not an error): backpressure, not loss.
+    pub queue_requests_max: usize,
+    /// Most requests in one commit.
+    pub commit_requests_max: usize,
+    /// Most events in one commit (a request larger than this is committed alone).
+    pub commit_events_max: usize,
+}
+
+struct Pending {
+    append: Append,
+    reply: oneshot::Sender<Result<Outcome, Error>>,
+}
+
+/// The handle HTTP handlers queue appends through. Cloning it is cheap; the writer task
+/// ends once every handle is dropped and the queue is drained.
+#[derive(Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Writer {
+    /// Starts the writer task over `store`.
+    pub fn start(
+        store: Arc<dyn Store>,
+        limits: BatchLimits,
+        metrics: Arc<Metrics>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (queue, requests) = mpsc::channel(limits.queue_requests_max);
+        let task = tokio::spawn(run(store, requests, limits, metrics));
+        (Self { queue }, task)
+    }
+
+    /// Queues `append` and waits until it is committed or refused.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the commit failed or the writer is gone.
+    pub async fn append(&self, append: Append) -> Result<Outcome, Error> {
+        let (reply, outcome) = oneshot::channel();
+        self.queue
+            .send(Pending { append, reply })
+            .await
+            .map_err(|_| Error::Unavailable)?;
+        outcome.await.map_err(|_| Error::Unavailable)?
+    }
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    mut requests: mpsc::Receiver<Pending>,
+    limits: BatchLimits,
+    metrics: Arc<Metrics>,
+) {
+    let mut carried: Option<Pending> = None;
+    loop {
+        // Take what is queued now and no more: waiting for a fuller batch would add latency
+        // when there is nothing to batch; under load, the queue fills during each commit.
+        let first = match carried.take() {
+            Some(pending) => pending,
+            None => match requests.recv().await {
+                Some(pending) => pending,
+                None => break,
+            },
+        };
+        let mut events = first.append.events.len();
+        let mut batch = vec![first];
+        while batch.len() < limits.commit_requests_max {
+            let Ok(next) = requests.try_recv() else { break };
+            events += next.append.events.len();
+            if events > limits.commit_events_max {
+                carried = Some(next);
+                break;
+            }
+            batch.push(next);
+        }
+        commit(&*store, batch, &metrics).await;
+    }
+}
+
+async fn commit(store: &dyn Store, batch: Vec<Pending>, metrics: &Metrics) {
+    let (appends, replies): (Vec<Append>, Vec<_>) =
+        batch.into_iter().map(|p| (p.append, p.reply)).unzip();
+    let requests = appends.len();
+    let started = Instant::now();
+    let result = store.commit(appends.into(), Timestamp::now()).await;
+    metrics
+        .commit_duration_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.commit_requests.observe(requests as f64);
+    match result {
+        Ok(outcomes) => {
+            assert_eq!(outcomes.len(), replies.len(), "one outcome per request");
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                if let Outcome::Created(result) = &outcome {
+                    metrics
+                        .head_position
+                        .set(crate::store::to_i64(result.last_position.0));
+                }
+                // The client may have gone; its append stands all the same.
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(err) => {
+            error!(requests, cause = %crate::error_chain(&err), "group commit failed");
+            for reply in replies {
+                let _ = reply.send(Err(Error::Unavailable));
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Configuration: command-line flags, each with an environment variable, parsed once into
+//! a validated [`Config`].
+
+use crate::append::{BatchLimits, RequestLimits};
+use crate::store::PostgresOptions;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// An append-only event store: streams with optimistic concurrency, reads by stream,
+/// category and log, on an embedded SQLite file or a shared PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "store-server", version)]
+pub struct Cli {
+    /// What to do; serving is the default.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Address to serve HTTP on.
+    #[arg(
+        long,
+        env = "STORE_LISTEN",
+        default_value = "127.0.0.1:2114",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// Folder of the SQLite database (used unless --database-url is given).
+    #[arg(long, env = "STORE_DATA_DIR", default_value = "data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// PostgreSQL to use instead of SQLite, e.g. postgres://user:pass@host/db.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+
+    /// Serve even when PostgreSQL has fsync or synchronous_commit off, so that an
+    /// acknowledged append can be lost in a crash.
+    #[arg(long, env = "STORE_UNSAFE_ALLOW_ASYNC_COMMIT", global = true)]
+    pub unsafe_allow_async_commit: bool,
+
+    /// Largest request body; a larger declared Content-Length is refused unread (413).
+    #[arg(long, env = "STORE_REQUEST_BODY_BYTES_MAX", default_value_t = 4 << 20, value_parser = positive, global = true)]
+    pub request_body_bytes_max: usize,
+
+    /// Most events in one append request (413 beyond).
+    #[arg(long, env = "STORE_APPEND_EVENTS_MAX", default_value_t = 1000, value_parser = positive, global = true)]
+    pub append_events_max: usize,
+
+    /// Most bytes of data plus metadata in one event (413 beyond).
+    #[arg(long, env = "STORE_EVENT_BYTES_MAX", default_value_t = 1 << 20, value_parser = positive, global = true)]
+    pub event_bytes_max: usize,
+
+    /// Largest `limit` a read may ask for (400 beyond).
+    #[arg(long, env = "STORE_READ_LIMIT_MAX", default_value_t = 1000, value_parser = positive, global = true)]
+    pub read_limit_max: usize,
+
+    /// Append requests that may wait for the writer; past it, requests wait for room.
+    #[arg(long, env = "STORE_APPEND_QUEUE_REQUESTS_MAX", default_value_t = 4096, value_parser = positive, global = true)]
+    pub append_queue_requests_max: usize,
+
+    /// Most append requests committed together in one transaction.
+    #[arg(long, env = "STORE_COMMIT_REQUESTS_MAX", default_value_t = 1000, value_parser = positive, global = true)]
+    pub commit_requests_max: usize,
+
+    /// Most events committed together in one transaction.
+    #[arg(long, env = "STORE_COMMIT_EVENTS_MAX", default_value_t = 10_000, value_parser = positive, global = true)]
+    pub commit_events_max: usize,
+
+    /// Most PostgreSQL connections (reads and the writer share them).
+    #[arg(long, env = "STORE_POSTGRES_POOL_CONNECTIONS_MAX", default_value_t = 16, value_parser = positive, global = true)]
+    pub postgres_pool_connections_max: usize,
+
+    /// Most SQLite read connections.
+    #[arg(long, env = "STORE_SQLITE_READ_CONNECTIONS_MAX", default_value_t = 8, value_parser = positive, global = true)]
+    pub sqlite_read_connections_max: usize,
+
+    /// How long to wait for a storage connection before answering 503.
+    #[arg(long, env = "STORE_STORAGE_TIMEOUT_MS", default_value_t = 5000, value_parser = positive, global = true)]
+    pub storage_timeout_ms: usize,
+}
+
+/// What to do.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Serve HTTP (the default).
+    Serve,
+    /// Apply migrations to the configured storage, then exit.
+    Migrate,
+}
+
+fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(value) => Ok(value),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// Where events are kept.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// An SQLite file under `data_dir`.
+    Sqlite {
+        /// The folder.
+        data_dir: PathBuf,
+        /// Most pooled read connections.
+        read_connections_max: usize,
+    },
+    /// A PostgreSQL database.
+    Postgres(PostgresOptions),
+}
+
+/// Limits HTTP requests are held to.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Largest request body.
+    pub request_body_bytes_max: usize,
+    /// Largest read `limit`.
+    pub read_limit_max: usize,
+}
+
+/// Everything the server needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where events are kept.
+    pub storage: Storage,
+    /// Request limits at the HTTP edge.
+    pub http: HttpLimits,
+    /// Limits on one append request.
+    pub append: RequestLimits,
+    /// How the writer batches.
+    pub batch: BatchLimits,
+}
+
+impl Config {
+    /// The defaults, over SQLite in `data_dir`: what `store-server` with no flags runs.
+    pub fn sqlite(data_dir: impl Into<PathBuf>) -> Self {
+        let mut cli = Cli::parse_from(["store-server"]);
+        cli.data_dir = data_dir.into();
+        cli.database_url = None;
+        cli.config()
+    }
+
+    /// The defaults, over PostgreSQL at `url`.
+    pub fn postgres(url: impl Into<String>) -> Self {
+        let mut cli = Cli::parse_from(["store-server"]);
+        cli.database_url = Some(url.into());
+        cli.config()
+    }
+}
+
+impl Cli {
+    /// The validated configuration these flags describe.
+    pub fn config(&self) -> Config {
+        let storage = match &self.database_url {
+            Some(url) => Storage::Postgres(PostgresOptions {
+                url: url.clone(),
+                pool_connections_max: self.postgres_pool_connections_max,
+                connect_timeout: Duration::from_millis(self.storage_timeout_ms as u64),
+                allow_async_commit: self.unsafe_allow_async_commit,
+            }),
+            None => Storage::Sqlite {
+                data_dir: self.data_dir.clone(),
+                read_connections_max: self.sqlite_read_connections_max,
+            },
+        };
+        Config {
+            storage,
+            http: HttpLimits {
+                request_body_bytes_max: self.request_body_bytes_max,
+                read_limit_max: self.read_limit_max,
+            },
+            append: RequestLimits {
+                append_events_max: self.append_events_max,
+                event_bytes_max: self.event_bytes_max,
+            },
+            batch: BatchLimits {
+                queue_requests_max: self.append_queue_requests_max,
+                commit_requests_max: self.commit_requests_max,
+                commit_events_max: self.commit_events_max,
+            },
+        }
+    }
+}

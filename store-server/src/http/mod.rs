@@ -1,0 +1,50 @@
+//! The HTTP API of shared/API.md: one file per resource, errors in `problem.rs`.
+
+mod log;
+mod ops;
+mod params;
+mod problem;
+mod streams;
+
+pub use problem::ApiError;
+
+use crate::append::{RequestLimits, Writer};
+use crate::config::HttpLimits;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use axum::Router;
+use axum::routing::{get, post};
+use std::sync::Arc;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// Reads go straight to storage.
+    pub store: Arc<dyn Store>,
+    /// Appends go through the writer's queue.
+    pub writer: Writer,
+    /// Request limits.
+    pub http: HttpLimits,
+    /// Append limits.
+    pub append: RequestLimits,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The whole API as one service; tests and `server::run` both serve it.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/streams/{stream}",
+            post(streams::append).get(streams::read),
+        )
+        .route("/categories/{category}", get(log::read_category))
+        .route("/all", get(log::read_all))
+        .route("/health/live", get(ops::live))
+        .route("/health/ready", get(ops::ready))
+        .route("/info", get(ops::info))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+}

@@ -1,0 +1,87 @@
+//! Query parameters of reads, parsed strictly: a bad value is a 400, never a default.
+
+use super::ApiError;
+use crate::protocol::EventType;
+use crate::store::Direction;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query};
+use std::collections::HashMap;
+
+/// The query string as name → value.
+pub type RawQuery = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+/// The one path segment a route captures, percent-decoded.
+pub fn segment(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(segment)| segment)
+        .map_err(|rejection| ApiError::InvalidRequest(rejection.body_text()))
+}
+
+/// What every read takes.
+pub struct ReadParams {
+    /// `from`, a revision or position depending on the route.
+    pub from: Option<u64>,
+    /// `limit`, 1 to the configured maximum.
+    pub limit: usize,
+    /// `direction`.
+    pub direction: Direction,
+    /// `types`, comma-separated.
+    pub types: Vec<EventType>,
+}
+
+impl ReadParams {
+    /// Parses `query`, holding `limit` to `limit_max`.
+    pub fn parse(query: RawQuery, limit_max: usize) -> Result<Self, ApiError> {
+        let Query(query) =
+            query.map_err(|rejection| ApiError::InvalidRequest(rejection.body_text()))?;
+        let from = query.get("from").map(|v| number("from", v)).transpose()?;
+        let limit = match query.get("limit") {
+            None => 100.min(limit_max),
+            Some(value) => match number("limit", value)? {
+                n if n >= 1 && n <= limit_max as u64 => n as usize,
+                _ => {
+                    return Err(ApiError::InvalidRequest(format!(
+                        "limit must be between 1 and {limit_max}"
+                    )));
+                }
+            },
+        };
+        let direction = match query.get("direction").map(String::as_str) {
+            None | Some("forward") => Direction::Forward,
+            Some("backward") => Direction::Backward,
+            Some(other) => {
+                return Err(ApiError::InvalidRequest(format!(
+                    "direction must be forward or backward, not {other:?}"
+                )));
+            }
+        };
+        let types = match query.get("types") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|name| {
+                    EventType::new(name)
+                        .map_err(|e| ApiError::InvalidRequest(format!("types: {e}")))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Self {
+            from,
+            limit,
+            direction,
+            types,
+        })
+    }
+}
+
+/// A non-negative decimal integer; anything else is a 400 naming the parameter.
+fn number(name: &str, value: &str) -> Result<u64, ApiError> {
+    // `u64::from_str` accepts a leading '+'; the API takes plain digits only.
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::InvalidRequest(format!(
+            "{name} must be a non-negative integer, not {value:?}"
+        )));
+    }
+    value
+        .parse()
+        .map_err(|_| ApiError::InvalidRequest(format!("{name} is too large")))
+}

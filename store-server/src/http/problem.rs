@@ -1,0 +1,180 @@
+//! Errors at the HTTP edge, and the one place they become RFC 9457 problem documents.
+
+use crate::append;
+use crate::protocol::{
+    EventId, ExpectedRevision, InvalidName, Problem, StreamName, StreamRevision,
+};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tracing::{error, info};
+
+/// Why a request failed. Each variant says its status and problem type.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// `400 invalid-request`: a malformed body or query.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// `400 invalid-stream-name`: a stream or category name breaks the naming rules.
+    #[error(transparent)]
+    InvalidStreamName(#[from] InvalidName),
+    /// `404 stream-not-found`.
+    #[error("stream {0} does not exist")]
+    StreamNotFound(StreamName),
+    /// `404 not-found`: no such route.
+    #[error("no such resource")]
+    NotFound,
+    /// `405 method-not-allowed`.
+    #[error("method not allowed on this resource")]
+    MethodNotAllowed,
+    /// `409 wrong-expected-revision`; nothing was written.
+    #[error("stream {stream} is at revision {}, expected {expected}", current.map_or("none (no stream)".into(), |r| r.to_string()))]
+    WrongExpectedRevision {
+        /// The stream.
+        stream: StreamName,
+        /// What the request expected.
+        expected: ExpectedRevision,
+        /// Where the stream is.
+        current: Option<StreamRevision>,
+    },
+    /// `409 duplicate-event-id`: some ids of the request are stored, elsewhere or not as
+    /// this request; nothing was written.
+    #[error(
+        "event id {id} is already stored, and the request is not a retry of the append that stored it"
+    )]
+    DuplicateEventId {
+        /// The stream appended to.
+        stream: StreamName,
+        /// The first such id.
+        id: EventId,
+    },
+    /// `413 payload-too-large`.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// `503 unavailable`: storage failed or cannot be reached. Details go to the log only.
+    #[error("storage is unavailable, try again")]
+    Unavailable(#[source] Option<crate::store::Error>),
+}
+
+impl From<append::Invalid> for ApiError {
+    fn from(invalid: append::Invalid) -> Self {
+        match invalid {
+            append::Invalid::TooManyEvents { .. } | append::Invalid::EventTooLarge { .. } => {
+                Self::PayloadTooLarge(invalid.to_string())
+            }
+            _ => Self::InvalidRequest(invalid.to_string()),
+        }
+    }
+}
+
+impl From<append::Error> for ApiError {
+    fn from(_: append::Error) -> Self {
+        // The writer logged the cause once for the whole batch.
+        Self::Unavailable(None)
+    }
+}
+
+impl From<crate::store::Error> for ApiError {
+    fn from(error: crate::store::Error) -> Self {
+        Self::Unavailable(Some(error))
+    }
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Self::InvalidRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-request",
+                "Invalid request",
+            ),
+            Self::InvalidStreamName(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-stream-name",
+                "Invalid stream name",
+            ),
+            Self::StreamNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "stream-not-found",
+                "Stream not found",
+            ),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            Self::WrongExpectedRevision { .. } => (
+                StatusCode::CONFLICT,
+                "wrong-expected-revision",
+                "Wrong expected revision",
+            ),
+            Self::DuplicateEventId { .. } => (
+                StatusCode::CONFLICT,
+                "duplicate-event-id",
+                "Duplicate event id",
+            ),
+            Self::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title) = self.status_and_code();
+        let mut extensions = serde_json::Map::new();
+        match &self {
+            Self::StreamNotFound(stream) => {
+                extensions.insert("stream".into(), json!(stream));
+            }
+            Self::WrongExpectedRevision {
+                stream,
+                expected,
+                current,
+            } => {
+                extensions.insert("stream".into(), json!(stream));
+                extensions.insert("expected_revision".into(), json!(expected));
+                extensions.insert("current_revision".into(), json!(current));
+            }
+            Self::DuplicateEventId { stream, id } => {
+                extensions.insert("stream".into(), json!(stream));
+                extensions.insert("event_id".into(), json!(id));
+            }
+            _ => {}
+        }
+        if status.is_server_error() {
+            let cause = match &self {
+                Self::Unavailable(Some(source)) => crate::error_chain(source),
+                _ => self.to_string(),
+            };
+            error!(status = status.as_u16(), code, %cause, "request failed");
+        } else {
+            info!(status = status.as_u16(), code, detail = %self, "request refused");
+        }
+        let problem = Problem {
+            problem_type: format!("/problems/{code}"),
+            title: title.into(),
+            status: status.as_u16(),
+            // The Display of a 5xx variant is a fixed sentence: no internals reach the client.
+            detail: Some(self.to_string()),
+            extensions,
+        };
+        let body = serde_json::to_string(&problem).unwrap_or_default();
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body,
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,49 @@
+//! The store server: an append-only event store over HTTP.
+//!
+//! Writers append events to streams with optimistic concurrency; every append is
+//! acknowledged only once durable. Readers read by stream, category or the whole log.
+//!
+//! # Layout
+//!
+//! | module | concern |
+//! | --- | --- |
+//! | [`protocol`] | the wire types of shared/API.md, shared with the SDK (no server dependencies) |
+//! | `config` | flags and environment variables, parsed once into a validated `Config` |
+//! | `server` | `run(listener, config, shutdown)`, the one entry point |
+//! | `http` | the routes, one file per resource; `problem.rs` turns errors into problem documents |
+//! | `append` | the write path: validation, the writer's queue and group commit, `decide` |
+//! | `store` | the backend trait, `sqlite.rs`, `postgres.rs`, migrations |
+//! | `metrics` | the Prometheus registry |
+//!
+//! The write path, end to end: `http/streams.rs` (`append`) → `append::Writer::append`
+//! (queue) → the writer task batches → `Store::commit` (one transaction: lock, snapshot,
+//! `append::decide::decide`, insert) → each request gets its own outcome.
+//!
+//! Build with `default-features = false` for [`protocol`] alone.
+
+pub mod protocol;
+
+#[cfg(feature = "server")]
+pub mod append;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod http;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod store;
+
+/// An error and its sources on one line, for logs (never for clients).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,59 @@
+//! `store-server`: parses flags, binds, serves until Ctrl-C or SIGTERM.
+
+use clap::Parser;
+use std::process::ExitCode;
+use store_server::config::{Cli, Command};
+use tracing::error;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = cli.config();
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => store_server::store::open(&config.storage)
+            .await
+            .map(|_| tracing::info!("migrations applied"))
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error>),
+        Command::Serve => match tokio::net::TcpListener::bind(cli.listen).await {
+            Ok(listener) => store_server::server::run(listener, config, shutdown_signal())
+                .await
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error>),
+            Err(err) => Err(format!("cannot listen on {}: {err}", cli.listen).into()),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!(cause = %store_server::error_chain(&*err), "store-server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -1,0 +1,89 @@
+//! Prometheus metrics, one registry per server, rendered at `GET /metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// The server's metrics. Names carry the `eventstore_` prefix and base units.
+pub struct Metrics {
+    registry: Registry,
+    /// Append requests by result: `created`, `idempotent`, `conflict`, `rejected`.
+    pub appends_total: IntCounterVec,
+    /// Events written.
+    pub events_appended_total: IntCounter,
+    /// Append requests, received to answered.
+    pub append_duration_seconds: Histogram,
+    /// Group commits, queued batch to committed.
+    pub commit_duration_seconds: Histogram,
+    /// Requests per group commit: how much batching is going on.
+    pub commit_requests: Histogram,
+    /// The last position this server committed.
+    pub head_position: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    ///
+    /// # Errors
+    /// Only if two metrics share a name, which is a bug.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("eventstore".into()), None)?;
+        let latency = vec![
+            0.000_25, 0.000_5, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256,
+            0.512, 1.024, 2.048,
+        ];
+        let metrics = Self {
+            appends_total: IntCounterVec::new(
+                Opts::new("appends_total", "Append requests by result"),
+                &["result"],
+            )?,
+            events_appended_total: IntCounter::new("events_appended_total", "Events written")?,
+            append_duration_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "append_duration_seconds",
+                    "Append requests, received to answered",
+                )
+                .buckets(latency.clone()),
+            )?,
+            commit_duration_seconds: Histogram::with_opts(
+                HistogramOpts::new("commit_duration_seconds", "Group commits, start to durable")
+                    .buckets(latency),
+            )?,
+            commit_requests: Histogram::with_opts(
+                HistogramOpts::new("commit_requests", "Append requests per group commit").buckets(
+                    vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+                ),
+            )?,
+            head_position: IntGauge::new("head_position", "Last position committed here")?,
+            registry,
+        };
+        metrics
+            .registry
+            .register(Box::new(metrics.appends_total.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(metrics.events_appended_total.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(metrics.append_duration_seconds.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(metrics.commit_duration_seconds.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(metrics.commit_requests.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(metrics.head_position.clone()))?;
+        Ok(metrics)
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut text = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut text);
+        String::from_utf8(text).unwrap_or_default()
+    }
+}

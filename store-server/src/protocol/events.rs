@@ -1,0 +1,255 @@
+//! Events in and out, append requests and results, and pages of reads.
+
+use super::names::{
+    EventId, EventType, ExpectedRevision, Position, SchemaVersion, StreamName, StreamRevision,
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+use serde_json::value::RawValue;
+use std::fmt;
+use time::OffsetDateTime;
+
+/// An event to append. `data` and `metadata` are kept as the JSON text given, so they
+/// round-trip exactly (big integers, `2.50`, key order).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEvent {
+    /// Chosen by the client to make retries idempotent; the server assigns one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<EventId>,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// The version of `data`'s shape.
+    #[serde(default)]
+    pub schema_version: SchemaVersion,
+    /// The payload: any JSON value, `null` included (but it must be present).
+    pub data: Box<RawValue>,
+    /// A JSON object, or absent.
+    #[serde(default, deserialize_with = "object_or_null")]
+    pub metadata: Option<Box<RawValue>>,
+}
+
+fn object_or_null<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Box<RawValue>>, D::Error> {
+    let metadata = Option::<Box<RawValue>>::deserialize(deserializer)?;
+    match metadata {
+        Some(raw) if !raw.get().starts_with('{') => {
+            Err(de::Error::custom("metadata must be a JSON object or null"))
+        }
+        other => Ok(other),
+    }
+}
+
+impl NewEvent {
+    /// Bytes of payload the event carries (data and metadata), for the per-event limit.
+    pub fn payload_bytes(&self) -> usize {
+        self.data.get().len() + self.metadata.as_ref().map_or(0, |m| m.get().len())
+    }
+}
+
+/// The body of `POST /streams/{stream}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendRequest {
+    /// What the stream must look like for the append to go ahead.
+    #[serde(default)]
+    pub expected_revision: ExpectedRevision,
+    /// The events, stored atomically with consecutive revisions and positions.
+    pub events: Vec<NewEvent>,
+}
+
+/// Where an append's events were stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResult {
+    /// The stream appended to.
+    pub stream: StreamName,
+    /// Revision of the first event of the request.
+    pub first_revision: StreamRevision,
+    /// Revision of the last event of the request.
+    pub last_revision: StreamRevision,
+    /// Position of the first event of the request in the log.
+    pub first_position: Position,
+    /// Position of the last event of the request in the log.
+    pub last_position: Position,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    /// Where it is in the whole log.
+    pub position: Position,
+    /// The stream it belongs to.
+    pub stream: StreamName,
+    /// Where it is in its stream.
+    pub revision: StreamRevision,
+    /// Its id.
+    pub id: EventId,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// The version of `data`'s shape.
+    pub schema_version: SchemaVersion,
+    /// The payload, exactly as appended.
+    pub data: Box<RawValue>,
+    /// The metadata, exactly as appended, or `None`.
+    pub metadata: Option<Box<RawValue>>,
+    /// When the server committed it.
+    pub recorded_at: Timestamp,
+}
+
+/// A page of a read. `C` is the cursor: a [`StreamRevision`] for stream reads, a
+/// [`Position`] for reads of a category or the whole log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Page<C> {
+    /// The events, in the order asked for.
+    pub events: Vec<RecordedEvent>,
+    /// The `from` of the following page, or `None` when the read reached the end as it stood.
+    pub next: Option<C>,
+    /// The last position in the log.
+    pub head: Position,
+}
+
+/// A point in time, UTC, with microseconds. On the wire: `2026-11-27T12:00:00.123456Z`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(OffsetDateTime);
+
+const WIRE_FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+);
+
+impl Timestamp {
+    /// Now, to the microsecond.
+    pub fn now() -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self(
+            now.replace_nanosecond(now.microsecond() * 1_000)
+                .unwrap_or(now),
+        )
+    }
+
+    /// From microseconds since the Unix epoch; `None` when out of range.
+    pub fn from_unix_micros(micros: i64) -> Option<Self> {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+            .ok()
+            .map(Self)
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn unix_micros(self) -> i64 {
+        // Every representable OffsetDateTime fits: years ±9999 are ±3.2e17 µs.
+        (self.0.unix_timestamp_nanos() / 1_000) as i64
+    }
+
+    /// As a `time` value.
+    pub fn to_offset_date_time(self) -> OffsetDateTime {
+        self.0
+    }
+}
+
+impl From<OffsetDateTime> for Timestamp {
+    fn from(value: OffsetDateTime) -> Self {
+        Self(value.to_offset(time::UtcOffset::UTC))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.0.format(WIRE_FORMAT).map_err(|_| fmt::Error)?;
+        f.write_str(&text)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+            .map(Self::from)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// An RFC 9457 problem document, as every error response carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Problem {
+    /// `/problems/<code>`, with a stable code such as `wrong-expected-revision`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// A short summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Fields particular to the problem type, such as `current_revision`.
+    #[serde(flatten)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Problem {
+    /// The stable code: `type` without its `/problems/` prefix.
+    pub fn code(&self) -> &str {
+        self.problem_type
+            .strip_prefix("/problems/")
+            .unwrap_or(&self.problem_type)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_and_metadata_round_trip_as_sent() {
+        let body = r#"{"type":"T","data":{"n":123456789012345678901234567890,"m":2.50},"metadata":{"b":1,"a":2}}"#;
+        let event: NewEvent = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            event.data.get(),
+            r#"{"n":123456789012345678901234567890,"m":2.50}"#
+        );
+        assert_eq!(event.metadata.unwrap().get(), r#"{"b":1,"a":2}"#);
+        assert_eq!(event.schema_version, SchemaVersion::FIRST);
+    }
+
+    #[test]
+    fn data_may_be_null_but_not_missing() {
+        let event: NewEvent = serde_json::from_str(r#"{"type":"T","data":null}"#).unwrap();
+        assert_eq!(event.data.get(), "null");
+        assert!(serde_json::from_str::<NewEvent>(r#"{"type":"T"}"#).is_err());
+    }
+
+    #[test]
+    fn metadata_must_be_an_object_or_null() {
+        let ok: NewEvent =
+            serde_json::from_str(r#"{"type":"T","data":1,"metadata":null}"#).unwrap();
+        assert!(ok.metadata.is_none());
+        for bad in ["[]", "1", r#""x""#, "true"] {
+            let body = format!(r#"{{"type":"T","data":1,"metadata":{bad}}}"#);
+            assert!(serde_json::from_str::<NewEvent>(&body).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn schema_version_must_be_positive() {
+        for bad in ["0", "-1", "1.5", r#""2""#] {
+            let body = format!(r#"{{"type":"T","data":1,"schema_version":{bad}}}"#);
+            assert!(serde_json::from_str::<NewEvent>(&body).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timestamp_wire_format_has_microseconds() {
+        let t = Timestamp::from_unix_micros(1_795_780_800_123_456).unwrap();
+        let text = serde_json::to_string(&t).unwrap();
+        assert_eq!(text, r#""2026-11-27T08:00:00.123456Z""#);
+        assert_eq!(serde_json::from_str::<Timestamp>(&text).unwrap(), t);
+        assert_eq!(t.unix_micros(), 1_795_780_800_123_456);
+    }
+}

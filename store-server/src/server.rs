@@ -1,0 +1,76 @@
+//! `run`: the one entry point. `main` binds and passes a Ctrl-C/SIGTERM future; tests bind
+//! port 0 and pass their own.
+
+use crate::append::Writer;
+use crate::config::{Config, Storage};
+use crate::http::{AppState, app};
+use crate::metrics::Metrics;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tracing::info;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Storage could not be opened or migrated.
+    #[error("cannot open storage")]
+    Storage(#[from] crate::store::Error),
+    /// Serving failed.
+    #[error("cannot serve")]
+    Io(#[from] std::io::Error),
+    /// The metrics registry refused a metric (a bug).
+    #[error("cannot register metrics")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then stops accepting, lets
+/// in-flight requests finish, answers every queued append, and returns.
+///
+/// # Errors
+/// Storage cannot be opened (unreachable, migration refused, unsafe durability), or the
+/// listener fails.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let store = crate::store::open(&config.storage).await?;
+    let metrics = Arc::new(Metrics::new()?);
+    metrics
+        .head_position
+        .set(crate::store::to_i64(store.head().await?.0));
+    let (writer, writer_task) = Writer::start(store.clone(), config.batch, metrics.clone());
+    let state = AppState {
+        store,
+        writer,
+        http: config.http,
+        append: config.append,
+        metrics,
+    };
+    let storage = match &config.storage {
+        Storage::Sqlite { data_dir, .. } => data_dir
+            .join(crate::store::SQLITE_FILE_NAME)
+            .display()
+            .to_string(),
+        Storage::Postgres(_) => "postgres".into(),
+    };
+    info!(
+        address = %listener.local_addr()?,
+        backend = state.store.backend().name(),
+        %storage,
+        request_body_bytes_max = config.http.request_body_bytes_max,
+        append_events_max = config.append.append_events_max,
+        event_bytes_max = config.append.event_bytes_max,
+        read_limit_max = config.http.read_limit_max,
+        "serving"
+    );
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    // Every handle to the writer went with the app: it drains what is queued, then ends.
+    let _ = writer_task.await;
+    info!("stopped");
+    Ok(())
+}

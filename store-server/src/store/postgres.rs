@@ -1,0 +1,351 @@
+//! The PostgreSQL backend, for shared use: several server instances may append to one
+//! database. Writers from every instance are serialised by the `log_head` row lock, so
+//! positions stay gap-free and commit-ordered across all of them.
+
+use super::{
+    Backend, Direction, EVENT_COLUMNS, Error, EventRow, LogQuery, Store, StreamQuery, batch_keys,
+    migrations, page, snapshot, to_i64,
+};
+use crate::append::{Append, Outcome};
+use crate::protocol::{Page, Position, StreamRevision, Timestamp};
+use deadpool_postgres::{GenericClient, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+
+/// The channel every commit notifies, with the new log head as payload.
+pub const NOTIFY_CHANNEL: &str = "eventstore_appended";
+
+/// Key of the advisory lock migrations run under ("evst" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x6576_7374;
+
+/// How to reach and use the database.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// A libpq-style URL or key=value string.
+    pub url: String,
+    /// Most connections in the pool (reads and the writer share it).
+    pub pool_connections_max: usize,
+    /// How long to wait for a connection: to connect, or for a free one in the pool.
+    pub connect_timeout: Duration,
+    /// Serve even if the database may acknowledge commits before they are durable.
+    pub allow_async_commit: bool,
+}
+
+/// A store in a PostgreSQL database.
+pub struct Postgres {
+    pool: Pool,
+}
+
+impl Postgres {
+    /// Connects, checks that commits are durable, and applies migrations.
+    ///
+    /// # Errors
+    /// The URL is malformed, the database cannot be reached, it has `fsync` or
+    /// `synchronous_commit` off (without `allow_async_commit`), or a migration fails.
+    pub async fn open(options: &PostgresOptions) -> Result<Self, Error> {
+        let mut config: tokio_postgres::Config = options.url.parse()?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(options.connect_timeout);
+        }
+        config.application_name("store-server");
+        // Fast recycling only checks the socket is open: a connection killed by a database
+        // restart fails one statement, then the pool replaces it.
+        let manager = deadpool_postgres::Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_connections_max)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .build()
+            .map_err(|e| Error::Pool(Box::new(e)))?;
+        let mut client = pool.get().await?;
+        if !options.allow_async_commit {
+            for setting in ["fsync", "synchronous_commit"] {
+                let value: String = client
+                    .query_one(&format!("SHOW {setting}"), &[])
+                    .await?
+                    .get(0);
+                if value == "off" {
+                    return Err(Error::AsyncCommit { setting });
+                }
+            }
+        }
+        migrate(&mut client).await?;
+        drop(client);
+        Ok(Self { pool })
+    }
+}
+
+async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), Error> {
+    // A session-level advisory lock: instances starting together take turns, and if this
+    // process dies mid-run the lock goes with its session.
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    let result = apply_pending(client).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
+    result?;
+    unlocked?;
+    Ok(())
+}
+
+async fn apply_pending(client: &mut deadpool_postgres::Client) -> Result<(), Error> {
+    client.batch_execute(migrations::LEDGER_SQL).await?;
+    let applied: Vec<(i64, String)> = client
+        .query("SELECT version, checksum FROM schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let all = migrations::postgres();
+    for migration in migrations::pending(&all, &applied)? {
+        let tx = client.transaction().await?;
+        tx.batch_execute(migration.sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, checksum, applied_at)
+             VALUES ($1, $2, $3, now()::text)",
+            &[&migration.version, &migration.name, &migration.checksum()],
+        )
+        .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Store for Postgres {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn commit(
+        &self,
+        batch: Arc<[Append]>,
+        recorded_at: Timestamp,
+    ) -> Result<Vec<Outcome>, Error> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // The log head's row lock serialises every writer on this database, across server
+        // instances: positions are handed out while it is held and become visible at
+        // commit in position order, so a reader never sees N+1 before N.
+        let lock = tx
+            .prepare_cached("SELECT position FROM log_head FOR UPDATE")
+            .await?;
+        let head: i64 = tx.query_one(&lock, &[]).await?.get(0);
+
+        // These two are sent together (pipelined): one round trip, not two.
+        let (streams, ids) = batch_keys(&batch);
+        let streams: Vec<&str> = streams.iter().map(|s| s.as_str()).collect();
+        let heads_sql = "SELECT name, revision FROM streams WHERE name = ANY($1)";
+        let ids_sql = "SELECT id, stream, revision, position FROM events WHERE id = ANY($1)";
+        let (heads_stmt, ids_stmt) =
+            tokio::try_join!(tx.prepare_cached(heads_sql), tx.prepare_cached(ids_sql))?;
+        let (heads, stored) =
+            tokio::try_join!(async { tx.query(&heads_stmt, &[&streams]).await }, async {
+                if ids.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    tx.query(&ids_stmt, &[&ids]).await
+                }
+            },)?;
+        let snapshot = snapshot(
+            head,
+            heads.iter().map(|row| (row.get(0), row.get(1))).collect(),
+            stored
+                .iter()
+                .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+                .collect(),
+        )?;
+        let decision = crate::append::decide::decide(&batch, snapshot);
+
+        if !decision.rows.is_empty() {
+            let rows = &decision.rows;
+            let positions: Vec<i64> = rows.iter().map(|r| to_i64(r.position.0)).collect();
+            let stream_names: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
+            let categories: Vec<&str> = rows.iter().map(|r| r.stream.category()).collect();
+            let revisions: Vec<i64> = rows.iter().map(|r| to_i64(r.revision.0)).collect();
+            let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id.0).collect();
+            let types: Vec<&str> = rows.iter().map(|r| r.event.event_type.as_str()).collect();
+            let versions: Vec<i32> = rows
+                .iter()
+                .map(|r| r.event.schema_version.get() as i32)
+                .collect();
+            let data: Vec<&str> = rows.iter().map(|r| r.event.data.get()).collect();
+            let metadata: Vec<Option<&str>> = rows
+                .iter()
+                .map(|r| r.event.metadata.as_ref().map(|m| m.get()))
+                .collect();
+            let head_names: Vec<&str> = decision
+                .stream_heads
+                .iter()
+                .map(|(s, _)| s.as_str())
+                .collect();
+            let head_revisions: Vec<i64> = decision
+                .stream_heads
+                .iter()
+                .map(|(_, r)| to_i64(r.0))
+                .collect();
+            let new_head = to_i64(decision.head.0);
+            let at = recorded_at.to_offset_date_time();
+
+            let (insert, upsert, advance, notify) = tokio::try_join!(
+                tx.prepare_cached(
+                    "INSERT INTO events (position, stream, category, revision, id, type,
+                                         schema_version, data, metadata, recorded_at)
+                     SELECT e.*, $10 FROM UNNEST($1::bigint[], $2::text[], $3::text[],
+                         $4::bigint[], $5::uuid[], $6::text[], $7::int4[], $8::text[], $9::text[])
+                         AS e"
+                ),
+                tx.prepare_cached(
+                    "INSERT INTO streams (name, revision)
+                     SELECT * FROM UNNEST($1::text[], $2::bigint[])
+                     ON CONFLICT (name) DO UPDATE SET revision = EXCLUDED.revision"
+                ),
+                tx.prepare_cached("UPDATE log_head SET position = $1"),
+                tx.prepare_cached("SELECT pg_notify($1, $2::bigint::text)"),
+            )?;
+            let event_params: [&(dyn ToSql + Sync); 10] = [
+                &positions,
+                &stream_names,
+                &categories,
+                &revisions,
+                &ids,
+                &types,
+                &versions,
+                &data,
+                &metadata,
+                &at,
+            ];
+            let heads_params: [&(dyn ToSql + Sync); 2] = [&head_names, &head_revisions];
+            let log_head_params: [&(dyn ToSql + Sync); 1] = [&new_head];
+            // One notification per group commit, not per event: NOTIFY serialises commits.
+            let notify_params: [&(dyn ToSql + Sync); 2] = [&NOTIFY_CHANNEL, &new_head];
+            // Pipelined: four statements, one round trip.
+            tokio::try_join!(
+                tx.execute(&insert, &event_params),
+                tx.execute(&upsert, &heads_params),
+                tx.execute(&advance, &log_head_params),
+                tx.execute(&notify, &notify_params),
+            )?;
+        }
+        let outcomes = decision.outcomes;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn read_stream(&self, query: StreamQuery) -> Result<Option<Page<StreamRevision>>, Error> {
+        let client = self.pool.get().await?;
+        let (condition, from) = match query.direction {
+            Direction::Forward => (
+                "revision >= $2 ORDER BY revision",
+                query.from.map_or(0, |r| to_i64(r.0)),
+            ),
+            Direction::Backward => (
+                "revision <= $2 ORDER BY revision DESC",
+                query.from.map_or(i64::MAX, |r| to_i64(r.0)),
+            ),
+        };
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 AND {condition} LIMIT $3"
+        );
+        let limit = to_i64(query.limit as u64 + 1);
+        let name = query.stream.as_str();
+        let (exists, events, head) = tokio::try_join!(
+            async {
+                let stmt = client
+                    .prepare_cached("SELECT 1 FROM streams WHERE name = $1")
+                    .await?;
+                client.query_opt(&stmt, &[&name]).await
+            },
+            async {
+                let stmt = client.prepare_cached(&sql).await?;
+                client.query(&stmt, &[&name, &from, &limit]).await
+            },
+            log_head(&client),
+        )?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let rows = events.iter().map(event_row).collect();
+        page(rows, query.limit, head, |e| e.revision).map(Some)
+    }
+
+    async fn read_log(&self, query: LogQuery) -> Result<Page<Position>, Error> {
+        let client = self.pool.get().await?;
+        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE ");
+        let from = match query.direction {
+            Direction::Forward => {
+                sql.push_str("position >= $1");
+                to_i64(query.from.unwrap_or_default().0)
+            }
+            Direction::Backward => {
+                sql.push_str("position <= $1");
+                query.from.map_or(i64::MAX, |p| to_i64(p.0))
+            }
+        };
+        let limit = to_i64(query.limit as u64 + 1);
+        let category = query.category.as_ref().map(|c| c.as_str());
+        let types: Vec<&str> = query.types.iter().map(|t| t.as_str()).collect();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&from, &limit];
+        if category.is_some() {
+            params.push(&category);
+            sql.push_str(&format!(" AND category = ${}", params.len()));
+        }
+        if !types.is_empty() {
+            params.push(&types);
+            sql.push_str(&format!(" AND type = ANY(${})", params.len()));
+        }
+        sql.push_str(match query.direction {
+            Direction::Forward => " ORDER BY position LIMIT $2",
+            Direction::Backward => " ORDER BY position DESC LIMIT $2",
+        });
+        let (events, head) = tokio::try_join!(
+            async {
+                let stmt = client.prepare_cached(&sql).await?;
+                client.query(&stmt, &params).await
+            },
+            log_head(&client),
+        )?;
+        let rows = events.iter().map(event_row).collect();
+        page(rows, query.limit, head, |e| e.position)
+    }
+
+    async fn head(&self) -> Result<Position, Error> {
+        let client = self.pool.get().await?;
+        let head = log_head(&client).await?;
+        Ok(Position(super::to_u64(head, 0, "log head")?))
+    }
+}
+
+async fn log_head(client: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
+    let stmt = client
+        .prepare_cached("SELECT position FROM log_head")
+        .await?;
+    Ok(client.query_one(&stmt, &[]).await?.get(0))
+}
+
+fn event_row(row: &tokio_postgres::Row) -> EventRow {
+    let recorded_at: time::OffsetDateTime = row.get(8);
+    EventRow {
+        position: row.get(0),
+        stream: row.get(1),
+        revision: row.get(2),
+        id: row.get(3),
+        event_type: row.get(4),
+        schema_version: i64::from(row.get::<_, i32>(5)),
+        data: row.get(6),
+        metadata: row.get(7),
+        recorded_at: Some(recorded_at.into()),
+    }
+}

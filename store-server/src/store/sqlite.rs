@@ -1,0 +1,324 @@
+//! The embedded SQLite backend: one file, WAL mode, `synchronous=FULL` so a commit is on
+//! disk before it is acknowledged. One writer connection (only the writer task commits);
+//! a pool of read-only connections for reads. SQLite calls block, so they run on
+//! tokio's blocking threads.
+
+use super::{
+    Backend, Direction, EVENT_COLUMNS, Error, EventRow, LogQuery, Store, StreamQuery, batch_keys,
+    migrations, page, snapshot, to_i64,
+};
+use crate::append::{Append, Outcome};
+use crate::protocol::{Page, Position, StreamRevision, Timestamp};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// The file inside the data directory.
+pub const FILE_NAME: &str = "events.sqlite3";
+
+/// How long a connection waits for SQLite's lock before failing (another process, or a
+/// WAL checkpoint, holding it).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A store in an SQLite file.
+pub struct Sqlite {
+    /// Only the writer task commits, so this lock is never contended; it makes the
+    /// connection shareable with the blocking thread that runs each commit.
+    writer: Arc<Mutex<Connection>>,
+    readers: deadpool::managed::Pool<Readers>,
+    path: PathBuf,
+}
+
+impl Sqlite {
+    /// Opens (creating if need be) the store under `data_dir` and applies migrations.
+    ///
+    /// # Errors
+    /// The directory or file cannot be created or opened, or a migration fails.
+    pub async fn open(data_dir: &Path, read_connections_max: usize) -> Result<Self, Error> {
+        std::fs::create_dir_all(data_dir).map_err(|source| Error::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join(FILE_NAME);
+        let writer_path = path.clone();
+        let writer = tokio::task::spawn_blocking(move || open_writer(&writer_path)).await??;
+        let readers = deadpool::managed::Pool::builder(Readers { path: path.clone() })
+            .max_size(read_connections_max)
+            .build()
+            .map_err(|e| Error::Pool(Box::new(e)))?;
+        Ok(Self {
+            writer: Arc::new(Mutex::new(writer)),
+            readers,
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `read` on a read-only connection on a blocking thread.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let mut connection = self.readers.get().await?;
+        tokio::task::spawn_blocking(move || read(&mut connection)).await?
+    }
+}
+
+fn open_writer(path: &Path) -> Result<Connection, Error> {
+    let mut connection = Connection::open(path)?;
+    let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Migration(format!(
+            "sqlite refused WAL mode (it kept {mode})"
+        )));
+    }
+    // FULL: the WAL is fsynced at every commit, so an acknowledged append survives a crash
+    // of the machine, not only of the process.
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    migrate(&mut connection)?;
+    Ok(connection)
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), Error> {
+    connection.execute_batch(migrations::LEDGER_SQL)?;
+    let all = migrations::sqlite();
+    // The write lock, held from reading the ledger to the last file, keeps a second
+    // process opening the same file from applying the same migrations.
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let applied = tx
+        .prepare("SELECT version, checksum FROM schema_migrations")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<Vec<(i64, String)>, _>>()?;
+    for migration in migrations::pending(&all, &applied)? {
+        tx.execute_batch(migration.sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, checksum, applied_at)
+             VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+            params![migration.version, migration.name, migration.checksum()],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Makes read-only connections for the pool.
+struct Readers {
+    path: PathBuf,
+}
+
+impl deadpool::managed::Manager for Readers {
+    type Type = Connection;
+    type Error = rusqlite::Error;
+
+    async fn create(&self) -> Result<Connection, rusqlite::Error> {
+        // Opening blocks for a few file operations, once per pooled connection.
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let connection = Connection::open_with_flags(&self.path, flags)?;
+        connection.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(connection)
+    }
+
+    async fn recycle(
+        &self,
+        _: &mut Connection,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<rusqlite::Error> {
+        // A local file connection does not go stale; nothing to check.
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Sqlite {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn commit(
+        &self,
+        batch: Arc<[Append]>,
+        recorded_at: Timestamp,
+    ) -> Result<Vec<Outcome>, Error> {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic mid-commit rolled its transaction back as it unwound; the connection
+            // is fine to use again.
+            let mut connection = writer.lock().unwrap_or_else(PoisonError::into_inner);
+            commit(&mut connection, &batch, recorded_at)
+        })
+        .await?
+    }
+
+    async fn read_stream(&self, query: StreamQuery) -> Result<Option<Page<StreamRevision>>, Error> {
+        self.read(move |connection| {
+            // One read transaction: the events and the head come from the same snapshot.
+            let tx = connection.transaction()?;
+            let exists = tx
+                .prepare_cached("SELECT 1 FROM streams WHERE name = ?1")?
+                .query_row([query.stream.as_str()], |_| Ok(()))
+                .optional()?;
+            if exists.is_none() {
+                return Ok(None);
+            }
+            let (sql, from) = match query.direction {
+                Direction::Forward => (
+                    "WHERE stream = ?1 AND revision >= ?2 ORDER BY revision LIMIT ?3",
+                    query.from.map_or(0, |r| to_i64(r.0)),
+                ),
+                Direction::Backward => (
+                    "WHERE stream = ?1 AND revision <= ?2 ORDER BY revision DESC LIMIT ?3",
+                    query.from.map_or(i64::MAX, |r| to_i64(r.0)),
+                ),
+            };
+            let sql = format!("SELECT {EVENT_COLUMNS} FROM events {sql}");
+            let limit = to_i64(query.limit as u64 + 1);
+            let rows = tx
+                .prepare_cached(&sql)?
+                .query_map(params![query.stream.as_str(), from, limit], event_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let head = log_head(&tx)?;
+            page(rows, query.limit, head, |e| e.revision).map(Some)
+        })
+        .await
+    }
+
+    async fn read_log(&self, query: LogQuery) -> Result<Page<Position>, Error> {
+        self.read(move |connection| {
+            let tx = connection.transaction()?;
+            let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE ");
+            let mut values: Vec<rusqlite::types::Value> = Vec::new();
+            match (query.direction, query.from) {
+                (Direction::Forward, from) => {
+                    sql.push_str("position >= ?");
+                    values.push(to_i64(from.unwrap_or_default().0).into());
+                }
+                (Direction::Backward, from) => {
+                    sql.push_str("position <= ?");
+                    values.push(from.map_or(i64::MAX, |p| to_i64(p.0)).into());
+                }
+            }
+            if let Some(category) = &query.category {
+                sql.push_str(" AND category = ?");
+                values.push(category.as_str().to_owned().into());
+            }
+            if !query.types.is_empty() {
+                let marks = vec!["?"; query.types.len()].join(", ");
+                sql.push_str(&format!(" AND type IN ({marks})"));
+                values.extend(query.types.iter().map(|t| t.as_str().to_owned().into()));
+            }
+            sql.push_str(match query.direction {
+                Direction::Forward => " ORDER BY position LIMIT ?",
+                Direction::Backward => " ORDER BY position DESC LIMIT ?",
+            });
+            values.push(to_i64(query.limit as u64 + 1).into());
+            let rows = tx
+                .prepare_cached(&sql)?
+                .query_map(rusqlite::params_from_iter(values), event_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let head = log_head(&tx)?;
+            page(rows, query.limit, head, |e| e.position)
+        })
+        .await
+    }
+
+    async fn head(&self) -> Result<Position, Error> {
+        let head = self.read(|connection| log_head(connection)).await?;
+        Ok(Position(super::to_u64(head, 0, "log head")?))
+    }
+}
+
+fn log_head(connection: &Connection) -> Result<i64, Error> {
+    Ok(connection
+        .prepare_cached("SELECT position FROM log_head")?
+        .query_row([], |row| row.get(0))?)
+}
+
+fn event_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    let id: [u8; 16] = row.get(3)?;
+    Ok(EventRow {
+        position: row.get(0)?,
+        stream: row.get(1)?,
+        revision: row.get(2)?,
+        id: uuid::Uuid::from_bytes(id),
+        event_type: row.get(4)?,
+        schema_version: row.get(5)?,
+        data: row.get(6)?,
+        metadata: row.get(7)?,
+        recorded_at: Timestamp::from_unix_micros(row.get(8)?),
+    })
+}
+
+fn commit(
+    connection: &mut Connection,
+    batch: &[Append],
+    recorded_at: Timestamp,
+) -> Result<Vec<Outcome>, Error> {
+    // BEGIN IMMEDIATE takes SQLite's write lock before anything is read: the snapshot the
+    // decisions rest on cannot change before commit, and positions are handed out in
+    // commit order, gap-free.
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (streams, ids) = batch_keys(batch);
+    let mut heads = Vec::with_capacity(streams.len());
+    let mut revision = tx.prepare_cached("SELECT revision FROM streams WHERE name = ?1")?;
+    for name in streams {
+        if let Some(r) = revision
+            .query_row([name.as_str()], |row| row.get(0))
+            .optional()?
+        {
+            heads.push((name.as_str().to_owned(), r));
+        }
+    }
+    let mut stored_ids = Vec::new();
+    let mut stored =
+        tx.prepare_cached("SELECT stream, revision, position FROM events WHERE id = ?1")?;
+    for id in ids {
+        let found = stored
+            .query_row([id.as_bytes()], |row| {
+                Ok((id, row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .optional()?;
+        stored_ids.extend(found);
+    }
+    drop((revision, stored));
+    let snapshot = snapshot(log_head(&tx)?, heads, stored_ids)?;
+    let decision = crate::append::decide::decide(batch, snapshot);
+    if !decision.rows.is_empty() {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO events (position, stream, category, revision, id, type, schema_version,
+                                 data, metadata, recorded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for row in &decision.rows {
+            insert.execute(params![
+                to_i64(row.position.0),
+                row.stream.as_str(),
+                row.stream.category(),
+                to_i64(row.revision.0),
+                row.id.0.as_bytes(),
+                row.event.event_type.as_str(),
+                row.event.schema_version.get(),
+                row.event.data.get(),
+                row.event.metadata.as_ref().map(|m| m.get()),
+                recorded_at.unix_micros(),
+            ])?;
+        }
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO streams (name, revision) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET revision = excluded.revision",
+        )?;
+        for (stream, revision) in &decision.stream_heads {
+            upsert.execute(params![stream.as_str(), to_i64(revision.0)])?;
+        }
+        tx.prepare_cached("UPDATE log_head SET position = ?1")?
+            .execute([to_i64(decision.head.0)])?;
+    }
+    drop(decision.rows);
+    tx.commit()?;
+    Ok(decision.outcomes)
+}
