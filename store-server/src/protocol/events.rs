@@ -248,7 +248,7 @@ mod tests {
     fn timestamp_wire_format_has_microseconds() {
         let t = Timestamp::from_unix_micros(1_795_780_800_123_456).unwrap();
         let text = serde_json::to_string(&t).unwrap();
-        assert_eq!(text, r#""2026-11-27T08:00:00.123456Z""#);
+        assert_eq!(text, r#""2026-11-27T12:00:00.123456Z""#);
         assert_eq!(serde_json::from_str::<Timestamp>(&text).unwrap(), t);
         assert_eq!(t.unix_micros(), 1_795_780_800_123_456);
     }

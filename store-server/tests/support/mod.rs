@@ -1,0 +1,207 @@
+//! What the integration tests share: a real server on a loopback port over real storage,
+//! and a real HTTP client.
+
+#![allow(dead_code)]
+
+pub mod postgres;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use store_server::config::Config;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The storage a test runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The default configuration over fresh, empty storage of this kind; `None` when
+    /// PostgreSQL is not available (the caller has said so already).
+    pub async fn fresh_config(self, test: &str) -> Option<(Config, Option<TempDir>)> {
+        match self {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary folder");
+                Some((Config::sqlite(dir.path()), Some(dir)))
+            }
+            Backend::Postgres => match postgres::fresh_database().await {
+                Some(url) => Some((Config::postgres(url), None)),
+                None => {
+                    postgres::skip(test);
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// A server running in this process.
+pub struct TestServer {
+    pub url: String,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), store_server::server::Error>>,
+    _dir: Option<TempDir>,
+}
+
+impl TestServer {
+    /// A server over fresh storage; `None` when the backend is not available.
+    pub async fn fresh(backend: Backend, test: &str) -> Option<Self> {
+        let (config, dir) = backend.fresh_config(test).await?;
+        let mut server = Self::start(config).await;
+        server._dir = dir;
+        Some(server)
+    }
+
+    /// Serves `config` on a free loopback port.
+    pub async fn start(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let url = format!("http://{}", listener.local_addr().expect("bound address"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(store_server::server::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        let server = Self {
+            url,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            task,
+            _dir: None,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if self.task.is_finished() {
+                panic!("the server stopped while starting");
+            }
+            if let Ok(response) = self
+                .client
+                .get(format!("{}/health/ready", self.url))
+                .send()
+                .await
+            {
+                if response.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the server did not become ready");
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task)
+            .await
+            .expect("server task")
+            .expect("server stopped cleanly");
+    }
+
+    /// `POST` JSON to `path`.
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(self.client.post(format!("{}{path}", self.url)).json(body))
+            .await
+    }
+
+    /// `POST` raw bytes to `path`.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        let request = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body);
+        self.send(request).await
+    }
+
+    /// `GET` `path`.
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.client.get(format!("{}{path}", self.url)))
+            .await
+    }
+
+    /// `GET` `path`, as text.
+    pub async fn get_text(&self, path: &str) -> (StatusCode, String) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("request");
+        (response.status(), response.text().await.expect("body"))
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    /// Appends `events` to `stream` with `expected_revision`.
+    pub async fn append(
+        &self,
+        stream: &str,
+        expected: Value,
+        events: Value,
+    ) -> (StatusCode, Value) {
+        let body = serde_json::json!({"expected_revision": expected, "events": events});
+        self.post(&format!("/streams/{stream}"), &body).await
+    }
+
+    /// Every event of the log, read in pages of 1000.
+    pub async fn read_all(&self) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut from = 1;
+        loop {
+            let (status, page) = self.get(&format!("/all?from={from}&limit=1000")).await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            events.extend(page["events"].as_array().expect("events").iter().cloned());
+            match page["next"].as_u64() {
+                Some(next) => from = next,
+                None => return events,
+            }
+        }
+    }
+
+    /// The log head, from `/info`.
+    pub async fn head(&self) -> u64 {
+        let (status, info) = self.get("/info").await;
+        assert_eq!(status, StatusCode::OK, "{info}");
+        info["head"].as_u64().expect("head")
+    }
+}
+
+/// An event with `type` and `data`.
+pub fn event(event_type: &str, data: Value) -> Value {
+    serde_json::json!({"type": event_type, "data": data})
+}
+
+/// An event with a chosen id.
+pub fn event_with_id(id: &str, event_type: &str, data: Value) -> Value {
+    serde_json::json!({"id": id, "type": event_type, "data": data})
+}
+
+/// Asserts `body` is a problem document of `code` with `status`.
+pub fn assert_problem(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["type"], format!("/problems/{code}"), "{body}");
+    assert_eq!(body["status"], expected.as_u16(), "{body}");
+    assert!(body["title"].is_string(), "{body}");
+}
