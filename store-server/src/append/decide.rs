@@ -189,3 +189,158 @@ fn find_retry(append: &Append, stored: &HashMap<EventId, StoredId>) -> Retry {
         last_position: first.position.after(last),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{EventType, ExpectedRevision, SchemaVersion};
+    use serde_json::value::RawValue;
+
+    fn append(stream: &str, expected: ExpectedRevision, ids: &[u128], from_client: bool) -> Append {
+        let event = NewEvent {
+            id: None,
+            event_type: EventType::new("E").unwrap(),
+            schema_version: SchemaVersion::FIRST,
+            data: RawValue::from_string("1".into()).unwrap(),
+            metadata: None,
+        };
+        Append {
+            stream: StreamName::new(stream).unwrap(),
+            expected,
+            events: ids
+                .iter()
+                .map(|&id| (EventId(uuid::Uuid::from_u128(id)), event.clone()))
+                .collect(),
+            ids_from_client: from_client,
+        }
+    }
+
+    fn created(outcome: &Outcome) -> &AppendResult {
+        match outcome {
+            Outcome::Created(result) => result,
+            other => panic!("expected Created, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_conflict_rejects_its_request_only() {
+        let batch = [
+            append("a", ExpectedRevision::NoStream, &[1], false),
+            append("b", ExpectedRevision::Exact(StreamRevision(5)), &[2], false),
+            append("c", ExpectedRevision::Any, &[3, 4], false),
+        ];
+        let snapshot = Snapshot {
+            head: Position(10),
+            ..Snapshot::default()
+        };
+        let decision = decide(&batch, snapshot);
+        assert_eq!(created(&decision.outcomes[0]).first_position, Position(11));
+        assert_eq!(
+            decision.outcomes[1],
+            Outcome::WrongExpectedRevision { current: None }
+        );
+        let c = created(&decision.outcomes[2]);
+        assert_eq!(
+            (c.first_position, c.last_position),
+            (Position(12), Position(13))
+        );
+        assert_eq!(
+            (c.first_revision, c.last_revision),
+            (StreamRevision(0), StreamRevision(1))
+        );
+        let positions: Vec<u64> = decision.rows.iter().map(|r| r.position.0).collect();
+        assert_eq!(positions, vec![11, 12, 13]);
+        assert_eq!(decision.head, Position(13));
+    }
+
+    #[test]
+    fn requests_on_one_stream_see_each_other_in_batch_order() {
+        let batch = [
+            append("a", ExpectedRevision::Exact(StreamRevision(0)), &[1], false),
+            append("a", ExpectedRevision::Exact(StreamRevision(0)), &[2], false),
+            append("a", ExpectedRevision::Exact(StreamRevision(1)), &[3], false),
+            append("a", ExpectedRevision::NoStream, &[4], false),
+        ];
+        let mut snapshot = Snapshot::default();
+        snapshot
+            .streams
+            .insert(StreamName::new("a").unwrap(), StreamRevision(0));
+        let decision = decide(&batch, snapshot);
+        assert_eq!(
+            created(&decision.outcomes[0]).first_revision,
+            StreamRevision(1)
+        );
+        assert_eq!(
+            decision.outcomes[1],
+            Outcome::WrongExpectedRevision {
+                current: Some(StreamRevision(1))
+            }
+        );
+        assert_eq!(
+            created(&decision.outcomes[2]).first_revision,
+            StreamRevision(2)
+        );
+        assert_eq!(
+            decision.outcomes[3],
+            Outcome::WrongExpectedRevision {
+                current: Some(StreamRevision(2))
+            }
+        );
+        assert_eq!(decision.stream_heads.len(), 1);
+        assert_eq!(decision.stream_heads[0].1, StreamRevision(2));
+    }
+
+    #[test]
+    fn a_retry_in_the_same_batch_is_idempotent() {
+        let batch = [
+            append("a", ExpectedRevision::NoStream, &[1, 2], true),
+            append("a", ExpectedRevision::NoStream, &[1, 2], true),
+            append("b", ExpectedRevision::Any, &[2], true),
+        ];
+        let decision = decide(&batch, Snapshot::default());
+        let first = created(&decision.outcomes[0]).clone();
+        assert_eq!(decision.outcomes[1], Outcome::Idempotent(first));
+        assert_eq!(
+            decision.outcomes[2],
+            Outcome::DuplicateEventId {
+                id: EventId(uuid::Uuid::from_u128(2))
+            }
+        );
+        assert_eq!(decision.rows.len(), 2);
+    }
+
+    #[test]
+    fn a_retry_is_recognised_before_the_expected_revision() {
+        let mut snapshot = Snapshot {
+            head: Position(9),
+            ..Snapshot::default()
+        };
+        snapshot
+            .streams
+            .insert(StreamName::new("a").unwrap(), StreamRevision(7));
+        for (id, revision, position) in [(1, 3, 5), (2, 4, 6)] {
+            let stored = StoredId {
+                stream: StreamName::new("a").unwrap(),
+                revision: StreamRevision(revision),
+                position: Position(position),
+            };
+            snapshot
+                .ids
+                .insert(EventId(uuid::Uuid::from_u128(id)), stored);
+        }
+        let batch = [append("a", ExpectedRevision::NoStream, &[1, 2], true)];
+        let decision = decide(&batch, snapshot);
+        assert_eq!(
+            decision.outcomes[0],
+            Outcome::Idempotent(AppendResult {
+                stream: StreamName::new("a").unwrap(),
+                first_revision: StreamRevision(3),
+                last_revision: StreamRevision(4),
+                first_position: Position(5),
+                last_position: Position(6),
+            })
+        );
+        assert!(decision.rows.is_empty());
+        assert_eq!(decision.head, Position(9));
+    }
+}

@@ -322,3 +322,35 @@ fn commit(
     tx.commit()?;
     Ok(decision.outcomes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_writer_commits_durably_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sqlite::open(dir.path(), 1).await.unwrap();
+        let writer = store.writer.lock().unwrap();
+        let mode: String = writer
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        // 2 is FULL: the WAL is fsynced before a commit returns.
+        let synchronous: i64 = writer
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(synchronous, 2);
+    }
+
+    #[tokio::test]
+    async fn read_connections_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sqlite::open(dir.path(), 1).await.unwrap();
+        let result = store
+            .read(|connection| Ok(connection.execute("UPDATE log_head SET position = 9", [])))
+            .await
+            .unwrap();
+        assert!(result.is_err(), "a read connection wrote");
+    }
+}

@@ -189,6 +189,8 @@ impl Cluster {
             pid = std::process::id(),
             dir = path(&self.dir),
         );
+        // Never waited for: it is meant to outlive this process.
+        #[allow(clippy::zombie_processes)]
         Command::new("sh")
             .args(["-c", &script])
             .stdin(std::process::Stdio::null())
@@ -214,7 +216,7 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// Where fresh databases come from: `DATABASE_URL`, or one cluster per test process.
 enum Server {
-    External(tokio_postgres::Config),
+    External(Box<tokio_postgres::Config>),
     Ours(Cluster),
 }
 
@@ -239,9 +241,9 @@ pub fn skip(test: &str) {
 /// A connection string for a new, empty database; `None` when PostgreSQL is not available.
 pub async fn fresh_database() -> Option<String> {
     let server = SERVER.get_or_init(|| match std::env::var("DATABASE_URL") {
-        Ok(url) => Some(Server::External(
+        Ok(url) => Some(Server::External(Box::new(
             url.parse().expect("DATABASE_URL is a valid URL"),
-        )),
+        ))),
         Err(_) => Cluster::start().map(Server::Ours),
     });
     let name = format!(

@@ -1,0 +1,272 @@
+//! Durability (guarantees 1 and 2 of shared/DESIGN.md) with the real binary: killed with
+//! SIGKILL under concurrent appends and restarted on the same data, every acknowledged
+//! append is there, whole, at its acknowledged position, with no gaps; and every request,
+//! acknowledged or not, is stored entirely or not at all.
+
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use support::postgres;
+
+/// The real `store-server` binary, running.
+struct Process {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl Process {
+    async fn start(storage: &[&str]) -> Process {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_store-server"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(storage)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start store-server");
+        let process = Process {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        assert!(
+            process.ready_within(Duration::from_secs(20)).await,
+            "server did not start"
+        );
+        process
+    }
+
+    async fn ready_within(&self, time: Duration) -> bool {
+        self.ready_status_within(StatusCode::OK, time).await
+    }
+
+    async fn ready_status_within(&self, wanted: StatusCode, time: Duration) -> bool {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + time;
+        while tokio::time::Instant::now() < deadline {
+            let response = client
+                .get(format!("{}/health/ready", self.url))
+                .send()
+                .await;
+            if response.is_ok_and(|r| r.status() == wanted) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    async fn kill(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        self.child.wait().await.expect("reap");
+    }
+}
+
+/// One append request, as sent, and its acknowledgement if one came.
+struct Attempt {
+    ids: Vec<String>,
+    stream: String,
+    acknowledged: Option<Value>,
+}
+
+/// Appends from `writers` concurrent clients until `stop`; keeps going through errors
+/// (a dead server or database) so that a recovery is exercised too.
+async fn append_until(url: String, writers: usize, stop: Arc<AtomicBool>) -> Vec<Attempt> {
+    let tasks = (0..writers).map(|w| {
+        let (url, stop) = (url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client");
+            let mut attempts = Vec::new();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let stream = format!("dur{w}-{}", n % 5);
+                let ids: Vec<String> = (0..1 + n % 3)
+                    .map(|_| uuid::Uuid::now_v7().to_string())
+                    .collect();
+                let events: Vec<Value> = ids
+                    .iter()
+                    .map(|id| json!({"id": id, "type": "E", "data": {"w": w, "n": n}}))
+                    .collect();
+                let response = client
+                    .post(format!("{url}/streams/{stream}"))
+                    .json(&json!({"events": events}))
+                    .send()
+                    .await;
+                let acknowledged = match response {
+                    Ok(r) if r.status() == StatusCode::CREATED => r.json().await.ok(),
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        None
+                    }
+                };
+                attempts.push(Attempt {
+                    ids,
+                    stream,
+                    acknowledged,
+                });
+            }
+            attempts
+        })
+    });
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("writer task"));
+    }
+    all
+}
+
+/// Checks the log against what was attempted and acknowledged.
+async fn verify(url: &str, attempts: &[Attempt]) {
+    let client = reqwest::Client::new();
+    let mut events = Vec::new();
+    let mut from = 1;
+    loop {
+        let page: Value = client
+            .get(format!("{url}/all?from={from}&limit=1000"))
+            .send()
+            .await
+            .expect("read")
+            .json()
+            .await
+            .expect("page");
+        events.extend(page["events"].as_array().expect("events").iter().cloned());
+        match page["next"].as_u64() {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    let positions: Vec<u64> = events
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        positions,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "no gap"
+    );
+    let by_id: HashMap<&str, &Value> = events
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap(), e))
+        .collect();
+    let acknowledged = attempts.iter().filter(|a| a.acknowledged.is_some()).count();
+    assert!(
+        acknowledged > 50,
+        "the load ran ({acknowledged} acknowledged appends)"
+    );
+    for attempt in attempts {
+        let stored: Vec<&&Value> = attempt
+            .ids
+            .iter()
+            .filter_map(|id| by_id.get(id.as_str()))
+            .collect();
+        assert!(
+            stored.is_empty() || stored.len() == attempt.ids.len(),
+            "a request is stored whole or not at all ({} of {} events)",
+            stored.len(),
+            attempt.ids.len()
+        );
+        if let Some(ack) = &attempt.acknowledged {
+            assert_eq!(
+                stored.len(),
+                attempt.ids.len(),
+                "acknowledged events are all stored"
+            );
+            let first = ack["first_position"].as_u64().unwrap();
+            for (offset, event) in stored.iter().enumerate() {
+                assert_eq!(event["position"].as_u64().unwrap(), first + offset as u64);
+                assert_eq!(event["stream"], json!(attempt.stream));
+            }
+        }
+    }
+}
+
+/// Runs the load for a while, kills the server with SIGKILL mid-load, restarts it.
+async fn killed_under_load_loses_nothing(storage: &[&str]) {
+    let server = Process::start(storage).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(append_until(server.url.clone(), 8, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let attempts = load.await.expect("load");
+    let server = Process::start(storage).await;
+    verify(&server.url, &attempts).await;
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_server_killed_under_load_loses_no_acknowledged_append() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let data_dir = dir.path().to_str().expect("UTF-8 path");
+    killed_under_load_loses_nothing(&["--data-dir", data_dir]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_server_killed_under_load_loses_no_acknowledged_append() {
+    let Some(url) = postgres::fresh_database().await else {
+        return postgres::skip("postgres_server_killed_under_load_loses_no_acknowledged_append");
+    };
+    killed_under_load_loses_nothing(&["--database-url", &url]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_crash_under_load_is_survived_without_loss() {
+    // This test stops and starts its database, so it gets a cluster of its own.
+    let Some(cluster) = postgres::Cluster::start() else {
+        return postgres::skip("postgres_crash_under_load_is_survived_without_loss");
+    };
+    let url = cluster.url("postgres");
+    let server = Process::start(&["--database-url", &url]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(append_until(server.url.clone(), 8, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    cluster.stop_immediate();
+    assert!(
+        server
+            .ready_status_within(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(10))
+            .await,
+        "/health/ready says 503 while the database is down"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.start_again();
+    assert!(
+        server.ready_within(Duration::from_secs(30)).await,
+        "/health/ready says 200 again once the database is back, without a restart"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let attempts = load.await.expect("load");
+
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{}/streams/after-1", server.url))
+        .json(&json!({"events": [{"type": "E", "data": 1}]}))
+        .send()
+        .await
+        .expect("append after recovery");
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "appends work after recovery"
+    );
+    let mut attempts = attempts;
+    attempts.retain(|a| a.stream != "after-1");
+    verify(&server.url, &attempts).await;
+    server.kill().await;
+}
