@@ -134,114 +134,13 @@ impl Store for Postgres {
         batch: Arc<[Append]>,
         recorded_at: Timestamp,
     ) -> Result<Vec<Outcome>, Error> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        // The log head's row lock serialises every writer on this database, across server
-        // instances: positions are handed out while it is held and become visible at
-        // commit in position order, so a reader never sees N+1 before N.
-        let lock = tx
-            .prepare_cached("SELECT position FROM log_head FOR UPDATE")
-            .await?;
-        let head: i64 = tx.query_one(&lock, &[]).await?.get(0);
-
-        // These two are sent together (pipelined): one round trip, not two.
-        let (streams, ids) = batch_keys(&batch);
-        let streams: Vec<&str> = streams.iter().map(|s| s.as_str()).collect();
-        let heads_sql = "SELECT name, revision FROM streams WHERE name = ANY($1)";
-        let ids_sql = "SELECT id, stream, revision, position FROM events WHERE id = ANY($1)";
-        let (heads_stmt, ids_stmt) =
-            tokio::try_join!(tx.prepare_cached(heads_sql), tx.prepare_cached(ids_sql))?;
-        let (heads, stored) =
-            tokio::try_join!(async { tx.query(&heads_stmt, &[&streams]).await }, async {
-                if ids.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    tx.query(&ids_stmt, &[&ids]).await
-                }
-            },)?;
-        let snapshot = snapshot(
-            head,
-            heads.iter().map(|row| (row.get(0), row.get(1))).collect(),
-            stored
-                .iter()
-                .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
-                .collect(),
-        )?;
-        let decision = crate::append::decide::decide(&batch, snapshot);
-
-        if !decision.rows.is_empty() {
-            let rows = &decision.rows;
-            let positions: Vec<i64> = rows.iter().map(|r| to_i64(r.position.0)).collect();
-            let stream_names: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
-            let categories: Vec<&str> = rows.iter().map(|r| r.stream.category()).collect();
-            let revisions: Vec<i64> = rows.iter().map(|r| to_i64(r.revision.0)).collect();
-            let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id.0).collect();
-            let types: Vec<&str> = rows.iter().map(|r| r.event.event_type.as_str()).collect();
-            let versions: Vec<i32> = rows
-                .iter()
-                .map(|r| r.event.schema_version.get() as i32)
-                .collect();
-            let data: Vec<&str> = rows.iter().map(|r| r.event.data.get()).collect();
-            let metadata: Vec<Option<&str>> = rows
-                .iter()
-                .map(|r| r.event.metadata.as_ref().map(|m| m.get()))
-                .collect();
-            let head_names: Vec<&str> = decision
-                .stream_heads
-                .iter()
-                .map(|(s, _)| s.as_str())
-                .collect();
-            let head_revisions: Vec<i64> = decision
-                .stream_heads
-                .iter()
-                .map(|(_, r)| to_i64(r.0))
-                .collect();
-            let new_head = to_i64(decision.head.0);
-            let at = recorded_at.to_offset_date_time();
-
-            let (insert, upsert, advance, notify) = tokio::try_join!(
-                tx.prepare_cached(
-                    "INSERT INTO events (position, stream, category, revision, id, type,
-                                         schema_version, data, metadata, recorded_at)
-                     SELECT e.*, $10 FROM UNNEST($1::bigint[], $2::text[], $3::text[],
-                         $4::bigint[], $5::uuid[], $6::text[], $7::int4[], $8::text[], $9::text[])
-                         AS e"
-                ),
-                tx.prepare_cached(
-                    "INSERT INTO streams (name, revision)
-                     SELECT * FROM UNNEST($1::text[], $2::bigint[])
-                     ON CONFLICT (name) DO UPDATE SET revision = EXCLUDED.revision"
-                ),
-                tx.prepare_cached("UPDATE log_head SET position = $1"),
-                tx.prepare_cached("SELECT pg_notify($1, $2::bigint::text)"),
-            )?;
-            let event_params: [&(dyn ToSql + Sync); 10] = [
-                &positions,
-                &stream_names,
-                &categories,
-                &revisions,
-                &ids,
-                &types,
-                &versions,
-                &data,
-                &metadata,
-                &at,
-            ];
-            let heads_params: [&(dyn ToSql + Sync); 2] = [&head_names, &head_revisions];
-            let log_head_params: [&(dyn ToSql + Sync); 1] = [&new_head];
-            // One notification per group commit, not per event: NOTIFY serialises commits.
-            let notify_params: [&(dyn ToSql + Sync); 2] = [&NOTIFY_CHANNEL, &new_head];
-            // Pipelined: four statements, one round trip.
-            tokio::try_join!(
-                tx.execute(&insert, &event_params),
-                tx.execute(&upsert, &heads_params),
-                tx.execute(&advance, &log_head_params),
-                tx.execute(&notify, &notify_params),
-            )?;
+        let client = self.pool.get().await?;
+        let result = commit(&client, &batch, recorded_at).await;
+        if result.is_err() {
+            // Its transaction may still be open: this connection never goes back to the pool.
+            let _ = deadpool_postgres::Object::take(client);
         }
-        let outcomes = decision.outcomes;
-        tx.commit().await?;
-        Ok(outcomes)
+        result
     }
 
     async fn read_stream(&self, query: StreamQuery) -> Result<Option<Page<StreamRevision>>, Error> {
@@ -325,6 +224,158 @@ impl Store for Postgres {
         let client = self.pool.get().await?;
         let head = log_head(&client).await?;
         Ok(Position(super::to_u64(head, 0, "log head")?))
+    }
+}
+
+/// One group commit in two round trips. Statements pipelined on one connection run in
+/// order, each with a snapshot taken when it starts, so the reads sent right behind the lock
+/// run once it is held and see every earlier commit.
+async fn commit(
+    client: &deadpool_postgres::Client,
+    batch: &[Append],
+    recorded_at: Timestamp,
+) -> Result<Vec<Outcome>, Error> {
+    let statements = Statements::prepare(client).await?;
+    let (streams, ids) = batch_keys(batch);
+    let streams: Vec<&str> = streams.iter().map(|s| s.as_str()).collect();
+    let streams_params: [&(dyn ToSql + Sync); 1] = [&streams];
+
+    // Round trip 1: BEGIN, lock, read what the decisions need.
+    let ((), head, heads, stored) = tokio::try_join!(
+        client.batch_execute("BEGIN"),
+        // The log head's row lock serialises every writer on this database, across server
+        // instances: positions are handed out while it is held and become visible at commit
+        // in position order, so a reader never sees N+1 before N.
+        client.query_one(&statements.lock, &[]),
+        client.query(&statements.stream_heads, &streams_params),
+        async {
+            match ids.is_empty() {
+                true => Ok(Vec::new()),
+                false => client.query(&statements.stored_ids, &[&ids]).await,
+            }
+        },
+    )?;
+    let snapshot = snapshot(
+        head.get(0),
+        heads.iter().map(|row| (row.get(0), row.get(1))).collect(),
+        stored
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+            .collect(),
+    )?;
+    let decision = crate::append::decide::decide(batch, snapshot);
+    if decision.rows.is_empty() {
+        client.batch_execute("COMMIT").await?;
+        return Ok(decision.outcomes);
+    }
+
+    // Round trip 2: write, advance the head, notify, COMMIT. Should a write fail, its error
+    // is what try_join reports, and PostgreSQL turns the pipelined COMMIT into a rollback.
+    let rows = &decision.rows;
+    let positions: Vec<i64> = rows.iter().map(|r| to_i64(r.position.0)).collect();
+    let stream_names: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
+    let categories: Vec<&str> = rows.iter().map(|r| r.stream.category()).collect();
+    let revisions: Vec<i64> = rows.iter().map(|r| to_i64(r.revision.0)).collect();
+    let event_ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id.0).collect();
+    let types: Vec<&str> = rows.iter().map(|r| r.event.event_type.as_str()).collect();
+    let versions: Vec<i32> = rows
+        .iter()
+        .map(|r| r.event.schema_version.get() as i32)
+        .collect();
+    let data: Vec<&str> = rows.iter().map(|r| r.event.data.get()).collect();
+    let metadata: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| r.event.metadata.as_ref().map(|m| m.get()))
+        .collect();
+    let head_names: Vec<&str> = decision
+        .stream_heads
+        .iter()
+        .map(|(s, _)| s.as_str())
+        .collect();
+    let head_revisions: Vec<i64> = decision
+        .stream_heads
+        .iter()
+        .map(|(_, r)| to_i64(r.0))
+        .collect();
+    let new_head = to_i64(decision.head.0);
+    let at = recorded_at.to_offset_date_time();
+    let event_params: [&(dyn ToSql + Sync); 10] = [
+        &positions,
+        &stream_names,
+        &categories,
+        &revisions,
+        &event_ids,
+        &types,
+        &versions,
+        &data,
+        &metadata,
+        &at,
+    ];
+    let heads_params: [&(dyn ToSql + Sync); 2] = [&head_names, &head_revisions];
+    let log_head_params: [&(dyn ToSql + Sync); 1] = [&new_head];
+    // One notification per group commit, not per event: NOTIFY serialises commits.
+    let notify_params: [&(dyn ToSql + Sync); 2] = [&NOTIFY_CHANNEL, &new_head];
+    tokio::try_join!(
+        client.execute(&statements.insert_events, &event_params),
+        client.execute(&statements.upsert_stream_heads, &heads_params),
+        client.execute(&statements.advance_log_head, &log_head_params),
+        client.execute(&statements.notify, &notify_params),
+        client.batch_execute("COMMIT"),
+    )?;
+    Ok(decision.outcomes)
+}
+
+/// The write path's statements, prepared once per connection (then cached by the pool).
+struct Statements {
+    lock: tokio_postgres::Statement,
+    stream_heads: tokio_postgres::Statement,
+    stored_ids: tokio_postgres::Statement,
+    insert_events: tokio_postgres::Statement,
+    upsert_stream_heads: tokio_postgres::Statement,
+    advance_log_head: tokio_postgres::Statement,
+    notify: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &deadpool_postgres::Client) -> Result<Self, Error> {
+        let (
+            lock,
+            stream_heads,
+            stored_ids,
+            insert_events,
+            upsert_stream_heads,
+            advance_log_head,
+            notify,
+        ) = tokio::try_join!(
+            client.prepare_cached("SELECT position FROM log_head FOR UPDATE"),
+            client.prepare_cached("SELECT name, revision FROM streams WHERE name = ANY($1)"),
+            client.prepare_cached(
+                "SELECT id, stream, revision, position FROM events WHERE id = ANY($1)"
+            ),
+            client.prepare_cached(
+                "INSERT INTO events (position, stream, category, revision, id, type,
+                                     schema_version, data, metadata, recorded_at)
+                 SELECT e.*, $10 FROM UNNEST($1::bigint[], $2::text[], $3::text[],
+                     $4::bigint[], $5::uuid[], $6::text[], $7::int4[], $8::text[], $9::text[])
+                     AS e"
+            ),
+            client.prepare_cached(
+                "INSERT INTO streams (name, revision)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[])
+                 ON CONFLICT (name) DO UPDATE SET revision = EXCLUDED.revision"
+            ),
+            client.prepare_cached("UPDATE log_head SET position = $1"),
+            client.prepare_cached("SELECT pg_notify($1, $2::bigint::text)"),
+        )?;
+        Ok(Self {
+            lock,
+            stream_heads,
+            stored_ids,
+            insert_events,
+            upsert_stream_heads,
+            advance_log_head,
+            notify,
+        })
     }
 }
 
