@@ -27,7 +27,6 @@ pub struct Sqlite {
     /// connection shareable with the blocking thread that runs each commit.
     writer: Arc<Mutex<Connection>>,
     readers: deadpool::managed::Pool<Readers>,
-    path: PathBuf,
 }
 
 impl Sqlite {
@@ -43,20 +42,14 @@ impl Sqlite {
         let path = data_dir.join(FILE_NAME);
         let writer_path = path.clone();
         let writer = tokio::task::spawn_blocking(move || open_writer(&writer_path)).await??;
-        let readers = deadpool::managed::Pool::builder(Readers { path: path.clone() })
+        let readers = deadpool::managed::Pool::builder(Readers { path })
             .max_size(read_connections_max)
             .build()
             .map_err(|e| Error::Pool(Box::new(e)))?;
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
             readers,
-            path,
         })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Runs `read` on a read-only connection on a blocking thread.
