@@ -75,6 +75,26 @@ pub struct Cli {
     #[arg(long, env = "STORE_SQLITE_READ_CONNECTIONS_MAX", default_value_t = 8, value_parser = positive, global = true)]
     pub sqlite_read_connections_max: usize,
 
+    /// Most subscriptions at once; past it, 503 with Retry-After.
+    #[arg(long, env = "STORE_SUBSCRIPTIONS_MAX", default_value_t = 1000, value_parser = positive, global = true)]
+    pub subscriptions_max: usize,
+
+    /// Events a subscription reads from storage at once: the bound on its memory.
+    #[arg(long, env = "STORE_SUBSCRIPTION_BUFFER_EVENTS_MAX", default_value_t = 500, value_parser = positive, global = true)]
+    pub subscription_buffer_events_max: usize,
+
+    /// Batches of new events kept for subscribers that are behind; past it, they read storage.
+    #[arg(long, env = "STORE_SUBSCRIPTION_BROADCAST_BATCHES_MAX", default_value_t = 256, value_parser = positive, global = true)]
+    pub subscription_broadcast_batches_max: usize,
+
+    /// How often to look for commits nobody announced (other instances, lost notifications).
+    #[arg(long, env = "STORE_SUBSCRIPTION_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = positive, global = true)]
+    pub subscription_poll_interval_ms: usize,
+
+    /// Idle time between `: keepalive` comments on subscriptions.
+    #[arg(long, env = "STORE_SSE_KEEP_ALIVE_INTERVAL_MS", default_value_t = 15_000, value_parser = positive, global = true)]
+    pub sse_keep_alive_interval_ms: usize,
+
     /// How long to wait for a storage connection before answering 503.
     #[arg(long, env = "STORE_STORAGE_TIMEOUT_MS", default_value_t = 5000, value_parser = positive, global = true)]
     pub storage_timeout_ms: usize,
@@ -87,6 +107,10 @@ pub enum Command {
     Serve,
     /// Apply migrations to the configured storage, then exit.
     Migrate,
+}
+
+fn millis(ms: usize) -> Duration {
+    Duration::from_millis(ms as u64)
 }
 
 fn positive(text: &str) -> Result<usize, String> {
@@ -131,6 +155,8 @@ pub struct Config {
     pub append: RequestLimits,
     /// How the writer batches.
     pub batch: BatchLimits,
+    /// Subscriptions.
+    pub subscriptions: crate::subscriptions::Limits,
 }
 
 impl Config {
@@ -157,7 +183,7 @@ impl Cli {
             Some(url) => Storage::Postgres(PostgresOptions {
                 url: url.clone(),
                 pool_connections_max: self.postgres_pool_connections_max,
-                connect_timeout: Duration::from_millis(self.storage_timeout_ms as u64),
+                connect_timeout: millis(self.storage_timeout_ms),
                 allow_async_commit: self.unsafe_allow_async_commit,
             }),
             None => Storage::Sqlite {
@@ -179,6 +205,13 @@ impl Cli {
                 queue_requests_max: self.append_queue_requests_max,
                 commit_requests_max: self.commit_requests_max,
                 commit_events_max: self.commit_events_max,
+            },
+            subscriptions: crate::subscriptions::Limits {
+                subscriptions_max: self.subscriptions_max,
+                buffer_events_max: self.subscription_buffer_events_max,
+                broadcast_batches_max: self.subscription_broadcast_batches_max,
+                poll_interval: millis(self.subscription_poll_interval_ms),
+                keep_alive_interval: millis(self.sse_keep_alive_interval_ms),
             },
         }
     }

@@ -13,6 +13,7 @@
 //! | `http` | the routes, one file per resource; `problem.rs` turns errors into problem documents |
 //! | `append` | the write path: validation, the writer's queue and group commit, `decide` |
 //! | `store` | the backend trait, `sqlite.rs`, `postgres.rs`, migrations |
+//! | `subscriptions` | live delivery: the tailer and its broadcast (`Hub`), one follower per SSE connection |
 //! | `metrics` | the Prometheus registry |
 //!
 //! The write path, end to end: `http/streams.rs` (`append`) → `append::Writer::append`
@@ -35,6 +36,8 @@ pub mod metrics;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
+pub mod subscriptions;
 
 /// An error and its sources on one line, for logs (never for clients).
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -20,6 +20,12 @@ pub struct Metrics {
     pub commit_requests: Histogram,
     /// The last position this server committed.
     pub head_position: IntGauge,
+    /// Open subscriptions.
+    pub subscriptions_active: IntGauge,
+    /// Events sent to subscribers.
+    pub subscription_events_sent_total: IntCounter,
+    /// Times a subscriber fell behind the broadcast (or saw a gap) and read storage again.
+    pub subscription_catchup_fallbacks_total: IntCounter,
 }
 
 impl Metrics {
@@ -34,48 +40,70 @@ impl Metrics {
             0.512, 1.024, 2.048,
         ];
         let metrics = Self {
-            appends_total: IntCounterVec::new(
-                Opts::new("appends_total", "Append requests by result"),
-                &["result"],
+            appends_total: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("appends_total", "Append requests by result"),
+                    &["result"],
+                )?,
             )?,
-            events_appended_total: IntCounter::new("events_appended_total", "Events written")?,
-            append_duration_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "append_duration_seconds",
-                    "Append requests, received to answered",
-                )
-                .buckets(latency.clone()),
+            events_appended_total: registered(
+                &registry,
+                IntCounter::new("events_appended_total", "Events written")?,
             )?,
-            commit_duration_seconds: Histogram::with_opts(
-                HistogramOpts::new("commit_duration_seconds", "Group commits, start to durable")
+            append_duration_seconds: registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "append_duration_seconds",
+                        "Append requests, received to answered",
+                    )
+                    .buckets(latency.clone()),
+                )?,
+            )?,
+            commit_duration_seconds: registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "commit_duration_seconds",
+                        "Group commits, start to durable",
+                    )
                     .buckets(latency),
+                )?,
             )?,
-            commit_requests: Histogram::with_opts(
-                HistogramOpts::new("commit_requests", "Append requests per group commit").buckets(
-                    vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
-                ),
+            commit_requests: registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("commit_requests", "Append requests per group commit")
+                        .buckets(vec![
+                            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+                        ]),
+                )?,
             )?,
-            head_position: IntGauge::new("head_position", "Last position committed here")?,
+            head_position: registered(
+                &registry,
+                IntGauge::new("head_position", "Last position committed here")?,
+            )?,
+            subscriptions_active: registered(
+                &registry,
+                IntGauge::new("subscriptions_active", "Open subscriptions")?,
+            )?,
+            subscription_events_sent_total: registered(
+                &registry,
+                IntCounter::new(
+                    "subscription_events_sent_total",
+                    "Events sent to subscribers",
+                )?,
+            )?,
+            subscription_catchup_fallbacks_total: registered(
+                &registry,
+                IntCounter::new(
+                    "subscription_catchup_fallbacks_total",
+                    "Subscribers that fell behind the broadcast and read storage again",
+                )?,
+            )?,
             registry,
         };
-        metrics
-            .registry
-            .register(Box::new(metrics.appends_total.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.events_appended_total.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.append_duration_seconds.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.commit_duration_seconds.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.commit_requests.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.head_position.clone()))?;
         Ok(metrics)
     }
 
@@ -86,4 +114,13 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut text);
         String::from_utf8(text).unwrap_or_default()
     }
+}
+
+/// Registers `collector` with `registry` and hands it back, so that no metric is forgotten.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> Result<C, prometheus::Error> {
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
 }

@@ -5,9 +5,11 @@ use crate::append::Writer;
 use crate::config::{Config, Storage};
 use crate::http::{AppState, app};
 use crate::metrics::Metrics;
+use crate::subscriptions::Hub;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
 use tracing::info;
 
 /// Why the server could not start or stopped with an error.
@@ -38,16 +40,23 @@ pub async fn run(
 ) -> Result<(), Error> {
     let store = crate::store::open(&config.storage).await?;
     let metrics = Arc::new(Metrics::new()?);
-    metrics
-        .head_position
-        .set(crate::store::to_i64(store.head().await?.0));
-    let (writer, writer_task) = Writer::start(store.clone(), config.batch, metrics.clone());
+    let head = store.head().await?;
+    metrics.head_position.set(crate::store::to_i64(head.0));
+    // Every long-lived task watches this; it turns true once `shutdown` completes.
+    let (stopping, stop) = watch::channel(false);
+    let (hub, tailer) = Hub::start(store.clone(), config.subscriptions, head, stop.clone());
+    let (writer, writer_task) =
+        Writer::start(store.clone(), config.batch, metrics.clone(), hub.commits());
     let state = AppState {
         store,
         writer,
         http: config.http,
         append: config.append,
         metrics,
+        hub,
+        subscriptions: config.subscriptions,
+        subscription_slots: Arc::new(Semaphore::new(config.subscriptions.subscriptions_max)),
+        shutdown: stop,
     };
     let storage = match &config.storage {
         Storage::Sqlite { data_dir, .. } => data_dir
@@ -66,11 +75,17 @@ pub async fn run(
         read_limit_max = config.http.read_limit_max,
         "serving"
     );
+    let signal = async move {
+        shutdown.await;
+        // Ends every subscription, so that their responses complete and serving can stop.
+        let _ = stopping.send(true);
+    };
     axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(signal)
         .await?;
     // Every handle to the writer went with the app: it drains what is queued, then ends.
     let _ = writer_task.await;
+    let _ = tailer.await;
     info!("stopped");
     Ok(())
 }

@@ -12,7 +12,7 @@ use crate::store::Store;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::error;
 
 /// An append ready to commit: validated, with every event's id settled.
@@ -161,14 +161,16 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task over `store`.
+    /// Starts the writer task over `store`; it notifies `commits` after every commit that
+    /// wrote something.
     pub fn start(
         store: Arc<dyn Store>,
         limits: BatchLimits,
         metrics: Arc<Metrics>,
+        commits: Arc<Notify>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (queue, requests) = mpsc::channel(limits.queue_requests_max);
-        let task = tokio::spawn(run(store, requests, limits, metrics));
+        let task = tokio::spawn(run(store, requests, limits, metrics, commits));
         (Self { queue }, task)
     }
 
@@ -191,6 +193,7 @@ async fn run(
     mut requests: mpsc::Receiver<Pending>,
     limits: BatchLimits,
     metrics: Arc<Metrics>,
+    commits: Arc<Notify>,
 ) {
     let mut carried: Option<Pending> = None;
     loop {
@@ -214,11 +217,14 @@ async fn run(
             }
             batch.push(next);
         }
-        commit(&*store, batch, &metrics).await;
+        if commit(&*store, batch, &metrics).await {
+            commits.notify_one();
+        }
     }
 }
 
-async fn commit(store: &dyn Store, batch: Vec<Pending>, metrics: &Metrics) {
+/// Commits `batch` and answers each request; says whether anything was written.
+async fn commit(store: &dyn Store, batch: Vec<Pending>, metrics: &Metrics) -> bool {
     let (appends, replies): (Vec<Append>, Vec<_>) =
         batch.into_iter().map(|p| (p.append, p.reply)).unzip();
     let requests = appends.len();
@@ -231,6 +237,7 @@ async fn commit(store: &dyn Store, batch: Vec<Pending>, metrics: &Metrics) {
     match result {
         Ok(outcomes) => {
             assert_eq!(outcomes.len(), replies.len(), "one outcome per request");
+            let wrote = outcomes.iter().any(|o| matches!(o, Outcome::Created(_)));
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 if let Outcome::Created(result) = &outcome {
                     metrics
@@ -240,12 +247,14 @@ async fn commit(store: &dyn Store, batch: Vec<Pending>, metrics: &Metrics) {
                 // The client may have gone; its append stands all the same.
                 let _ = reply.send(Ok(outcome));
             }
+            wrote
         }
         Err(err) => {
             error!(requests, cause = %crate::error_chain(&err), "group commit failed");
             for reply in replies {
                 let _ = reply.send(Err(Error::Unavailable));
             }
+            false
         }
     }
 }

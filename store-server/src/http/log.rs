@@ -3,7 +3,7 @@
 use super::params::{RawQuery, ReadParams, segment};
 use super::{ApiError, AppState};
 use crate::protocol::{Category, Page, Position};
-use crate::store::LogQuery;
+use crate::store::{Filter, LogQuery};
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -33,8 +33,11 @@ async fn read(
 ) -> Result<Json<Page<Position>>, ApiError> {
     let params = ReadParams::parse(query, state.http.read_limit_max)?;
     let query = LogQuery {
-        category,
-        types: params.types,
+        filter: Filter {
+            stream: None,
+            category,
+            types: params.types,
+        },
         from: params.from.map(Position),
         direction: params.direction,
         limit: params.limit,

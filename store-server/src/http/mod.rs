@@ -5,6 +5,7 @@ mod ops;
 mod params;
 mod problem;
 mod streams;
+mod subscribe;
 
 pub use problem::ApiError;
 
@@ -12,9 +13,11 @@ use crate::append::{RequestLimits, Writer};
 use crate::config::HttpLimits;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::subscriptions::Hub;
 use axum::Router;
 use axum::routing::{get, post};
 use std::sync::Arc;
+use tokio::sync::{Semaphore, watch};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -29,6 +32,14 @@ pub struct AppState {
     pub append: RequestLimits,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
+    /// Live delivery.
+    pub hub: Arc<Hub>,
+    /// Subscription limits.
+    pub subscriptions: crate::subscriptions::Limits,
+    /// One permit per open subscription.
+    pub subscription_slots: Arc<Semaphore>,
+    /// Turns true when the server shuts down: subscriptions end.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// The whole API as one service; tests and `server::run` both serve it.
@@ -38,8 +49,11 @@ pub fn app(state: AppState) -> Router {
             "/streams/{stream}",
             post(streams::append).get(streams::read),
         )
+        .route("/streams/{stream}/subscribe", get(subscribe::stream))
         .route("/categories/{category}", get(log::read_category))
+        .route("/categories/{category}/subscribe", get(subscribe::category))
         .route("/all", get(log::read_all))
+        .route("/all/subscribe", get(subscribe::all))
         .route("/health/live", get(ops::live))
         .route("/health/ready", get(ops::ready))
         .route("/info", get(ops::info))

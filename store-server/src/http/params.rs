@@ -73,8 +73,20 @@ impl ReadParams {
     }
 }
 
+/// `types`: comma-separated event types; absent is every type.
+pub fn types(query: &HashMap<String, String>) -> Result<Vec<EventType>, ApiError> {
+    let Some(list) = query.get("types") else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .map(|name| {
+            EventType::new(name).map_err(|e| ApiError::InvalidRequest(format!("types: {e}")))
+        })
+        .collect()
+}
+
 /// A non-negative decimal integer; anything else is a 400 naming the parameter.
-fn number(name: &str, value: &str) -> Result<u64, ApiError> {
+pub fn number(name: &str, value: &str) -> Result<u64, ApiError> {
     // `u64::from_str` accepts a leading '+'; the API takes plain digits only.
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::InvalidRequest(format!(

@@ -9,6 +9,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tracing::{error, info};
 
+/// What `Retry-After` says when the subscription limit is reached, in seconds.
+const SUBSCRIPTION_RETRY_AFTER_SECS: &str = "5";
+
 /// Why a request failed. Each variant says its status and problem type.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -52,6 +55,10 @@ pub enum ApiError {
     /// `413 payload-too-large`.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// `503 unavailable` with `Retry-After`: the server has as many subscriptions as it
+    /// takes.
+    #[error("the server has as many subscriptions as it takes, try again later")]
+    TooManySubscriptions,
     /// `503 unavailable`: storage failed or cannot be reached. Details go to the log only.
     #[error("storage is unavailable, try again")]
     Unavailable(#[source] Option<crate::store::Error>),
@@ -120,7 +127,7 @@ impl ApiError {
                 "payload-too-large",
                 "Payload too large",
             ),
-            Self::Unavailable(_) => (
+            Self::Unavailable(_) | Self::TooManySubscriptions => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
@@ -170,11 +177,16 @@ impl IntoResponse for ApiError {
             extensions,
         };
         let body = serde_json::to_string(&problem).unwrap_or_default();
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body,
         )
-            .into_response()
+            .into_response();
+        if matches!(self, Self::TooManySubscriptions) {
+            let retry = header::HeaderValue::from_static(SUBSCRIPTION_RETRY_AFTER_SECS);
+            response.headers_mut().insert(header::RETRY_AFTER, retry);
+        }
+        response
     }
 }

@@ -56,13 +56,39 @@ pub struct StreamQuery {
     pub limit: usize,
 }
 
-/// A read of the whole log, or of one category, by position.
-#[derive(Debug, Clone)]
-pub struct LogQuery {
-    /// Only streams of this category, or every stream.
+/// Which events of the log a read or a subscription wants.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this stream.
+    pub stream: Option<StreamName>,
+    /// Only streams of this category.
     pub category: Option<Category>,
     /// Only these event types; empty: every type.
     pub types: Vec<EventType>,
+}
+
+impl Filter {
+    /// Whether `event` is one the filter keeps.
+    pub fn matches(&self, event: &crate::protocol::RecordedEvent) -> bool {
+        self.stream.as_ref().is_none_or(|s| *s == event.stream)
+            && self
+                .category
+                .as_ref()
+                .is_none_or(|c| c.as_str() == event.stream.category())
+            && (self.types.is_empty() || self.types.contains(&event.event_type))
+    }
+
+    /// Whether the filter keeps every event.
+    pub fn is_everything(&self) -> bool {
+        self.stream.is_none() && self.category.is_none() && self.types.is_empty()
+    }
+}
+
+/// A read of the log by position, whole or filtered.
+#[derive(Debug, Clone)]
+pub struct LogQuery {
+    /// Which events.
+    pub filter: Filter,
     /// First position to return (inclusive); `None`: the start (forward) or end (backward).
     pub from: Option<Position>,
     /// Which way.
@@ -89,11 +115,23 @@ pub trait Store: Send + Sync + 'static {
     /// Reads one stream; `None` when the stream does not exist.
     async fn read_stream(&self, query: StreamQuery) -> Result<Option<Page<StreamRevision>>, Error>;
 
-    /// Reads the log or a category.
+    /// Reads the log by position. The page's `head` is at least every position the read
+    /// could see: a reader that continues after `head` (when `next` is `None`) misses nothing.
     async fn read_log(&self, query: LogQuery) -> Result<Page<Position>, Error>;
 
     /// The last position in the log (0 when empty).
     async fn head(&self) -> Result<Position, Error>;
+
+    /// Notifies `commits` whenever another process commits to this storage, until
+    /// `shutdown`. A hint only: the tailer polls as well. By default nothing: only this
+    /// server writes.
+    fn watch_commits(
+        &self,
+        commits: Arc<tokio::sync::Notify>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let _ = (commits, shutdown);
+    }
 }
 
 /// Opens the store a configuration names, applying migrations first.
@@ -230,10 +268,11 @@ impl EventRow {
 }
 
 /// Turns `limit + 1` rows into a page: the extra row, if any, is where the next page starts.
+/// `head_read_first` must have been read before the rows (or in the same snapshot).
 fn page<C>(
     rows: Vec<EventRow>,
     limit: usize,
-    head: i64,
+    head_read_first: i64,
     cursor: impl Fn(&crate::protocol::RecordedEvent) -> C,
 ) -> Result<Page<C>, Error> {
     let mut events = rows
@@ -244,11 +283,10 @@ fn page<C>(
         .then(|| events.pop())
         .flatten()
         .map(|e| cursor(&e));
-    Ok(Page {
-        events,
-        next,
-        head: Position(to_u64(head, 0, "log head")?),
-    })
+    // The head is read before the events, so events committed in between can pass it.
+    let seen = events.iter().map(|e| e.position).max().unwrap_or_default();
+    let head = seen.max(Position(to_u64(head_read_first, 0, "log head")?));
+    Ok(Page { events, next, head })
 }
 
 /// What a batch's decisions need looked up: the distinct streams it appends to, and the

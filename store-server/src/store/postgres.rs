@@ -11,8 +11,10 @@ use crate::protocol::{Page, Position, StreamRevision, Timestamp};
 use deadpool_postgres::{GenericClient, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{Notify, watch};
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
+use tracing::warn;
 
 /// The channel every commit notifies, with the new log head as payload.
 pub const NOTIFY_CHANNEL: &str = "eventstore_appended";
@@ -36,6 +38,8 @@ pub struct PostgresOptions {
 /// A store in a PostgreSQL database.
 pub struct Postgres {
     pool: Pool,
+    /// For the LISTEN connection, which lives outside the pool.
+    config: tokio_postgres::Config,
 }
 
 impl Postgres {
@@ -53,7 +57,7 @@ impl Postgres {
         // Fast recycling only checks the socket is open: a connection killed by a database
         // restart fails one statement, then the pool replaces it.
         let manager = deadpool_postgres::Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -81,7 +85,7 @@ impl Postgres {
         }
         migrate(&mut client).await?;
         drop(client);
-        Ok(Self { pool })
+        Ok(Self { pool, config })
     }
 }
 
@@ -160,24 +164,24 @@ impl Store for Postgres {
         );
         let limit = to_i64(query.limit as u64 + 1);
         let name = query.stream.as_str();
-        let (exists, events, head) = tokio::try_join!(
-            async {
-                let stmt = client
-                    .prepare_cached("SELECT 1 FROM streams WHERE name = $1")
-                    .await?;
-                client.query_opt(&stmt, &[&name]).await
-            },
-            async {
-                let stmt = client.prepare_cached(&sql).await?;
-                client.query(&stmt, &[&name, &from, &limit]).await
-            },
-            log_head(&client),
+        let (head_stmt, exists_stmt, events_stmt) = tokio::try_join!(
+            client.prepare_cached(LOG_HEAD_SQL),
+            client.prepare_cached("SELECT 1 FROM streams WHERE name = $1"),
+            client.prepare_cached(&sql),
+        )?;
+        let exists_params: [&(dyn ToSql + Sync); 1] = [&name];
+        let events_params: [&(dyn ToSql + Sync); 3] = [&name, &from, &limit];
+        // Pipelined, sent in this order: the head is read before the events (see `page`).
+        let (head, exists, events) = tokio::try_join!(
+            client.query_one(&head_stmt, &[]),
+            client.query_opt(&exists_stmt, &exists_params),
+            client.query(&events_stmt, &events_params),
         )?;
         if exists.is_none() {
             return Ok(None);
         }
         let rows = events.iter().map(event_row).collect();
-        page(rows, query.limit, head, |e| e.revision).map(Some)
+        page(rows, query.limit, head.get(0), |e| e.revision).map(Some)
     }
 
     async fn read_log(&self, query: LogQuery) -> Result<Page<Position>, Error> {
@@ -194,9 +198,15 @@ impl Store for Postgres {
             }
         };
         let limit = to_i64(query.limit as u64 + 1);
-        let category = query.category.as_ref().map(|c| c.as_str());
-        let types: Vec<&str> = query.types.iter().map(|t| t.as_str()).collect();
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&from, &limit];
+        let filter = &query.filter;
+        let stream = filter.stream.as_ref().map(|s| s.as_str());
+        let category = filter.category.as_ref().map(|c| c.as_str());
+        let types: Vec<&str> = filter.types.iter().map(|t| t.as_str()).collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&from, &limit];
+        if stream.is_some() {
+            params.push(&stream);
+            sql.push_str(&format!(" AND stream = ${}", params.len()));
+        }
         if category.is_some() {
             params.push(&category);
             sql.push_str(&format!(" AND category = ${}", params.len()));
@@ -209,21 +219,81 @@ impl Store for Postgres {
             Direction::Forward => " ORDER BY position LIMIT $2",
             Direction::Backward => " ORDER BY position DESC LIMIT $2",
         });
-        let (events, head) = tokio::try_join!(
-            async {
-                let stmt = client.prepare_cached(&sql).await?;
-                client.query(&stmt, &params).await
-            },
-            log_head(&client),
+        let (head_stmt, events_stmt) = tokio::try_join!(
+            client.prepare_cached(LOG_HEAD_SQL),
+            client.prepare_cached(&sql)
+        )?;
+        // Pipelined, sent in this order: the head is read before the events (see `page`).
+        let (head, events) = tokio::try_join!(
+            client.query_one(&head_stmt, &[]),
+            client.query(&events_stmt, &params),
         )?;
         let rows = events.iter().map(event_row).collect();
-        page(rows, query.limit, head, |e| e.position)
+        page(rows, query.limit, head.get(0), |e| e.position)
     }
 
     async fn head(&self) -> Result<Position, Error> {
         let client = self.pool.get().await?;
         let head = log_head(&client).await?;
         Ok(Position(super::to_u64(head, 0, "log head")?))
+    }
+
+    fn watch_commits(&self, commits: Arc<Notify>, shutdown: watch::Receiver<bool>) {
+        let mut config = self.config.clone();
+        config.application_name("store-server-listen");
+        tokio::spawn(listen(config, commits, shutdown));
+    }
+}
+
+/// How long to wait before reconnecting the LISTEN connection.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+
+/// Holds a connection of its own (a pooled one would lose its LISTEN when recycled) that
+/// LISTENs for other instances' commits, reconnecting after any loss. Every (re)connect
+/// notifies once: commits made while nobody listened are found by the read it triggers.
+async fn listen(
+    config: tokio_postgres::Config,
+    commits: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let notified = commits.clone();
+                let mut messages = tokio::spawn(async move {
+                    while let Some(Ok(message)) =
+                        std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                    {
+                        if let tokio_postgres::AsyncMessage::Notification(_) = message {
+                            notified.notify_one();
+                        }
+                    }
+                });
+                match client
+                    .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+                    .await
+                {
+                    Ok(()) => {
+                        commits.notify_one();
+                        tokio::select! {
+                            _ = &mut messages => {}
+                            _ = shutdown.wait_for(|stopping| *stopping) => {
+                                messages.abort();
+                                return;
+                            }
+                        }
+                    }
+                    Err(err) => warn!(cause = %crate::error_chain(&err), "LISTEN failed"),
+                }
+                messages.abort();
+                warn!("lost the LISTEN connection; polling covers until it is back");
+            }
+            Err(err) => warn!(cause = %crate::error_chain(&err), "cannot connect to LISTEN"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(LISTEN_RETRY) => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => return,
+        }
     }
 }
 
@@ -379,10 +449,10 @@ impl Statements {
     }
 }
 
+const LOG_HEAD_SQL: &str = "SELECT position FROM log_head";
+
 async fn log_head(client: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
-    let stmt = client
-        .prepare_cached("SELECT position FROM log_head")
-        .await?;
+    let stmt = client.prepare_cached(LOG_HEAD_SQL).await?;
     Ok(client.query_one(&stmt, &[]).await?.get(0))
 }
 

@@ -196,14 +196,19 @@ impl Store for Sqlite {
                     values.push(from.map_or(i64::MAX, |p| to_i64(p.0)).into());
                 }
             }
-            if let Some(category) = &query.category {
+            let filter = &query.filter;
+            if let Some(stream) = &filter.stream {
+                sql.push_str(" AND stream = ?");
+                values.push(stream.as_str().to_owned().into());
+            }
+            if let Some(category) = &filter.category {
                 sql.push_str(" AND category = ?");
                 values.push(category.as_str().to_owned().into());
             }
-            if !query.types.is_empty() {
-                let marks = vec!["?"; query.types.len()].join(", ");
+            if !filter.types.is_empty() {
+                let marks = vec!["?"; filter.types.len()].join(", ");
                 sql.push_str(&format!(" AND type IN ({marks})"));
-                values.extend(query.types.iter().map(|t| t.as_str().to_owned().into()));
+                values.extend(filter.types.iter().map(|t| t.as_str().to_owned().into()));
             }
             sql.push_str(match query.direction {
                 Direction::Forward => " ORDER BY position LIMIT ?",

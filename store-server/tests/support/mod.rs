@@ -51,7 +51,17 @@ pub struct TestServer {
 impl TestServer {
     /// A server over fresh storage; `None` when the backend is not available.
     pub async fn fresh(backend: Backend, test: &str) -> Option<Self> {
-        let (config, dir) = backend.fresh_config(test).await?;
+        Self::fresh_with(backend, test, |_| {}).await
+    }
+
+    /// A server over fresh storage with `adjust`ed configuration.
+    pub async fn fresh_with(
+        backend: Backend,
+        test: &str,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Option<Self> {
+        let (mut config, dir) = backend.fresh_config(test).await?;
+        adjust(&mut config);
         let mut server = Self::start(config).await;
         server._dir = dir;
         Some(server)
@@ -204,4 +214,110 @@ pub fn assert_problem(status: StatusCode, body: &Value, expected: StatusCode, co
     assert_eq!(body["type"], format!("/problems/{code}"), "{body}");
     assert_eq!(body["status"], expected.as_u16(), "{body}");
     assert!(body["title"].is_string(), "{body}");
+}
+
+/// One message of a subscription, as a client sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// A recorded event (no `event:` line), with its `id:`.
+    Event { id: String, event: Value },
+    /// `event: caught-up`, with its position.
+    CaughtUp(u64),
+    /// `event: checkpoint`, with its position.
+    Checkpoint(u64),
+}
+
+/// A client of a server-sent event stream, parsed by the `eventsource-stream` crate.
+pub struct Subscriber {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    messages: std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<eventsource_stream::Event, String>> + Send>,
+    >,
+}
+
+impl TestServer {
+    /// Opens a subscription at `path`.
+    pub async fn subscribe(&self, path: &str, last_event_id: Option<&str>) -> Subscriber {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let mut request = self.client.get(format!("{}{path}", self.url));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("subscribe");
+        let (status, headers) = (response.status(), response.headers().clone());
+        let messages = response
+            .bytes_stream()
+            .eventsource()
+            .map(|m| m.map_err(|e| e.to_string()));
+        Subscriber {
+            status,
+            headers,
+            messages: Box::pin(messages),
+        }
+    }
+}
+
+impl Subscriber {
+    /// The next message, or `None` when none comes within `wait` or the stream ended.
+    pub async fn next(&mut self, wait: std::time::Duration) -> Option<Message> {
+        use futures::StreamExt;
+        let message = tokio::time::timeout(wait, self.messages.next())
+            .await
+            .ok()??;
+        let message = message.expect("a well-formed event stream");
+        let position = || {
+            let data: Value = serde_json::from_str(&message.data).expect("JSON data");
+            data["position"].as_u64().expect("a position")
+        };
+        Some(match message.event.as_str() {
+            "message" => Message::Event {
+                id: message.id.clone(),
+                event: serde_json::from_str(&message.data).expect("an event on the data line"),
+            },
+            "caught-up" => Message::CaughtUp(position()),
+            "checkpoint" => Message::Checkpoint(position()),
+            other => panic!("unexpected event type {other}"),
+        })
+    }
+
+    /// Reads until `count` events arrived (panics if they do not within `wait` each);
+    /// answers the events' positions and every other message seen meanwhile.
+    pub async fn events(
+        &mut self,
+        count: usize,
+        wait: std::time::Duration,
+    ) -> (Vec<u64>, Vec<Message>) {
+        let mut positions = Vec::with_capacity(count);
+        let mut others = Vec::new();
+        while positions.len() < count {
+            match self.next(wait).await {
+                Some(Message::Event { id, event }) => {
+                    let position = event["position"].as_u64().expect("position");
+                    assert_eq!(id, position.to_string(), "id: is the position");
+                    positions.push(position);
+                }
+                Some(other) => others.push(other),
+                None => panic!("only {} of {count} events arrived", positions.len()),
+            }
+        }
+        (positions, others)
+    }
+}
+
+/// Appends `count` events to `stream` in requests of up to 100.
+pub async fn append_many(server: &TestServer, stream: &str, event_type: &str, count: usize) {
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(100);
+        let events: Vec<Value> = (0..n)
+            .map(|i| event(event_type, serde_json::json!(i)))
+            .collect();
+        let (status, body) = server
+            .append(stream, serde_json::json!("any"), Value::Array(events))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        left -= n;
+    }
 }

@@ -1,0 +1,115 @@
+//! `…/subscribe`: server-sent events, catch-up then live, resumable by position.
+
+use super::params::{RawQuery, number, segment, types};
+use super::{ApiError, AppState};
+use crate::protocol::{Category, Position, StreamName};
+use crate::store::Filter;
+use crate::subscriptions::{Subscription, follow};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, header};
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use std::convert::Infallible;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// SSE messages a subscription may have ready before the client reads them. Small: a slow
+/// client should hold the subscription back (and be served from storage), not fill memory.
+const READY_MESSAGES_MAX: usize = 32;
+
+/// `GET /all/subscribe`.
+pub async fn all(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: RawQuery,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|r| ApiError::InvalidRequest(r.body_text()))?;
+    let filter = Filter {
+        types: types(&query)?,
+        ..Filter::default()
+    };
+    subscribe(state, filter, &headers, &query).await
+}
+
+/// `GET /categories/{category}/subscribe`.
+pub async fn category(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    query: RawQuery,
+) -> Result<Response, ApiError> {
+    let category = Category::new(segment(path)?)?;
+    let Query(query) = query.map_err(|r| ApiError::InvalidRequest(r.body_text()))?;
+    let filter = Filter {
+        category: Some(category),
+        types: types(&query)?,
+        ..Filter::default()
+    };
+    subscribe(state, filter, &headers, &query).await
+}
+
+/// `GET /streams/{stream}/subscribe`.
+pub async fn stream(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    query: RawQuery,
+) -> Result<Response, ApiError> {
+    let stream = StreamName::new(segment(path)?)?;
+    let Query(query) = query.map_err(|r| ApiError::InvalidRequest(r.body_text()))?;
+    let filter = Filter {
+        stream: Some(stream),
+        ..Filter::default()
+    };
+    subscribe(state, filter, &headers, &query).await
+}
+
+async fn subscribe(
+    state: AppState,
+    filter: Filter,
+    headers: &HeaderMap,
+    query: &std::collections::HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let last_event_id = headers.get("last-event-id").map(|value| {
+        value
+            .to_str()
+            .map_err(|_| ApiError::InvalidRequest("Last-Event-ID must be a position".into()))
+            .and_then(|value| number("Last-Event-ID", value.trim()))
+    });
+    let after = match (last_event_id, query.get("after").map(String::as_str)) {
+        (Some(id), _) => Position(id?),
+        (None, None) => Position(0),
+        (None, Some("end")) => state.store.head().await?,
+        (None, Some(after)) => Position(number("after", after)?),
+    };
+    let permit = state
+        .subscription_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::TooManySubscriptions)?;
+    let (out, ready) = tokio::sync::mpsc::channel(READY_MESSAGES_MAX);
+    tokio::spawn(async move {
+        follow(
+            Subscription { filter, after },
+            state.store,
+            state.hub,
+            state.subscriptions.buffer_events_max,
+            state.metrics,
+            out,
+            state.shutdown,
+        )
+        .await;
+        drop(permit);
+    });
+    let messages = ReceiverStream::new(ready).map(Ok::<_, Infallible>);
+    let keep_alive = KeepAlive::new()
+        .interval(state.subscriptions.keep_alive_interval)
+        .text("keepalive");
+    let headers = [
+        (header::CACHE_CONTROL, "no-cache"),
+        // Tells nginx not to buffer the stream.
+        (HeaderName::from_static("x-accel-buffering"), "no"),
+    ];
+    Ok((headers, Sse::new(messages).keep_alive(keep_alive)).into_response())
+}

@@ -1,0 +1,128 @@
+//! Subscriptions: live delivery of the log over server-sent events.
+//!
+//! ONE tailer per server ([`Hub`]) learns of new commits (from the local writer, from other
+//! instances through the backend, and by polling), reads each of them once from storage and
+//! broadcasts it. Each connection ([`follow`]) catches up from storage in pages, joins the
+//! broadcast at the head, and goes back to storage whenever it falls behind the broadcast:
+//! notifications only wake readers, storage is the source of truth, nothing is dropped.
+
+mod follow;
+
+pub use follow::{Subscription, follow};
+
+use crate::protocol::{Position, RecordedEvent};
+use crate::store::{Direction, Filter, LogQuery, Store};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, broadcast, watch};
+use tracing::warn;
+
+/// A run of consecutive events of the log, as the tailer read it.
+pub type Batch = Arc<[RecordedEvent]>;
+
+/// Limits and timings of subscriptions.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most subscriptions at once; past it, 503 with `Retry-After`.
+    pub subscriptions_max: usize,
+    /// Events a subscription reads from storage at once: what bounds its memory.
+    pub buffer_events_max: usize,
+    /// Batches the broadcast keeps for subscribers that are behind; one that falls further
+    /// behind reads from storage instead.
+    pub broadcast_batches_max: usize,
+    /// How often the tailer looks for commits it was not told of.
+    pub poll_interval: Duration,
+    /// Idle time between `: keepalive` comments.
+    pub keep_alive_interval: Duration,
+}
+
+/// The tailer's side of live delivery: where subscriptions get the broadcast from, and
+/// where commits are announced.
+pub struct Hub {
+    batches: broadcast::Sender<Batch>,
+    commits: Arc<Notify>,
+}
+
+impl Hub {
+    /// Starts the tailer; it stops when `shutdown` turns true.
+    pub fn start(
+        store: Arc<dyn Store>,
+        limits: Limits,
+        head: Position,
+        shutdown: watch::Receiver<bool>,
+    ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let (batches, _) = broadcast::channel(limits.broadcast_batches_max);
+        let commits = Arc::new(Notify::new());
+        store.watch_commits(commits.clone(), shutdown.clone());
+        let hub = Arc::new(Self {
+            batches: batches.clone(),
+            commits: commits.clone(),
+        });
+        let task = tokio::spawn(tail(store, batches, commits, head, limits, shutdown));
+        (hub, task)
+    }
+
+    /// A receiver of every batch broadcast from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Batch> {
+        self.batches.subscribe()
+    }
+
+    /// What to notify when something was committed.
+    pub fn commits(&self) -> Arc<Notify> {
+        self.commits.clone()
+    }
+}
+
+async fn tail(
+    store: Arc<dyn Store>,
+    batches: broadcast::Sender<Batch>,
+    commits: Arc<Notify>,
+    mut last: Position,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Polling finds commits whose notification was lost (behind poolers, across reconnects).
+    let mut poll = tokio::time::interval(limits.poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = commits.notified() => {}
+            _ = poll.tick() => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => return,
+        }
+        if batches.receiver_count() == 0 {
+            // Nobody listens: move along without reading events (subscribers catch up
+            // from storage anyway).
+            match store.head().await {
+                Ok(head) => last = head.max(last),
+                Err(err) => warn!(cause = %crate::error_chain(&err), "tailer cannot read the head"),
+            }
+            continue;
+        }
+        loop {
+            let query = LogQuery {
+                filter: Filter::default(),
+                from: Some(last.after(1)),
+                direction: Direction::Forward,
+                limit: limits.buffer_events_max,
+            };
+            match store.read_log(query).await {
+                Ok(page) => {
+                    if let Some(event) = page.events.last() {
+                        last = event.position;
+                        // No receiver left is fine: there is nobody to deliver to.
+                        let _ = batches.send(page.events.into());
+                    }
+                    if page.next.is_none() {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    // The next notification or poll tries again, from the same position.
+                    warn!(cause = %crate::error_chain(&err), "tailer cannot read new events");
+                    break;
+                }
+            }
+        }
+    }
+}
