@@ -7,18 +7,25 @@ mod support;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::json;
+use std::time::{Duration, Instant};
 use store_server::config::Config;
-use support::{TestServer, event, event_with_id, postgres};
+use support::{Message, TestServer, event, event_with_id, postgres};
 
 /// Two servers on one fresh database; `None` when PostgreSQL is not available.
 async fn two_instances(test: &str) -> Option<[TestServer; 2]> {
+    two_instances_and_url(test)
+        .await
+        .map(|(servers, _)| servers)
+}
+
+async fn two_instances_and_url(test: &str) -> Option<([TestServer; 2], String)> {
     let Some(url) = postgres::fresh_database().await else {
         postgres::skip(test);
         return None;
     };
     let first = TestServer::start(Config::postgres(url.clone())).await;
-    let second = TestServer::start(Config::postgres(url)).await;
-    Some([first, second])
+    let second = TestServer::start(Config::postgres(url.clone())).await;
+    Some(([first, second], url))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,6 +121,60 @@ async fn writers_on_two_instances_leave_gap_free_positions() {
         }
     }
     for server in servers {
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_delivers_another_instances_events_live_even_without_listen() {
+    let test = "an_instance_delivers_another_instances_events_live_even_without_listen";
+    let Some(([writer, reader], url)) = two_instances_and_url(test).await else {
+        return;
+    };
+    let mut subscriber = reader.subscribe("/all/subscribe", None).await;
+    assert_eq!(
+        subscriber.next(Duration::from_secs(5)).await,
+        Some(Message::CaughtUp(0))
+    );
+
+    let mut latencies = Vec::new();
+    for n in 1..=5u64 {
+        let sent = Instant::now();
+        writer
+            .append("cross-1", json!("any"), json!([event("E", json!(n))]))
+            .await;
+        let (positions, _) = subscriber.events(1, Duration::from_secs(5)).await;
+        latencies.push(sent.elapsed());
+        assert_eq!(positions, vec![n]);
+    }
+    let worst = latencies.iter().max().unwrap();
+    assert!(
+        *worst < Duration::from_millis(500),
+        "delivered by LISTEN/NOTIFY, not by polling: {latencies:?}"
+    );
+
+    // Cut every LISTEN connection: delivery goes on (polling, then the reconnected LISTEN).
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let terminated = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = 'store-server-listen' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(terminated.len(), 2, "one LISTEN connection per instance");
+    for n in 6..=10u64 {
+        writer
+            .append("cross-1", json!("any"), json!([event("E", json!(n))]))
+            .await;
+        let (positions, _) = subscriber.events(1, Duration::from_secs(5)).await;
+        assert_eq!(positions, vec![n]);
+    }
+    for server in [writer, reader] {
         server.stop().await;
     }
 }

@@ -289,8 +289,9 @@ async fn slow_consumer_gets_every_event_in_order(backend: Backend, test: &str) {
         async move {
             for n in 0..100 {
                 // 2 KB each, 8 MB in all: more than the kernel's socket buffers hold.
-                let events: Vec<Value> =
-                    (0..10).map(|i| event("E", json!([w, n, i, "x".repeat(2000)]))).collect();
+                let events: Vec<Value> = (0..10)
+                    .map(|i| event("E", json!([w, n, i, "x".repeat(2000)])))
+                    .collect();
                 let (status, _) = server
                     .append(&format!("slow-{w}"), json!("any"), Value::Array(events))
                     .await;
@@ -507,4 +508,27 @@ async fn shutdown_ends_open_subscriptions_cleanly(backend: Backend, test: &str) 
         Some(Message::CaughtUp(3)) | None
     ));
     assert_eq!(subscriber.next(WAIT).await, None);
+}
+
+/// Commits nobody announced (another process on the same storage, a lost notification)
+/// are found by polling. Two servers on one SQLite file: it has no notifications at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_delivers_commits_nobody_announced() {
+    use store_server::config::Config;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::sqlite(dir.path());
+    config.subscriptions.poll_interval = Duration::from_millis(200);
+    let reader = TestServer::start(config.clone()).await;
+    let writer = TestServer::start(config).await;
+    let mut subscriber = reader.subscribe("/all/subscribe", None).await;
+    assert_eq!(subscriber.next(WAIT).await, Some(Message::CaughtUp(0)));
+    for n in 1..=3u64 {
+        writer
+            .append("elsewhere-1", json!("any"), json!([event("E", json!(n))]))
+            .await;
+        let (positions, _) = subscriber.events(1, Duration::from_secs(2)).await;
+        assert_eq!(positions, vec![n]);
+    }
+    writer.stop().await;
+    reader.stop().await;
 }
