@@ -1,35 +1,46 @@
-//! Load generator for the store server: C concurrent keep-alive HTTP clients append B events
-//! per request to random streams of a few hundred categories for a fixed time, after a
-//! warm-up. Prints one JSON line: throughput, latency percentiles, and how many requests
-//! each group commit carried (read from the server's own metrics).
+//! Load generator for the store server. Each scenario prints one JSON line.
+//!
+//! ```sh
+//! cargo run --release -p benches -- --url http://127.0.0.1:2114 appends --clients 64
+//! cargo run --release -p benches -- catchup --events 100000
+//! cargo run --release -p benches -- live --subscribers 10 --rate 1000
+//! ```
 
-use clap::Parser;
+mod appends;
+mod subscribe;
+
+use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(about = "Append load against a running store server")]
-struct Args {
+#[command(about = "Load against a running store server")]
+struct Cli {
     /// The server.
-    #[arg(long, default_value = "http://127.0.0.1:2114")]
+    #[arg(long, default_value = "http://127.0.0.1:2114", global = true)]
     url: String,
-    /// Concurrent clients, each with one keep-alive connection.
-    #[arg(long, default_value_t = 64)]
-    clients: usize,
-    /// Events per append request.
-    #[arg(long, default_value_t = 1)]
-    events_per_request: usize,
-    /// Seconds of load before measuring.
-    #[arg(long, default_value_t = 2)]
-    warmup_secs: u64,
-    /// Seconds measured.
-    #[arg(long, default_value_t = 10)]
-    duration_secs: u64,
-    /// Distinct categories the streams are spread over.
-    #[arg(long, default_value_t = 300)]
-    categories: usize,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Append throughput and latency.
+    Appends(appends::Args),
+    /// SSE catch-up rate to one subscriber over the stored log.
+    Catchup(subscribe::CatchupArgs),
+    /// Append-to-receive latency of live subscribers at a steady append rate.
+    Live(subscribe::LiveArgs),
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    match cli.scenario {
+        Scenario::Appends(args) => appends::run(&cli.url, args).await,
+        Scenario::Catchup(args) => subscribe::catchup(&cli.url, args).await,
+        Scenario::Live(args) => subscribe::live(&cli.url, args).await,
+    }
 }
 
 /// About 200 bytes of JSON, as the benchmark issue specifies.
@@ -43,122 +54,11 @@ fn payload(client: usize, n: usize) -> Value {
     })
 }
 
-/// Sum and count of the server's `eventstore_commit_requests` histogram.
-async fn commit_requests(client: &reqwest::Client, url: &str) -> Option<(f64, f64)> {
-    let text = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let value = |name: &str| {
-        text.lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split_whitespace().last())
-            .and_then(|v| v.parse::<f64>().ok())
-    };
-    Some((
-        value("eventstore_commit_requests_sum")?,
-        value("eventstore_commit_requests_count")?,
-    ))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+/// The `p` quantile of sorted durations, in milliseconds.
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[index].as_secs_f64() * 1000.0
-}
-
-#[tokio::main]
-async fn main() {
-    let args = Args::parse();
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
-        .build()
-        .expect("HTTP client");
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..args.clients)
-        .map(|client| {
-            let (http, url) = (http.clone(), args.url.clone());
-            let (measuring, stop) = (measuring.clone(), stop.clone());
-            let (batch, categories) = (args.events_per_request, args.categories);
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut errors = 0u64;
-                let mut n = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let stream =
-                        format!("cat{}-{client}-{}", (client * 31 + n) % categories, n % 50);
-                    let events: Vec<Value> = (0..batch)
-                        .map(|_| json!({"type": "Deposited", "data": payload(client, n)}))
-                        .collect();
-                    let started = Instant::now();
-                    let response = http
-                        .post(format!("{url}/streams/{stream}"))
-                        .json(&json!({"events": events}))
-                        .send()
-                        .await;
-                    let ok = match response {
-                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if measuring.load(Ordering::Relaxed) {
-                        if ok {
-                            latencies.push(started.elapsed());
-                        } else {
-                            errors += 1;
-                        }
-                    }
-                }
-                (latencies, errors)
-            })
-        })
-        .collect();
-
-    tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
-    let before = commit_requests(&http, &args.url).await;
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
-    let after = commit_requests(&http, &args.url).await;
-    stop.store(true, Ordering::Relaxed);
-
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for worker in workers {
-        let (l, e) = worker.await.expect("client task");
-        latencies.extend(l);
-        errors += e;
-    }
-    latencies.sort_unstable();
-    let requests = latencies.len() as f64;
-    let per_commit = match (before, after) {
-        (Some((sum0, count0)), Some((sum1, count1))) if count1 > count0 => {
-            Some((sum1 - sum0) / (count1 - count0))
-        }
-        _ => None,
-    };
-    let report = json!({
-        "clients": args.clients,
-        "events_per_request": args.events_per_request,
-        "seconds": elapsed,
-        "requests_per_sec": (requests / elapsed).round(),
-        "events_per_sec": (requests * args.events_per_request as f64 / elapsed).round(),
-        "latency_ms": {
-            "p50": percentile(&latencies, 0.50),
-            "p99": percentile(&latencies, 0.99),
-            "max": percentile(&latencies, 1.0),
-        },
-        "errors": errors,
-        "requests_per_commit": per_commit,
-    });
-    println!("{report}");
 }

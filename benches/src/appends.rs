@@ -1,0 +1,140 @@
+//! Append throughput and latency: C concurrent keep-alive clients append B events per
+//! request to random streams of a few hundred categories, after a warm-up; how many
+//! requests each group commit carried is read from the server's own metrics.
+
+use crate::percentile_ms;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Append load: C clients, B events per request.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Concurrent clients, each with one keep-alive connection.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Events per append request.
+    #[arg(long, default_value_t = 1)]
+    events_per_request: usize,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Distinct categories the streams are spread over.
+    #[arg(long, default_value_t = 300)]
+    categories: usize,
+}
+
+/// Sum and count of the server's `eventstore_commit_requests` histogram.
+async fn commit_requests(client: &reqwest::Client, url: &str) -> Option<(f64, f64)> {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    Some((
+        value("eventstore_commit_requests_sum")?,
+        value("eventstore_commit_requests_count")?,
+    ))
+}
+
+/// Runs the scenario and prints its report.
+pub async fn run(url: &str, args: Args) {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .build()
+        .expect("HTTP client");
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..args.clients)
+        .map(|client| {
+            let (http, url) = (http.clone(), url.to_owned());
+            let (measuring, stop) = (measuring.clone(), stop.clone());
+            let (batch, categories) = (args.events_per_request, args.categories);
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let stream =
+                        format!("cat{}-{client}-{}", (client * 31 + n) % categories, n % 50);
+                    let events: Vec<Value> = (0..batch)
+                        .map(|_| json!({"type": "Deposited", "data": crate::payload(client, n)}))
+                        .collect();
+                    let started = Instant::now();
+                    let response = http
+                        .post(format!("{url}/streams/{stream}"))
+                        .json(&json!({"events": events}))
+                        .send()
+                        .await;
+                    let ok = match response {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if measuring.load(Ordering::Relaxed) {
+                        if ok {
+                            latencies.push(started.elapsed());
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
+    let before = commit_requests(&http, url).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = commit_requests(&http, url).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for worker in workers {
+        let (l, e) = worker.await.expect("client task");
+        latencies.extend(l);
+        errors += e;
+    }
+    latencies.sort_unstable();
+    let requests = latencies.len() as f64;
+    let per_commit = match (before, after) {
+        (Some((sum0, count0)), Some((sum1, count1))) if count1 > count0 => {
+            Some((sum1 - sum0) / (count1 - count0))
+        }
+        _ => None,
+    };
+    let report = json!({
+        "clients": args.clients,
+        "events_per_request": args.events_per_request,
+        "seconds": elapsed,
+        "requests_per_sec": (requests / elapsed).round(),
+        "events_per_sec": (requests * args.events_per_request as f64 / elapsed).round(),
+        "latency_ms": {
+            "p50": percentile_ms(&latencies, 0.50),
+            "p99": percentile_ms(&latencies, 0.99),
+            "max": percentile_ms(&latencies, 1.0),
+        },
+        "errors": errors,
+        "requests_per_commit": per_commit,
+    });
+    println!("{report}");
+}

@@ -1,0 +1,205 @@
+//! Subscriptions: how fast one subscriber catches up over the stored log, and how long live
+//! subscribers wait between an append and its delivery.
+
+use crate::percentile_ms;
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Catch-up over the stored log.
+#[derive(Debug, clap::Args)]
+pub struct CatchupArgs {
+    /// Events the log must hold; missing ones are appended first (100 per request).
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+}
+
+/// Live delivery at a steady append rate.
+#[derive(Debug, clap::Args)]
+pub struct LiveArgs {
+    /// Live subscribers on `/all/subscribe`.
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    /// Single-event appends per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+}
+
+async fn head(http: &reqwest::Client, url: &str) -> u64 {
+    let info: Value = http
+        .get(format!("{url}/info"))
+        .send()
+        .await
+        .expect("info")
+        .json()
+        .await
+        .expect("json");
+    info["head"].as_u64().expect("head")
+}
+
+/// Fills the log up to `events` with 100-event appends from 8 clients.
+async fn fill(http: &reqwest::Client, url: &str, events: u64) {
+    let missing = events.saturating_sub(head(http, url).await);
+    let requests = missing.div_ceil(100);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writers = (0..8).map(|client| {
+        let (http, url, next) = (http.clone(), url.to_owned(), next.clone());
+        tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < requests {
+                let events: Vec<Value> = (0..100)
+                    .map(|n| json!({"type": "Deposited", "data": crate::payload(client, n)}))
+                    .collect();
+                let response = http
+                    .post(format!("{url}/streams/fill{client}-1"))
+                    .json(&json!({"events": events}))
+                    .send()
+                    .await
+                    .expect("append");
+                assert!(
+                    response.status().is_success(),
+                    "append failed: {}",
+                    response.status()
+                );
+            }
+        })
+    });
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+}
+
+/// Subscribes from 0 and counts events until `caught-up`.
+pub async fn catchup(url: &str, args: CatchupArgs) {
+    let http = reqwest::Client::new();
+    fill(&http, url, args.events).await;
+    let started = Instant::now();
+    let response = http
+        .get(format!("{url}/all/subscribe"))
+        .send()
+        .await
+        .expect("subscribe");
+    let mut messages = response.bytes_stream().eventsource();
+    let mut events = 0u64;
+    let mut last = 0u64;
+    let mut in_order = true;
+    while let Some(message) = messages.next().await {
+        let message = message.expect("well-formed stream");
+        match message.event.as_str() {
+            "message" => {
+                events += 1;
+                let position: u64 = message.id.parse().expect("id is a position");
+                in_order &= position == last + 1;
+                last = position;
+            }
+            "caught-up" => break,
+            _ => {}
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let report = json!({
+        "scenario": "catchup",
+        "events": events,
+        "seconds": seconds,
+        "events_per_sec": (events as f64 / seconds).round(),
+        "in_order_without_gaps": in_order,
+    });
+    println!("{report}");
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_micros() as u64
+}
+
+/// Appends at a steady rate; each event carries its send time, each subscriber measures
+/// how long it took to arrive.
+pub async fn live(url: &str, args: LiveArgs) {
+    let http = reqwest::Client::new();
+    let mut subscribers = Vec::new();
+    for _ in 0..args.subscribers {
+        let response = http
+            .get(format!("{url}/all/subscribe?after=end"))
+            .send()
+            .await
+            .expect("subscribe");
+        let mut messages = response.bytes_stream().eventsource();
+        // Wait for `caught-up`, so that everything appended from here on is live.
+        while let Some(message) = messages.next().await {
+            if message.expect("well-formed stream").event == "caught-up" {
+                break;
+            }
+        }
+        subscribers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while let Some(Ok(message)) = messages.next().await {
+                if message.event != "message" {
+                    continue;
+                }
+                let event: Value = serde_json::from_str(&message.data).expect("event");
+                if let Some(sent) = event["data"]["sent_us"].as_u64() {
+                    latencies.push(Duration::from_micros(now_micros().saturating_sub(sent)));
+                }
+                if event["data"]["last"] == true {
+                    break;
+                }
+            }
+            latencies
+        }));
+    }
+
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
+    let mut sent = 0u64;
+    let mut appends = Vec::new();
+    while Instant::now() < deadline {
+        tick.tick().await;
+        sent += 1;
+        let (http, url) = (http.clone(), url.to_owned());
+        appends.push(tokio::spawn(async move {
+            let event = json!({"type": "Tick", "data": {"sent_us": now_micros()}});
+            let _ = http
+                .post(format!("{url}/streams/tick-{}", sent % 16))
+                .json(&json!({"events": [event]}))
+                .send()
+                .await;
+        }));
+    }
+    for append in appends {
+        let _ = append.await;
+    }
+    let last = json!({"events": [{"type": "Tick", "data": {"last": true}}]});
+    http.post(format!("{url}/streams/tick-end"))
+        .json(&last)
+        .send()
+        .await
+        .expect("last");
+
+    let mut latencies = Vec::new();
+    for subscriber in subscribers {
+        latencies.extend(subscriber.await.expect("subscriber"));
+    }
+    latencies.sort_unstable();
+    let report = json!({
+        "scenario": "live",
+        "subscribers": args.subscribers,
+        "appends": sent,
+        "appends_per_sec": (sent as f64 / args.duration_secs as f64).round(),
+        "deliveries": latencies.len(),
+        "deliveries_expected": sent * args.subscribers as u64,
+        "append_to_receive_ms": {
+            "p50": percentile_ms(&latencies, 0.50),
+            "p99": percentile_ms(&latencies, 0.99),
+            "max": percentile_ms(&latencies, 1.0),
+        },
+    });
+    println!("{report}");
+}
