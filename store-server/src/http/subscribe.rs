@@ -5,18 +5,19 @@ use super::{ApiError, AppState};
 use crate::protocol::{Category, Position, StreamName};
 use crate::store::Filter;
 use crate::subscriptions::{Subscription, follow};
+use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, header};
-use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use std::convert::Infallible;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// SSE messages a subscription may have ready before the client reads them. Small: a slow
-/// client should hold the subscription back (and be served from storage), not fill memory.
-const READY_MESSAGES_MAX: usize = 32;
+/// Chunks of SSE text (each at most one page or batch) a subscription may have ready before
+/// the client reads them. Small: a slow client should hold the subscription back (and be
+/// served from storage), not fill memory.
+const READY_CHUNKS_MAX: usize = 4;
 
 /// `GET /all/subscribe`.
 pub async fn all(
@@ -88,13 +89,13 @@ async fn subscribe(
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManySubscriptions)?;
-    let (out, ready) = tokio::sync::mpsc::channel(READY_MESSAGES_MAX);
+    let (out, ready) = tokio::sync::mpsc::channel(READY_CHUNKS_MAX);
     tokio::spawn(async move {
         follow(
             Subscription { filter, after },
             state.store,
             state.hub,
-            state.subscriptions.buffer_events_max,
+            state.subscriptions,
             state.metrics,
             out,
             state.shutdown,
@@ -102,14 +103,12 @@ async fn subscribe(
         .await;
         drop(permit);
     });
-    let messages = ReceiverStream::new(ready).map(Ok::<_, Infallible>);
-    let keep_alive = KeepAlive::new()
-        .interval(state.subscriptions.keep_alive_interval)
-        .text("keepalive");
+    let body = Body::from_stream(ReceiverStream::new(ready).map(Ok::<_, Infallible>));
     let headers = [
+        (header::CONTENT_TYPE, "text/event-stream"),
         (header::CACHE_CONTROL, "no-cache"),
         // Tells nginx not to buffer the stream.
         (HeaderName::from_static("x-accel-buffering"), "no"),
     ];
-    Ok((headers, Sse::new(messages).keep_alive(keep_alive)).into_response())
+    Ok((headers, body).into_response())
 }

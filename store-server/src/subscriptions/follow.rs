@@ -1,11 +1,12 @@
 //! One subscription: catch up from storage, turn live on the broadcast, and go back to
 //! storage whenever the broadcast cannot be trusted to be complete (lagged, or a gap).
 
-use super::{Batch, Hub};
+use super::{Batch, Hub, sse};
 use crate::metrics::Metrics;
 use crate::protocol::{Position, RecordedEvent};
 use crate::store::{Direction, Filter, LogQuery, Store};
-use axum::response::sse::Event;
+use axum::body::Bytes;
+use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -32,6 +33,7 @@ const STORAGE_RETRY: Duration = Duration::from_secs(1);
 enum Wake {
     Batch(Result<Batch, RecvError>),
     Checkpoint,
+    KeepAlive,
     /// Shutdown, or the client left.
     Stop,
 }
@@ -39,38 +41,48 @@ enum Wake {
 /// Why a subscription ended: its client went away, or the server is shutting down.
 struct Stopped;
 
-/// Delivers `subscription` into `out` until the client goes away or `shutdown` turns true.
-/// `out` is small and bounded: a client that reads slowly makes `send` wait (TCP
-/// backpressure), the broadcast leaves it behind, and it carries on from storage.
+/// Delivers `subscription` into `out`, one chunk of SSE text per page or batch, until the
+/// client goes away or `shutdown` turns true. `out` is small and bounded: a client that
+/// reads slowly makes `send` wait (TCP backpressure), the broadcast leaves it behind, and
+/// it carries on from storage. Its memory is a few chunks of at most one page each.
 pub async fn follow(
     subscription: Subscription,
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
-    page_events_max: usize,
+    limits: super::Limits,
     metrics: Arc<Metrics>,
-    out: mpsc::Sender<Event>,
+    out: mpsc::Sender<Bytes>,
     shutdown: watch::Receiver<bool>,
 ) {
     metrics.subscriptions_active.inc();
     let mut follower = Follower {
         filter: subscription.filter,
         out,
+        pending: Vec::new(),
+        pending_events: 0,
+        last_sent_at: Instant::now(),
         shutdown,
         metrics: metrics.clone(),
+        limits,
         scanned: subscription.after,
         delivered: subscription.after,
         checkpointed: subscription.after,
         checkpoint_sent_at: None,
     };
-    let _ = follower.run(&*store, &hub, page_events_max).await;
+    let _ = follower.run(&*store, &hub).await;
     metrics.subscriptions_active.dec();
 }
 
 struct Follower {
     filter: Filter,
-    out: mpsc::Sender<Event>,
+    out: mpsc::Sender<Bytes>,
+    /// SSE text not sent yet, and how many events it holds.
+    pending: Vec<u8>,
+    pending_events: u64,
+    last_sent_at: Instant,
     shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    limits: super::Limits,
     /// Every position up to here was looked at: delivered, or not matching the filter.
     scanned: Position,
     /// The last position delivered.
@@ -81,25 +93,18 @@ struct Follower {
 }
 
 impl Follower {
-    async fn run(
-        &mut self,
-        store: &dyn Store,
-        hub: &Hub,
-        page_events_max: usize,
-    ) -> Result<(), Stopped> {
-        self.send(Event::default().retry(Duration::from_secs(1)))
-            .await?;
+    async fn run(&mut self, store: &dyn Store, hub: &Hub) -> Result<(), Stopped> {
+        self.pending.extend_from_slice(sse::RETRY);
         let mut caught_up = false;
         loop {
             // Subscribe before reading storage: whatever commits while we read is either
             // in what we read or in what the broadcast gives us next.
             let mut live = hub.subscribe();
-            let head = self.catch_up(store, page_events_max).await?;
+            let head = self.catch_up(store).await?;
             if !caught_up {
                 caught_up = true;
-                let data = serde_json::json!({ "position": head }).to_string();
-                self.send(Event::default().event("caught-up").data(data))
-                    .await?;
+                sse::named(&mut self.pending, "caught-up", &json!({ "position": head }));
+                self.flush().await?;
             }
             self.live(&mut live).await?;
             // The broadcast left us behind, or skipped: storage has what we missed.
@@ -108,17 +113,13 @@ impl Follower {
     }
 
     /// Reads storage from where we are to the head as it stands; answers that head.
-    async fn catch_up(
-        &mut self,
-        store: &dyn Store,
-        page_events_max: usize,
-    ) -> Result<Position, Stopped> {
+    async fn catch_up(&mut self, store: &dyn Store) -> Result<Position, Stopped> {
         loop {
             let query = LogQuery {
                 filter: self.filter.clone(),
                 from: Some(self.scanned.after(1)),
                 direction: Direction::Forward,
-                limit: page_events_max,
+                limit: self.limits.buffer_events_max,
             };
             let page = match store.read_log(query).await {
                 Ok(page) => page,
@@ -129,12 +130,13 @@ impl Follower {
                 }
             };
             for event in &page.events {
-                self.deliver(event).await?;
+                self.deliver(event);
             }
             // A filtered read skipped what did not match: up to the next match, or the head.
             let scanned = page.next.map_or(page.head, |next| Position(next.0 - 1));
             self.scanned = self.scanned.max(scanned);
-            self.checkpoint_if_due().await?;
+            self.checkpoint_if_due();
+            self.flush().await?;
             if page.next.is_none() {
                 return Ok(page.head);
             }
@@ -148,9 +150,11 @@ impl Follower {
     ) -> Result<(), Stopped> {
         loop {
             let checkpoint_due = self.checkpoint_due();
+            let keep_alive_due = self.last_sent_at + self.limits.keep_alive_interval;
             let wake = tokio::select! {
                 batch = live.recv() => Wake::Batch(batch),
                 () = sleep_until(checkpoint_due), if checkpoint_due.is_some() => Wake::Checkpoint,
+                () = tokio::time::sleep_until(keep_alive_due) => Wake::KeepAlive,
                 _ = self.shutdown.wait_for(|stopping| *stopping) => Wake::Stop,
                 // An idle subscription notices its client left without waiting for an event.
                 () = self.out.closed() => Wake::Stop,
@@ -162,33 +166,31 @@ impl Follower {
                             continue; // already read from storage
                         }
                         if event.position != self.scanned.after(1) {
+                            self.flush().await?;
                             return Ok(()); // a gap: never skip, read storage
                         }
                         if self.filter.matches(event) {
-                            self.deliver(event).await?;
+                            self.deliver(event);
                         } else {
                             self.scanned = event.position;
                         }
                     }
-                    self.checkpoint_if_due().await?;
+                    self.checkpoint_if_due();
                 }
                 Wake::Batch(Err(RecvError::Lagged(_))) => return Ok(()),
                 Wake::Batch(Err(RecvError::Closed)) | Wake::Stop => return Err(Stopped),
-                Wake::Checkpoint => self.checkpoint_if_due().await?,
+                Wake::Checkpoint => self.checkpoint_if_due(),
+                Wake::KeepAlive => self.pending.extend_from_slice(sse::KEEPALIVE),
             }
+            self.flush().await?;
         }
     }
 
-    async fn deliver(&mut self, event: &RecordedEvent) -> Result<(), Stopped> {
-        let message = Event::default()
-            .id(event.position.to_string())
-            .json_data(event)
-            .expect("a recorded event always serializes: its JSON parts are validated");
-        self.send(message).await?;
-        self.metrics.subscription_events_sent_total.inc();
+    fn deliver(&mut self, event: &RecordedEvent) {
+        sse::event(&mut self.pending, event);
+        self.pending_events += 1;
         self.scanned = event.position;
         self.delivered = event.position;
-        Ok(())
     }
 
     /// When a `checkpoint` is owed: a filtered subscription scanned past events it did not
@@ -203,26 +205,38 @@ impl Follower {
         })
     }
 
-    async fn checkpoint_if_due(&mut self) -> Result<(), Stopped> {
+    fn checkpoint_if_due(&mut self) {
         if self
             .checkpoint_due()
             .is_some_and(|due| due <= Instant::now())
         {
-            let data = serde_json::json!({ "position": self.scanned }).to_string();
-            self.send(Event::default().event("checkpoint").data(data))
-                .await?;
+            sse::named(
+                &mut self.pending,
+                "checkpoint",
+                &json!({ "position": self.scanned }),
+            );
             self.checkpointed = self.scanned;
             self.checkpoint_sent_at = Some(Instant::now());
         }
-        Ok(())
     }
 
-    /// Sends one message, waiting as long as the client needs; gives up on shutdown.
-    async fn send(&mut self, message: Event) -> Result<(), Stopped> {
-        tokio::select! {
-            sent = self.out.send(message) => sent.map_err(|_| Stopped),
-            _ = self.shutdown.wait_for(|stopping| *stopping) => Err(Stopped),
+    /// Sends what is pending as one chunk, waiting as long as the client needs; gives up
+    /// on shutdown.
+    async fn flush(&mut self) -> Result<(), Stopped> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
+        let chunk = Bytes::from(std::mem::take(&mut self.pending));
+        tokio::select! {
+            sent = self.out.send(chunk) => sent.map_err(|_| Stopped)?,
+            _ = self.shutdown.wait_for(|stopping| *stopping) => return Err(Stopped),
+        }
+        self.metrics
+            .subscription_events_sent_total
+            .inc_by(self.pending_events);
+        self.pending_events = 0;
+        self.last_sent_at = Instant::now();
+        Ok(())
     }
 
     async fn pause(&mut self, time: Duration) -> Result<(), Stopped> {
