@@ -30,24 +30,14 @@ pub struct Args {
 
 /// Sum and count of the server's `eventstore_commit_requests` histogram.
 async fn commit_requests(client: &reqwest::Client, url: &str) -> Option<(f64, f64)> {
-    let text = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = client.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
     let value = |name: &str| {
         text.lines()
             .find(|line| line.starts_with(name))
             .and_then(|line| line.split_whitespace().last())
             .and_then(|v| v.parse::<f64>().ok())
     };
-    Some((
-        value("eventstore_commit_requests_sum")?,
-        value("eventstore_commit_requests_count")?,
-    ))
+    Some((value("eventstore_commit_requests_sum")?, value("eventstore_commit_requests_count")?))
 }
 
 /// Runs the scenario and prints its report.

@@ -32,14 +32,8 @@ pub struct LiveArgs {
 }
 
 async fn head(http: &reqwest::Client, url: &str) -> u64 {
-    let info: Value = http
-        .get(format!("{url}/info"))
-        .send()
-        .await
-        .expect("info")
-        .json()
-        .await
-        .expect("json");
+    let info: Value =
+        http.get(format!("{url}/info")).send().await.expect("info").json().await.expect("json");
     info["head"].as_u64().expect("head")
 }
 
@@ -61,11 +55,7 @@ async fn fill(http: &reqwest::Client, url: &str, events: u64) {
                     .send()
                     .await
                     .expect("append");
-                assert!(
-                    response.status().is_success(),
-                    "append failed: {}",
-                    response.status()
-                );
+                assert!(response.status().is_success(), "append failed: {}", response.status());
             }
         })
     });
@@ -79,11 +69,7 @@ pub async fn catchup(url: &str, args: CatchupArgs) {
     let http = reqwest::Client::new();
     fill(&http, url, args.events).await;
     let started = Instant::now();
-    let response = http
-        .get(format!("{url}/all/subscribe"))
-        .send()
-        .await
-        .expect("subscribe");
+    let response = http.get(format!("{url}/all/subscribe")).send().await.expect("subscribe");
     let mut messages = response.bytes_stream().eventsource();
     let mut events = 0u64;
     let mut last = 0u64;
@@ -113,10 +99,7 @@ pub async fn catchup(url: &str, args: CatchupArgs) {
 }
 
 fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_micros() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_micros() as u64
 }
 
 /// Appends at a steady rate; each event carries its send time, each subscriber measures
@@ -125,11 +108,8 @@ pub async fn live(url: &str, args: LiveArgs) {
     let http = reqwest::Client::new();
     let mut subscribers = Vec::new();
     for _ in 0..args.subscribers {
-        let response = http
-            .get(format!("{url}/all/subscribe?after=end"))
-            .send()
-            .await
-            .expect("subscribe");
+        let response =
+            http.get(format!("{url}/all/subscribe?after=end")).send().await.expect("subscribe");
         let mut messages = response.bytes_stream().eventsource();
         // Wait for `caught-up`, so that everything appended from here on is live.
         while let Some(message) = messages.next().await {
@@ -177,11 +157,7 @@ pub async fn live(url: &str, args: LiveArgs) {
         let _ = append.await;
     }
     let last = json!({"events": [{"type": "Tick", "data": {"last": true}}]});
-    http.post(format!("{url}/streams/tick-end"))
-        .json(&last)
-        .send()
-        .await
-        .expect("last");
+    http.post(format!("{url}/streams/tick-end")).json(&last).send().await.expect("last");
 
     let mut latencies = Vec::new();
     for subscriber in subscribers {

@@ -18,12 +18,7 @@ pub struct Cli {
     pub command: Option<Command>,
 
     /// Address to serve HTTP on.
-    #[arg(
-        long,
-        env = "STORE_LISTEN",
-        default_value = "127.0.0.1:2114",
-        global = true
-    )]
+    #[arg(long, env = "STORE_LISTEN", default_value = "127.0.0.1:2114", global = true)]
     pub listen: SocketAddr,
 
     /// Folder of the SQLite database (used unless --database-url is given).

@@ -1,8 +1,8 @@
 //! Prometheus metrics, one registry per server, rendered at `GET /metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The server's metrics. Names carry the `eventstore_` prefix and base units.
@@ -26,6 +26,10 @@ pub struct Metrics {
     pub subscription_events_sent_total: IntCounter,
     /// Times a subscriber fell behind the broadcast (or saw a gap) and read storage again.
     pub subscription_catchup_fallbacks_total: IntCounter,
+    /// Each consumer's reported position, refreshed at every scrape.
+    pub consumer_position: IntGaugeVec,
+    /// Each consumer's lag behind the head, refreshed at every scrape.
+    pub consumer_lag_events: IntGaugeVec,
 }
 
 impl Metrics {
@@ -75,9 +79,7 @@ impl Metrics {
                 &registry,
                 Histogram::with_opts(
                     HistogramOpts::new("commit_requests", "Append requests per group commit")
-                        .buckets(vec![
-                            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
-                        ]),
+                        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
                 )?,
             )?,
             head_position: registered(
@@ -90,16 +92,27 @@ impl Metrics {
             )?,
             subscription_events_sent_total: registered(
                 &registry,
-                IntCounter::new(
-                    "subscription_events_sent_total",
-                    "Events sent to subscribers",
-                )?,
+                IntCounter::new("subscription_events_sent_total", "Events sent to subscribers")?,
             )?,
             subscription_catchup_fallbacks_total: registered(
                 &registry,
                 IntCounter::new(
                     "subscription_catchup_fallbacks_total",
                     "Subscribers that fell behind the broadcast and read storage again",
+                )?,
+            )?,
+            consumer_position: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("consumer_position", "Position each consumer reported"),
+                    &["consumer"],
+                )?,
+            )?,
+            consumer_lag_events: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("consumer_lag_events", "Events beyond each consumer's position"),
+                    &["consumer"],
                 )?,
             )?,
             registry,

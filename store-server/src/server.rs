@@ -57,12 +57,12 @@ pub async fn run(
         subscriptions: config.subscriptions,
         subscription_slots: Arc::new(Semaphore::new(config.subscriptions.subscriptions_max)),
         shutdown: stop,
+        consumer_updates: Arc::new(tokio::sync::Notify::new()),
     };
     let storage = match &config.storage {
-        Storage::Sqlite { data_dir, .. } => data_dir
-            .join(crate::store::SQLITE_FILE_NAME)
-            .display()
-            .to_string(),
+        Storage::Sqlite { data_dir, .. } => {
+            data_dir.join(crate::store::SQLITE_FILE_NAME).display().to_string()
+        }
         Storage::Postgres(_) => "postgres".into(),
     };
     info!(
@@ -80,9 +80,7 @@ pub async fn run(
         // Ends every subscription, so that their responses complete and serving can stop.
         let _ = stopping.send(true);
     };
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(signal)
-        .await?;
+    axum::serve(listener, app(state)).with_graceful_shutdown(signal).await?;
     // Every handle to the writer went with the app: it drains what is queued, then ends.
     let _ = writer_task.await;
     let _ = tailer.await;

@@ -11,36 +11,26 @@ use std::process::Stdio;
 use std::time::Duration;
 
 fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|name| {
-            std::process::Command::new(name)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
+    ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|name| {
+        std::process::Command::new(name)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }
 
 async fn start_server(port: u16, data_dir: &str) -> tokio::process::Child {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_store-server"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-            data_dir,
-        ])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir", data_dir])
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
         .expect("start store-server");
     let client = reqwest::Client::new();
     for _ in 0..200 {
-        let ready = client
-            .get(format!("http://127.0.0.1:{port}/health/ready"))
-            .send()
-            .await;
+        let ready = client.get(format!("http://127.0.0.1:{port}/health/ready")).send().await;
         if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
             return child;
         }
@@ -62,9 +52,7 @@ async fn append(port: u16, stream: &str, data: Value) {
 /// What the page reported: `(position, lastEventId)` of every message, in order.
 async fn seen(port: u16) -> Vec<(u64, String)> {
     let response = reqwest::Client::new()
-        .get(format!(
-            "http://127.0.0.1:{port}/streams/browser-seen?limit=1000"
-        ))
+        .get(format!("http://127.0.0.1:{port}/streams/browser-seen?limit=1000"))
         .send()
         .await
         .expect("read");
@@ -78,10 +66,7 @@ async fn seen(port: u16) -> Vec<(u64, String)> {
         .iter()
         .map(|e| {
             let data = &e["data"];
-            (
-                data["position"].as_u64().unwrap(),
-                data["last_event_id"].as_str().unwrap().to_owned(),
-            )
+            (data["position"].as_u64().unwrap(), data["last_event_id"].as_str().unwrap().to_owned())
         })
         .collect()
 }
@@ -101,21 +86,14 @@ async fn wait_for_seen(port: u16, count: usize) -> Vec<(u64, String)> {
 async fn a_browser_event_source_receives_events_and_resumes_after_a_restart() {
     let Some(browser) = chromium() else {
         let required = std::env::var("REQUIRE_CHROMIUM").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "REQUIRE_CHROMIUM=1 but chromium is not installed"
-        );
+        assert!(!required, "REQUIRE_CHROMIUM=1 but chromium is not installed");
         eprintln!("SKIPPED the browser test: chromium is not installed (apt-get install chromium)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let data_dir = data_dir.to_str().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut server = start_server(port, data_dir).await;
     for n in 1..=3 {
         append(port, "page-1", json!({"n": n})).await;
@@ -182,13 +160,7 @@ source.onmessage = (message) => {{
     let _ = server.kill().await;
     assert_eq!(
         after,
-        vec![
-            (1, "1".into()),
-            (2, "2".into()),
-            (3, "3".into()),
-            (7, "7".into()),
-            (8, "8".into())
-        ],
+        vec![(1, "1".into()), (2, "2".into()), (3, "3".into()), (7, "7".into()), (8, "8".into())],
         "after the restart it resumed after 3: nothing again, nothing missed"
     );
 }

@@ -7,7 +7,7 @@ use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
-use support::{Backend, TestServer, assert_problem, event, event_with_id};
+use support::{Backend, TestServer, append_many, assert_problem, event, event_with_id};
 
 /// Stamps out one test per behaviour and backend, each on fresh storage.
 macro_rules! conformance {
@@ -58,6 +58,8 @@ conformance!(
     limits_are_answered_413,
     stream_names_with_any_characters_round_trip,
     info_and_health_answer,
+    consumers_store_positions_by_compare_and_set_and_never_move_back_silently,
+    consumer_wait_answers_once_reached_or_at_the_timeout,
 );
 
 async fn first_append_creates_the_stream_at_revision_0_position_1(server: &TestServer) {
@@ -73,11 +75,7 @@ async fn first_append_creates_the_stream_at_revision_0_position_1(server: &TestS
         body,
         json!({"stream": "account-1", "first_revision": 0, "last_revision": 0, "first_position": 1, "last_position": 1})
     );
-    let events = json!([
-        event("A", json!(1)),
-        event("B", json!(2)),
-        event("C", json!(3))
-    ]);
+    let events = json!([event("A", json!(1)), event("B", json!(2)), event("C", json!(3))]);
     let (status, body) = server.append("account-1", json!(0), events).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(
@@ -94,148 +92,67 @@ async fn first_append_creates_the_stream_at_revision_0_position_1(server: &TestS
     assert_eq!(event["metadata"], Value::Null);
     assert!(uuid::Uuid::parse_str(event["id"].as_str().unwrap()).is_ok());
     let recorded_at = event["recorded_at"].as_str().unwrap();
-    assert_eq!(
-        recorded_at.len(),
-        "2026-11-27T12:00:00.123456Z".len(),
-        "{recorded_at}"
-    );
+    assert_eq!(recorded_at.len(), "2026-11-27T12:00:00.123456Z".len(), "{recorded_at}");
     assert!(recorded_at.ends_with('Z'));
 }
 
 async fn expected_revision_any_no_stream_stream_exists_and_exact(server: &TestServer) {
     let one = || json!([event("E", json!({}))]);
     let (status, body) = server.append("s-1", json!("stream_exists"), one()).await;
-    assert_problem(
-        status,
-        &body,
-        StatusCode::CONFLICT,
-        "wrong-expected-revision",
-    );
+    assert_problem(status, &body, StatusCode::CONFLICT, "wrong-expected-revision");
     assert_eq!(body["current_revision"], Value::Null);
     assert_eq!(body["expected_revision"], "stream_exists");
 
-    assert_eq!(
-        server.append("s-1", json!("no_stream"), one()).await.0,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        server.append("s-1", json!("stream_exists"), one()).await.0,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        server.append("s-1", json!("any"), one()).await.0,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        server.append("s-1", Value::Null, one()).await.0,
-        StatusCode::CREATED
-    );
-    let (status, body) = server
-        .post("/streams/s-1", &json!({"events": [event("E", json!({}))]}))
-        .await;
-    assert_eq!(
-        status,
-        StatusCode::CREATED,
-        "absent expected_revision means any: {body}"
-    );
+    assert_eq!(server.append("s-1", json!("no_stream"), one()).await.0, StatusCode::CREATED);
+    assert_eq!(server.append("s-1", json!("stream_exists"), one()).await.0, StatusCode::CREATED);
+    assert_eq!(server.append("s-1", json!("any"), one()).await.0, StatusCode::CREATED);
+    assert_eq!(server.append("s-1", Value::Null, one()).await.0, StatusCode::CREATED);
+    let (status, body) =
+        server.post("/streams/s-1", &json!({"events": [event("E", json!({}))]})).await;
+    assert_eq!(status, StatusCode::CREATED, "absent expected_revision means any: {body}");
     assert_eq!(body["last_revision"], 4);
     let (status, body) = server.append("s-1", json!(4), one()).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["first_revision"], 5);
     let (status, body) = server.append("s-1", json!(4), one()).await;
-    assert_problem(
-        status,
-        &body,
-        StatusCode::CONFLICT,
-        "wrong-expected-revision",
-    );
+    assert_problem(status, &body, StatusCode::CONFLICT, "wrong-expected-revision");
     assert_eq!(body["current_revision"], 5);
 }
 
 async fn wrong_expected_revision_is_409_with_current_revision_and_writes_nothing(
     server: &TestServer,
 ) {
-    server
-        .append(
-            "order-7",
-            json!("no_stream"),
-            json!([event("Placed", json!({}))]),
-        )
-        .await;
+    server.append("order-7", json!("no_stream"), json!([event("Placed", json!({}))])).await;
     let (status, body) = server
-        .append(
-            "order-7",
-            json!(3),
-            json!([event("Paid", json!({})), event("Shipped", json!({}))]),
-        )
+        .append("order-7", json!(3), json!([event("Paid", json!({})), event("Shipped", json!({}))]))
         .await;
-    assert_problem(
-        status,
-        &body,
-        StatusCode::CONFLICT,
-        "wrong-expected-revision",
-    );
+    assert_problem(status, &body, StatusCode::CONFLICT, "wrong-expected-revision");
     assert_eq!(body["stream"], "order-7");
     assert_eq!(body["expected_revision"], 3);
     assert_eq!(body["current_revision"], 0);
-    let (status, body) = server
-        .append("order-7", json!("no_stream"), json!([event("X", json!(1))]))
-        .await;
-    assert_problem(
-        status,
-        &body,
-        StatusCode::CONFLICT,
-        "wrong-expected-revision",
-    );
-    let (status, body) = server
-        .append("order-8", json!(0), json!([event("X", json!(1))]))
-        .await;
-    assert_problem(
-        status,
-        &body,
-        StatusCode::CONFLICT,
-        "wrong-expected-revision",
-    );
+    let (status, body) =
+        server.append("order-7", json!("no_stream"), json!([event("X", json!(1))])).await;
+    assert_problem(status, &body, StatusCode::CONFLICT, "wrong-expected-revision");
+    let (status, body) = server.append("order-8", json!(0), json!([event("X", json!(1))])).await;
+    assert_problem(status, &body, StatusCode::CONFLICT, "wrong-expected-revision");
     assert_eq!(body["current_revision"], Value::Null);
-    assert_eq!(
-        server.head().await,
-        1,
-        "nothing written by the refused appends"
-    );
-    assert_eq!(
-        server.get("/streams/order-8").await.0,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(server.head().await, 1, "nothing written by the refused appends");
+    assert_eq!(server.get("/streams/order-8").await.0, StatusCode::NOT_FOUND);
 }
 
 async fn idempotent_retry_returns_the_original_result_and_writes_nothing(server: &TestServer) {
-    let ids = [
-        uuid::Uuid::now_v7().to_string(),
-        uuid::Uuid::now_v7().to_string(),
-    ];
+    let ids = [uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string()];
     let events = json!([
         event_with_id(&ids[0], "Deposited", json!({"amount": 1})),
         event_with_id(&ids[1], "Deposited", json!({"amount": 2})),
     ]);
-    server
-        .append("other-1", json!("any"), json!([event("X", json!(1))]))
-        .await;
-    let (status, first) = server
-        .append("account-9", json!("no_stream"), events.clone())
-        .await;
+    server.append("other-1", json!("any"), json!([event("X", json!(1))])).await;
+    let (status, first) = server.append("account-9", json!("no_stream"), events.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{first}");
     // The stream moves on; the retry is still recognised, before the expected revision.
-    server
-        .append(
-            "account-9",
-            json!(1),
-            json!([event("Withdrawn", json!({"amount": 1}))]),
-        )
-        .await;
+    server.append("account-9", json!(1), json!([event("Withdrawn", json!({"amount": 1}))])).await;
     let head = server.head().await;
-    let (status, retry) = server
-        .append("account-9", json!("no_stream"), events.clone())
-        .await;
+    let (status, retry) = server.append("account-9", json!("no_stream"), events.clone()).await;
     assert_eq!(status, StatusCode::OK, "{retry}");
     assert_eq!(retry, first);
     let (status, retry) = server.append("account-9", json!("any"), events).await;
@@ -254,32 +171,21 @@ async fn ids_stored_elsewhere_or_in_part_are_409_duplicate_event_id(server: &Tes
         .append(
             "s-1",
             json!("any"),
-            json!([
-                event_with_id(&a, "E", json!(1)),
-                event_with_id(&b, "E", json!(2))
-            ]),
+            json!([event_with_id(&a, "E", json!(1)), event_with_id(&b, "E", json!(2))]),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let head = server.head().await;
     // The same id, another stream.
-    let (status, body) = server
-        .append(
-            "s-2",
-            json!("any"),
-            json!([event_with_id(&a, "E", json!(1))]),
-        )
-        .await;
+    let (status, body) =
+        server.append("s-2", json!("any"), json!([event_with_id(&a, "E", json!(1))])).await;
     assert_problem(status, &body, StatusCode::CONFLICT, "duplicate-event-id");
     // Only some of the request's ids are stored.
     let (status, body) = server
         .append(
             "s-1",
             json!("any"),
-            json!([
-                event_with_id(&a, "E", json!(1)),
-                event_with_id(&c, "E", json!(3))
-            ]),
+            json!([event_with_id(&a, "E", json!(1)), event_with_id(&c, "E", json!(3))]),
         )
         .await;
     assert_problem(status, &body, StatusCode::CONFLICT, "duplicate-event-id");
@@ -287,10 +193,7 @@ async fn ids_stored_elsewhere_or_in_part_are_409_duplicate_event_id(server: &Tes
         .append(
             "s-1",
             json!("any"),
-            json!([
-                event_with_id(&c, "E", json!(3)),
-                event_with_id(&b, "E", json!(2))
-            ]),
+            json!([event_with_id(&c, "E", json!(3)), event_with_id(&b, "E", json!(2))]),
         )
         .await;
     assert_problem(status, &body, StatusCode::CONFLICT, "duplicate-event-id");
@@ -299,28 +202,17 @@ async fn ids_stored_elsewhere_or_in_part_are_409_duplicate_event_id(server: &Tes
         .append(
             "s-1",
             json!("any"),
-            json!([
-                event_with_id(&b, "E", json!(2)),
-                event_with_id(&a, "E", json!(1))
-            ]),
+            json!([event_with_id(&b, "E", json!(2)), event_with_id(&a, "E", json!(1))]),
         )
         .await;
     assert_problem(status, &body, StatusCode::CONFLICT, "duplicate-event-id");
     // A run of stored events, in this stream and order, is a retry even if it was part
     // of a larger request (API: "already stored, in this stream, in the same order, as one run").
-    let (status, body) = server
-        .append(
-            "s-1",
-            json!("any"),
-            json!([event_with_id(&b, "E", json!(2))]),
-        )
-        .await;
+    let (status, body) =
+        server.append("s-1", json!("any"), json!([event_with_id(&b, "E", json!(2))])).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
-        (
-            body["first_revision"].as_u64(),
-            body["last_position"].as_u64()
-        ),
+        (body["first_revision"].as_u64(), body["last_position"].as_u64()),
         (Some(1), Some(2))
     );
     assert_eq!(server.head().await, head, "nothing written");
@@ -328,23 +220,14 @@ async fn ids_stored_elsewhere_or_in_part_are_409_duplicate_event_id(server: &Tes
 
 async fn request_is_all_or_nothing(server: &TestServer) {
     let stored = uuid::Uuid::now_v7().to_string();
-    server
-        .append(
-            "s-1",
-            json!("any"),
-            json!([event_with_id(&stored, "E", json!(1))]),
-        )
-        .await;
+    server.append("s-1", json!("any"), json!([event_with_id(&stored, "E", json!(1))])).await;
     let fresh = uuid::Uuid::now_v7().to_string();
     // The second event's id is stored: the first event must not be written either.
     let (status, _) = server
         .append(
             "s-2",
             json!("any"),
-            json!([
-                event_with_id(&fresh, "E", json!(1)),
-                event_with_id(&stored, "E", json!(2))
-            ]),
+            json!([event_with_id(&fresh, "E", json!(1)), event_with_id(&stored, "E", json!(2))]),
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
@@ -361,15 +244,10 @@ async fn request_is_all_or_nothing(server: &TestServer) {
     assert_eq!(server.get("/streams/s-2").await.0, StatusCode::NOT_FOUND);
     // A whole request lands with consecutive revisions and positions.
     let events: Vec<Value> = (0..50).map(|n| event("E", json!(n))).collect();
-    let (status, body) = server
-        .append("s-2", json!("no_stream"), Value::Array(events))
-        .await;
+    let (status, body) = server.append("s-2", json!("no_stream"), Value::Array(events)).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(
-        (
-            body["first_position"].as_u64(),
-            body["last_position"].as_u64()
-        ),
+        (body["first_position"].as_u64(), body["last_position"].as_u64()),
         (Some(2), Some(51))
     );
     let (_, page) = server.get("/streams/s-2?limit=1000").await;
@@ -383,41 +261,18 @@ async fn request_is_all_or_nothing(server: &TestServer) {
 }
 
 async fn concurrent_appends_at_same_revision_admit_one(server: &TestServer) {
-    server
-        .append(
-            "account-1",
-            json!("no_stream"),
-            json!([event("Opened", json!({}))]),
-        )
-        .await;
+    server.append("account-1", json!("no_stream"), json!([event("Opened", json!({}))])).await;
     let attempts = (0..16).map(|n| {
         let server = &*server;
         async move {
-            server
-                .append(
-                    "account-1",
-                    json!(0),
-                    json!([event("Deposited", json!({"n": n}))]),
-                )
-                .await
+            server.append("account-1", json!(0), json!([event("Deposited", json!({"n": n}))])).await
         }
     });
     let results = join_all(attempts).await;
-    let created = results
-        .iter()
-        .filter(|(s, _)| *s == StatusCode::CREATED)
-        .count();
-    assert_eq!(
-        created, 1,
-        "exactly one of 16 appends at revision 0 wins: {results:?}"
-    );
+    let created = results.iter().filter(|(s, _)| *s == StatusCode::CREATED).count();
+    assert_eq!(created, 1, "exactly one of 16 appends at revision 0 wins: {results:?}");
     for (status, body) in results.iter().filter(|(s, _)| *s != StatusCode::CREATED) {
-        assert_problem(
-            *status,
-            body,
-            StatusCode::CONFLICT,
-            "wrong-expected-revision",
-        );
+        assert_problem(*status, body, StatusCode::CONFLICT, "wrong-expected-revision");
         assert_eq!(body["current_revision"], 1);
     }
     assert_eq!(server.head().await, 2);
@@ -435,11 +290,8 @@ async fn concurrent_writers_leave_gap_free_positions_matching_their_acknowledgem
             for n in 0..APPENDS {
                 let id = uuid::Uuid::now_v7().to_string();
                 // Half the writers share streams, half have their own.
-                let stream = if w % 2 == 0 {
-                    format!("shared-{}", n % 3)
-                } else {
-                    format!("own-{w}")
-                };
+                let stream =
+                    if w % 2 == 0 { format!("shared-{}", n % 3) } else { format!("own-{w}") };
                 let (status, body) = server
                     .append(
                         &stream,
@@ -455,19 +307,14 @@ async fn concurrent_writers_leave_gap_free_positions_matching_their_acknowledgem
     });
     let acknowledged: Vec<_> = join_all(writers).await.into_iter().flatten().collect();
     let events = server.read_all().await;
-    let positions: Vec<u64> = events
-        .iter()
-        .map(|e| e["position"].as_u64().unwrap())
-        .collect();
+    let positions: Vec<u64> = events.iter().map(|e| e["position"].as_u64().unwrap()).collect();
     assert_eq!(
         positions,
         (1..=(WRITERS * APPENDS) as u64).collect::<Vec<_>>(),
         "positions 1..N, no gap"
     );
-    let by_position: BTreeMap<u64, &Value> = events
-        .iter()
-        .map(|e| (e["position"].as_u64().unwrap(), e))
-        .collect();
+    let by_position: BTreeMap<u64, &Value> =
+        events.iter().map(|e| (e["position"].as_u64().unwrap(), e)).collect();
     for (id, ack) in &acknowledged {
         let stored = by_position[&ack["first_position"].as_u64().unwrap()];
         assert_eq!(
@@ -481,9 +328,7 @@ async fn concurrent_writers_leave_gap_free_positions_matching_their_acknowledgem
     // Within each stream, revisions are 0..n in position order.
     let mut next_revision: BTreeMap<&str, u64> = BTreeMap::new();
     for e in &events {
-        let expected = next_revision
-            .entry(e["stream"].as_str().unwrap())
-            .or_default();
+        let expected = next_revision.entry(e["stream"].as_str().unwrap()).or_default();
         assert_eq!(e["revision"].as_u64().unwrap(), *expected);
         *expected += 1;
     }
@@ -505,38 +350,20 @@ async fn data_and_metadata_round_trip_exactly(server: &TestServer) {
         ),
         "{text}"
     );
-    assert!(
-        text.contains(r#""metadata":{"b":"\u00e9\"\\","a":null}"#),
-        "{text}"
-    );
+    assert!(text.contains(r#""metadata":{"b":"\u00e9\"\\","a":null}"#), "{text}");
     assert!(text.contains(r#""data":null"#), "{text}");
-    assert!(
-        text.contains(r#""data":"text with \ud83d\ude00 and \u0000""#),
-        "{text}"
-    );
+    assert!(text.contains(r#""data":"text with \ud83d\ude00 and \u0000""#), "{text}");
     assert!(text.contains(r#""data":[ 1 , 2 ],"metadata":{}"#), "{text}");
     let (_, text) = server.get_text("/all").await;
-    assert!(
-        text.contains("123456789012345678901234567890,\"price\":2.50"),
-        "{text}"
-    );
+    assert!(text.contains("123456789012345678901234567890,\"price\":2.50"), "{text}");
 }
 
 async fn stream_reads_page_forward_and_backward(server: &TestServer) {
     let events: Vec<Value> = (0..10).map(|n| event("E", json!(n))).collect();
-    server
-        .append("s-1", json!("any"), Value::Array(events))
-        .await;
-    server
-        .append("other-1", json!("any"), json!([event("E", json!(0))]))
-        .await;
+    server.append("s-1", json!("any"), Value::Array(events)).await;
+    server.append("other-1", json!("any"), json!([event("E", json!(0))])).await;
     let revisions = |page: &Value| -> Vec<u64> {
-        page["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["revision"].as_u64().unwrap())
-            .collect()
+        page["events"].as_array().unwrap().iter().map(|e| e["revision"].as_u64().unwrap()).collect()
     };
     let (status, page) = server.get("/streams/s-1?limit=4").await;
     assert_eq!(status, StatusCode::OK);
@@ -546,9 +373,7 @@ async fn stream_reads_page_forward_and_backward(server: &TestServer) {
     let (_, page) = server.get("/streams/s-1?from=8&limit=4").await;
     assert_eq!(revisions(&page), vec![8, 9]);
     assert_eq!(page["next"], Value::Null);
-    let (_, page) = server
-        .get("/streams/s-1?from=6&limit=4&direction=forward")
-        .await;
+    let (_, page) = server.get("/streams/s-1?from=6&limit=4&direction=forward").await;
     assert_eq!(revisions(&page), vec![6, 7, 8, 9]);
     assert_eq!(page["next"], Value::Null, "the read reached the end");
     let (_, page) = server.get("/streams/s-1?direction=backward&limit=3").await;
@@ -558,11 +383,7 @@ async fn stream_reads_page_forward_and_backward(server: &TestServer) {
     assert_eq!(revisions(&page), vec![1, 0]);
     assert_eq!(page["next"], Value::Null);
     let (status, page) = server.get("/streams/s-1?from=50").await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "past the end of an existing stream is an empty page"
-    );
+    assert_eq!(status, StatusCode::OK, "past the end of an existing stream is an empty page");
     assert_eq!(revisions(&page), Vec::<u64>::new());
 }
 
@@ -585,19 +406,11 @@ async fn all_reads_page_by_position_with_next_and_head(server: &TestServer) {
             .await;
     }
     let positions = |page: &Value| -> Vec<u64> {
-        page["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["position"].as_u64().unwrap())
-            .collect()
+        page["events"].as_array().unwrap().iter().map(|e| e["position"].as_u64().unwrap()).collect()
     };
     let (_, page) = server.get("/all?limit=3").await;
     assert_eq!(positions(&page), vec![1, 2, 3]);
-    assert_eq!(
-        (page["next"].as_u64(), page["head"].as_u64()),
-        (Some(4), Some(10))
-    );
+    assert_eq!((page["next"].as_u64(), page["head"].as_u64()), (Some(4), Some(10)));
     let (_, page) = server.get("/all?from=9").await;
     assert_eq!(positions(&page), vec![9, 10]);
     assert_eq!(page["next"], Value::Null);
@@ -608,60 +421,22 @@ async fn all_reads_page_by_position_with_next_and_head(server: &TestServer) {
     assert_eq!(positions(&page), vec![2, 1]);
     assert_eq!(page["next"], Value::Null);
     let (_, page) = server.get("/all?from=11").await;
-    assert_eq!(
-        (positions(&page), page["head"].as_u64()),
-        (vec![], Some(10))
-    );
+    assert_eq!((positions(&page), page["head"].as_u64()), (vec![], Some(10)));
     assert_eq!(server.read_all().await.len(), 10);
 }
 
 async fn category_reads_cover_every_stream_of_the_category_only(server: &TestServer) {
-    server
-        .append(
-            "account-1",
-            json!("any"),
-            json!([event("Opened", json!(1))]),
-        )
-        .await;
-    server
-        .append(
-            "accounting-1",
-            json!("any"),
-            json!([event("Opened", json!(2))]),
-        )
-        .await;
-    server
-        .append("account", json!("any"), json!([event("Opened", json!(3))]))
-        .await;
-    server
-        .append(
-            "account-2-x",
-            json!("any"),
-            json!([event("Opened", json!(4))]),
-        )
-        .await;
-    server
-        .append("order-1", json!("any"), json!([event("Placed", json!(5))]))
-        .await;
-    server
-        .append(
-            "account-1",
-            json!("any"),
-            json!([event("Deposited", json!(6))]),
-        )
-        .await;
+    server.append("account-1", json!("any"), json!([event("Opened", json!(1))])).await;
+    server.append("accounting-1", json!("any"), json!([event("Opened", json!(2))])).await;
+    server.append("account", json!("any"), json!([event("Opened", json!(3))])).await;
+    server.append("account-2-x", json!("any"), json!([event("Opened", json!(4))])).await;
+    server.append("order-1", json!("any"), json!([event("Placed", json!(5))])).await;
+    server.append("account-1", json!("any"), json!([event("Deposited", json!(6))])).await;
     let (status, page) = server.get("/categories/account").await;
     assert_eq!(status, StatusCode::OK);
-    let streams: Vec<&str> = page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["stream"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        streams,
-        vec!["account-1", "account", "account-2-x", "account-1"]
-    );
+    let streams: Vec<&str> =
+        page["events"].as_array().unwrap().iter().map(|e| e["stream"].as_str().unwrap()).collect();
+    assert_eq!(streams, vec!["account-1", "account", "account-2-x", "account-1"]);
     assert_eq!(page["head"], 6);
     let (_, page) = server.get("/categories/account?from=4&limit=1").await;
     assert_eq!(page["events"][0]["position"], 4);
@@ -669,33 +444,21 @@ async fn category_reads_cover_every_stream_of_the_category_only(server: &TestSer
     let (_, page) = server.get("/categories/nothing").await;
     assert_eq!(page["events"], json!([]));
     let (status, body) = server.get("/categories/account-1").await;
-    assert_problem(
-        status,
-        &body,
-        StatusCode::BAD_REQUEST,
-        "invalid-stream-name",
-    );
+    assert_problem(status, &body, StatusCode::BAD_REQUEST, "invalid-stream-name");
 }
 
 async fn types_filter_keeps_only_those_types(server: &TestServer) {
     for n in 0..6 {
         let kind = ["Deposited", "Withdrawn", "Closed"][n % 3];
         let stream = if n < 3 { "account-1" } else { "order-1" };
-        server
-            .append(stream, json!("any"), json!([event(kind, json!(n))]))
-            .await;
+        server.append(stream, json!("any"), json!([event(kind, json!(n))])).await;
     }
     let types = |page: &Value| -> Vec<(u64, String)> {
         page["events"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| {
-                (
-                    e["position"].as_u64().unwrap(),
-                    e["type"].as_str().unwrap().to_owned(),
-                )
-            })
+            .map(|e| (e["position"].as_u64().unwrap(), e["type"].as_str().unwrap().to_owned()))
             .collect()
     };
     let (_, page) = server.get("/all?types=Deposited,Closed").await;
@@ -714,16 +477,11 @@ async fn types_filter_keeps_only_those_types(server: &TestServer) {
     let (_, page) = server.get("/categories/account?types=Closed").await;
     assert_eq!(types(&page), vec![(3, "Closed".into())]);
     let (_, page) = server.get("/all?types=Closed&direction=backward").await;
-    assert_eq!(
-        types(&page),
-        vec![(6, "Closed".into()), (3, "Closed".into())]
-    );
+    assert_eq!(types(&page), vec![(6, "Closed".into()), (3, "Closed".into())]);
 }
 
 async fn bad_input_gets_a_problem_document_and_changes_nothing(server: &TestServer) {
-    server
-        .append("s-1", json!("any"), json!([event("E", json!(1))]))
-        .await;
+    server.append("s-1", json!("any"), json!([event("E", json!(1))])).await;
     let id = uuid::Uuid::now_v7().to_string();
     let too_long = "x".repeat(201);
     let appends: Vec<(String, String, &str)> = vec![
@@ -731,41 +489,17 @@ async fn bad_input_gets_a_problem_document_and_changes_nothing(server: &TestServ
         ("/streams/s-1".into(), "".into(), "invalid-request"),
         ("/streams/s-1".into(), "[]".into(), "invalid-request"),
         ("/streams/s-1".into(), r#"{}"#.into(), "invalid-request"),
-        (
-            "/streams/s-1".into(),
-            r#"{"events":[]}"#.into(),
-            "invalid-request",
-        ),
-        (
-            "/streams/s-1".into(),
-            r#"{"events":null}"#.into(),
-            "invalid-request",
-        ),
-        (
-            "/streams/s-1".into(),
-            r#"{"events":[{"data":1}]}"#.into(),
-            "invalid-request",
-        ),
-        (
-            "/streams/s-1".into(),
-            r#"{"events":[{"type":"E"}]}"#.into(),
-            "invalid-request",
-        ),
-        (
-            "/streams/s-1".into(),
-            r#"{"events":[{"type":"","data":1}]}"#.into(),
-            "invalid-request",
-        ),
+        ("/streams/s-1".into(), r#"{"events":[]}"#.into(), "invalid-request"),
+        ("/streams/s-1".into(), r#"{"events":null}"#.into(), "invalid-request"),
+        ("/streams/s-1".into(), r#"{"events":[{"data":1}]}"#.into(), "invalid-request"),
+        ("/streams/s-1".into(), r#"{"events":[{"type":"E"}]}"#.into(), "invalid-request"),
+        ("/streams/s-1".into(), r#"{"events":[{"type":"","data":1}]}"#.into(), "invalid-request"),
         (
             "/streams/s-1".into(),
             r#"{"events":[{"type":"a\u0001b","data":1}]}"#.into(),
             "invalid-request",
         ),
-        (
-            "/streams/s-1".into(),
-            r#"{"events":[{"type":7,"data":1}]}"#.into(),
-            "invalid-request",
-        ),
+        ("/streams/s-1".into(), r#"{"events":[{"type":7,"data":1}]}"#.into(), "invalid-request"),
         (
             "/streams/s-1".into(),
             r#"{"events":[{"id":"not-a-uuid","type":"E","data":1}]}"#.into(),
@@ -848,11 +582,7 @@ async fn bad_input_gets_a_problem_document_and_changes_nothing(server: &TestServ
             r#"{"events":[{"type":"E","data":1}]}"#.into(),
             "invalid-stream-name",
         ),
-        (
-            "/streams/%FF".into(),
-            r#"{"events":[{"type":"E","data":1}]}"#.into(),
-            "invalid-request",
-        ),
+        ("/streams/%FF".into(), r#"{"events":[{"type":"E","data":1}]}"#.into(), "invalid-request"),
     ];
     for (path, body, code) in appends {
         let (status, problem) = server.post_raw(&path, body.clone()).await;
@@ -860,10 +590,7 @@ async fn bad_input_gets_a_problem_document_and_changes_nothing(server: &TestServ
         assert!(problem["detail"].is_string(), "{body}: {problem}");
     }
     let (status, problem) = server.post_raw("/streams/", "{}").await;
-    assert!(
-        status.is_client_error(),
-        "empty stream name: {status} {problem}"
-    );
+    assert!(status.is_client_error(), "empty stream name: {status} {problem}");
     let reads = [
         "/all?limit=0",
         "/all?limit=-1",
@@ -893,59 +620,28 @@ async fn bad_input_gets_a_problem_document_and_changes_nothing(server: &TestServ
 
 async fn limits_are_answered_413(server: &TestServer) {
     // A declared length over 4 MiB is refused before the body is read: none is sent here.
-    let head = format!(
-        "POST /streams/s-1 HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
-        5 << 20
-    );
+    let head =
+        format!("POST /streams/s-1 HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", 5 << 20);
     let response = raw_request(server, &head, &[]).await;
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
-    assert!(
-        response.contains("/problems/payload-too-large"),
-        "{response}"
-    );
+    assert!(response.contains("/problems/payload-too-large"), "{response}");
     // A chunked body without a length is cut off at the limit.
     let head = "POST /streams/s-1 HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
-    let chunk = [
-        format!("{:x}\r\n", 1 << 20).into_bytes(),
-        vec![b' '; 1 << 20],
-        b"\r\n".to_vec(),
-    ]
-    .concat();
+    let chunk =
+        [format!("{:x}\r\n", 1 << 20).into_bytes(), vec![b' '; 1 << 20], b"\r\n".to_vec()].concat();
     let response = raw_request(server, head, &chunk.repeat(5)).await;
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
-    assert!(
-        response.contains("/problems/payload-too-large"),
-        "{response}"
-    );
+    assert!(response.contains("/problems/payload-too-large"), "{response}");
     let events: Vec<Value> = (0..1001).map(|n| event("E", json!(n))).collect();
-    let (status, problem) = server
-        .append("s-1", json!("any"), Value::Array(events))
-        .await;
-    assert_problem(
-        status,
-        &problem,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload-too-large",
-    );
+    let (status, problem) = server.append("s-1", json!("any"), Value::Array(events)).await;
+    assert_problem(status, &problem, StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large");
     let big = "x".repeat((1 << 20) + 1);
-    let (status, problem) = server
-        .append("s-1", json!("any"), json!([event("E", json!(big))]))
-        .await;
-    assert_problem(
-        status,
-        &problem,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload-too-large",
-    );
+    let (status, problem) =
+        server.append("s-1", json!("any"), json!([event("E", json!(big))])).await;
+    assert_problem(status, &problem, StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large");
     let events: Vec<Value> = (0..1000).map(|n| event("E", json!(n))).collect();
-    let (status, _) = server
-        .append("s-1", json!("any"), Value::Array(events))
-        .await;
-    assert_eq!(
-        status,
-        StatusCode::CREATED,
-        "1,000 events is within the limit"
-    );
+    let (status, _) = server.append("s-1", json!("any"), Value::Array(events)).await;
+    assert_eq!(status, StatusCode::CREATED, "1,000 events is within the limit");
     assert_eq!(server.head().await, 1000);
 }
 
@@ -965,11 +661,7 @@ async fn stream_names_with_any_characters_round_trip(server: &TestServer) {
     for name in names {
         let encoded: String = name.bytes().map(|b| format!("%{b:02X}")).collect();
         let (status, body) = server
-            .append(
-                &encoded,
-                json!("no_stream"),
-                json!([event("T'\"\\😀", json!({"name": name}))]),
-            )
+            .append(&encoded, json!("no_stream"), json!([event("T'\"\\😀", json!({"name": name}))]))
             .await;
         assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
         assert_eq!(body["stream"], name);
@@ -990,31 +682,16 @@ async fn info_and_health_answer(server: &TestServer) {
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = server.get("/health/ready").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    server
-        .append(
-            "s-1",
-            json!("any"),
-            json!([event("E", json!(1)), event("E", json!(2))]),
-        )
-        .await;
+    server.append("s-1", json!("any"), json!([event("E", json!(1)), event("E", json!(2))])).await;
     let (status, info) = server.get("/info").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(info["head"], 2);
-    assert!(
-        ["sqlite", "postgres"].contains(&info["backend"].as_str().unwrap()),
-        "{info}"
-    );
+    assert!(["sqlite", "postgres"].contains(&info["backend"].as_str().unwrap()), "{info}");
     assert!(info["version"].is_string());
     let (status, metrics) = server.get_text("/metrics").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        metrics.contains("eventstore_appends_total{result=\"created\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("eventstore_events_appended_total 2"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("eventstore_appends_total{result=\"created\"} 1"), "{metrics}");
+    assert!(metrics.contains("eventstore_events_appended_total 2"), "{metrics}");
     assert!(metrics.contains("eventstore_head_position 2"), "{metrics}");
 }
 
@@ -1022,9 +699,7 @@ async fn info_and_health_answer(server: &TestServer) {
 async fn raw_request(server: &TestServer, head: &str, body: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let address = server.url.trim_start_matches("http://");
-    let mut socket = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
+    let mut socket = tokio::net::TcpStream::connect(address).await.expect("connect");
     socket.write_all(head.as_bytes()).await.expect("send head");
     // The server may answer and close before taking all of the body.
     let _ = socket.write_all(body).await;
@@ -1039,4 +714,113 @@ async fn raw_request(server: &TestServer, head: &str, body: &[u8]) -> String {
         }
     }
     String::from_utf8_lossy(&response).into_owned()
+}
+
+async fn put_consumer(server: &TestServer, name: &str, body: Value) -> (StatusCode, Value) {
+    server.send_json(reqwest::Method::PUT, &format!("/consumers/{name}"), &body).await
+}
+
+async fn consumers_store_positions_by_compare_and_set_and_never_move_back_silently(
+    server: &TestServer,
+) {
+    append_many(server, "s-1", "E", 10).await;
+    let (status, body) = server.get("/consumers/balances").await;
+    assert_problem(status, &body, StatusCode::NOT_FOUND, "consumer-not-found");
+
+    let (status, body) = put_consumer(server, "balances", json!({"position": 4})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["name"].as_str(), body["position"].as_u64(), body["lag"].as_u64()),
+        (Some("balances"), Some(4), Some(6))
+    );
+    assert!(body["updated_at"].is_string());
+
+    // Compare-and-set.
+    let (status, body) =
+        put_consumer(server, "balances", json!({"position": 7, "expected_position": 3})).await;
+    assert_problem(status, &body, StatusCode::CONFLICT, "wrong-expected-position");
+    assert_eq!(
+        (body["current_position"].as_u64(), body["expected_position"].as_u64()),
+        (Some(4), Some(3))
+    );
+    let (status, _) =
+        put_consumer(server, "balances", json!({"position": 7, "expected_position": 4})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) =
+        put_consumer(server, "fresh", json!({"position": 2, "expected_position": 0})).await;
+    assert_eq!(status, StatusCode::OK, "a new consumer is at 0");
+
+    // Backwards only with reset.
+    let (status, body) = put_consumer(server, "balances", json!({"position": 5})).await;
+    assert_problem(status, &body, StatusCode::CONFLICT, "position-moves-backwards");
+    let (_, body) = server.get("/consumers/balances").await;
+    assert_eq!(body["position"], 7, "unchanged");
+    let (status, body) =
+        put_consumer(server, "balances", json!({"position": 0, "reset": true})).await;
+    assert_eq!((status, body["position"].as_u64()), (StatusCode::OK, Some(0)));
+
+    let (_, list) = server.get("/consumers").await;
+    let names: Vec<&str> =
+        list.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["balances", "fresh"]);
+    assert_eq!(list[1]["lag"], 8);
+
+    let (_, metrics) = server.get_text("/metrics").await;
+    assert!(metrics.contains("eventstore_consumer_position{consumer=\"fresh\"} 2"), "{metrics}");
+    assert!(metrics.contains("eventstore_consumer_lag_events{consumer=\"fresh\"} 8"), "{metrics}");
+
+    for (body, code) in [
+        (json!({"position": -1}), "invalid-request"),
+        (json!({"position": "1"}), "invalid-request"),
+        (json!({}), "invalid-request"),
+        (json!({"position": 1, "extra": true}), "invalid-request"),
+    ] {
+        let (status, problem) = put_consumer(server, "balances", body).await;
+        assert_problem(status, &problem, StatusCode::BAD_REQUEST, code);
+    }
+    let (status, problem) = put_consumer(server, "%24x", json!({"position": 1})).await;
+    assert_problem(status, &problem, StatusCode::BAD_REQUEST, "invalid-request");
+
+    let (status, _) =
+        server.send_json(reqwest::Method::DELETE, "/consumers/fresh", &Value::Null).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) =
+        server.send_json(reqwest::Method::DELETE, "/consumers/fresh", &Value::Null).await;
+    assert_problem(status, &body, StatusCode::NOT_FOUND, "consumer-not-found");
+    let (_, metrics) = server.get_text("/metrics").await;
+    assert!(!metrics.contains("consumer=\"fresh\""), "a deleted consumer leaves the metrics");
+}
+
+async fn consumer_wait_answers_once_reached_or_at_the_timeout(server: &TestServer) {
+    put_consumer(server, "read-model", json!({"position": 3})).await;
+    let (status, body) = server.get("/consumers/read-model/wait?position=3&timeout_ms=5000").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"name": "read-model", "position": 3, "reached": true}));
+
+    let started = std::time::Instant::now();
+    let (_, body) = server.get("/consumers/read-model/wait?position=9&timeout_ms=300").await;
+    assert_eq!(body, json!({"name": "read-model", "position": 3, "reached": false}));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+
+    // A waiter is answered as soon as the position arrives, well before its timeout.
+    let waiter = server.get("/consumers/read-model/wait?position=9&timeout_ms=10000");
+    let mover = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        put_consumer(server, "read-model", json!({"position": 12})).await;
+    };
+    let started = std::time::Instant::now();
+    let ((_, body), ()) = tokio::join!(waiter, mover);
+    assert_eq!(body, json!({"name": "read-model", "position": 12, "reached": true}));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    let (_, body) = server.get("/consumers/nobody/wait?position=1&timeout_ms=50").await;
+    assert_eq!(body, json!({"name": "nobody", "position": 0, "reached": false}));
+    for path in [
+        "/consumers/x/wait",
+        "/consumers/x/wait?position=a",
+        "/consumers/x/wait?position=1&timeout_ms=-5",
+    ] {
+        let (status, problem) = server.get(path).await;
+        assert_problem(status, &problem, StatusCode::BAD_REQUEST, "invalid-request");
+    }
 }

@@ -35,14 +35,8 @@ impl Process {
             .kill_on_drop(true)
             .spawn()
             .expect("start store-server");
-        let process = Process {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        assert!(
-            process.ready_within(Duration::from_secs(20)).await,
-            "server did not start"
-        );
+        let process = Process { child, url: format!("http://127.0.0.1:{port}") };
+        assert!(process.ready_within(Duration::from_secs(20)).await, "server did not start");
         process
     }
 
@@ -54,10 +48,7 @@ impl Process {
         let client = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + time;
         while tokio::time::Instant::now() < deadline {
-            let response = client
-                .get(format!("{}/health/ready", self.url))
-                .send()
-                .await;
+            let response = client.get(format!("{}/health/ready", self.url)).send().await;
             if response.is_ok_and(|r| r.status() == wanted) {
                 return true;
             }
@@ -94,9 +85,8 @@ async fn append_until(url: String, writers: usize, stop: Arc<AtomicBool>) -> Vec
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let stream = format!("dur{w}-{}", n % 5);
-                let ids: Vec<String> = (0..1 + n % 3)
-                    .map(|_| uuid::Uuid::now_v7().to_string())
-                    .collect();
+                let ids: Vec<String> =
+                    (0..1 + n % 3).map(|_| uuid::Uuid::now_v7().to_string()).collect();
                 let events: Vec<Value> = ids
                     .iter()
                     .map(|id| json!({"id": id, "type": "E", "data": {"w": w, "n": n}}))
@@ -113,11 +103,7 @@ async fn append_until(url: String, writers: usize, stop: Arc<AtomicBool>) -> Vec
                         None
                     }
                 };
-                attempts.push(Attempt {
-                    ids,
-                    stream,
-                    acknowledged,
-                });
+                attempts.push(Attempt { ids, stream, acknowledged });
             }
             attempts
         })
@@ -149,30 +135,15 @@ async fn verify(url: &str, attempts: &[Attempt]) {
             None => break,
         }
     }
-    let positions: Vec<u64> = events
-        .iter()
-        .map(|e| e["position"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        positions,
-        (1..=events.len() as u64).collect::<Vec<_>>(),
-        "no gap"
-    );
-    let by_id: HashMap<&str, &Value> = events
-        .iter()
-        .map(|e| (e["id"].as_str().unwrap(), e))
-        .collect();
+    let positions: Vec<u64> = events.iter().map(|e| e["position"].as_u64().unwrap()).collect();
+    assert_eq!(positions, (1..=events.len() as u64).collect::<Vec<_>>(), "no gap");
+    let by_id: HashMap<&str, &Value> =
+        events.iter().map(|e| (e["id"].as_str().unwrap(), e)).collect();
     let acknowledged = attempts.iter().filter(|a| a.acknowledged.is_some()).count();
-    assert!(
-        acknowledged > 50,
-        "the load ran ({acknowledged} acknowledged appends)"
-    );
+    assert!(acknowledged > 50, "the load ran ({acknowledged} acknowledged appends)");
     for attempt in attempts {
-        let stored: Vec<&&Value> = attempt
-            .ids
-            .iter()
-            .filter_map(|id| by_id.get(id.as_str()))
-            .collect();
+        let stored: Vec<&&Value> =
+            attempt.ids.iter().filter_map(|id| by_id.get(id.as_str())).collect();
         assert!(
             stored.is_empty() || stored.len() == attempt.ids.len(),
             "a request is stored whole or not at all ({} of {} events)",
@@ -180,11 +151,7 @@ async fn verify(url: &str, attempts: &[Attempt]) {
             attempt.ids.len()
         );
         if let Some(ack) = &attempt.acknowledged {
-            assert_eq!(
-                stored.len(),
-                attempt.ids.len(),
-                "acknowledged events are all stored"
-            );
+            assert_eq!(stored.len(), attempt.ids.len(), "acknowledged events are all stored");
             let first = ack["first_position"].as_u64().unwrap();
             for (offset, event) in stored.iter().enumerate() {
                 assert_eq!(event["position"].as_u64().unwrap(), first + offset as u64);
@@ -238,9 +205,7 @@ async fn postgres_crash_under_load_is_survived_without_loss() {
 
     cluster.stop_immediate();
     assert!(
-        server
-            .ready_status_within(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(10))
-            .await,
+        server.ready_status_within(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(10)).await,
         "/health/ready says 503 while the database is down"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -260,11 +225,7 @@ async fn postgres_crash_under_load_is_survived_without_loss() {
         .send()
         .await
         .expect("append after recovery");
-    assert_eq!(
-        response.status(),
-        StatusCode::CREATED,
-        "appends work after recovery"
-    );
+    assert_eq!(response.status(), StatusCode::CREATED, "appends work after recovery");
     let mut attempts = attempts;
     attempts.retain(|a| a.stream != "after-1");
     verify(&server.url, &attempts).await;

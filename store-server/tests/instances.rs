@@ -13,9 +13,7 @@ use support::{Message, TestServer, event, event_with_id, postgres};
 
 /// Two servers on one fresh database; `None` when PostgreSQL is not available.
 async fn two_instances(test: &str) -> Option<[TestServer; 2]> {
-    two_instances_and_url(test)
-        .await
-        .map(|(servers, _)| servers)
+    two_instances_and_url(test).await.map(|(servers, _)| servers)
 }
 
 async fn two_instances_and_url(test: &str) -> Option<([TestServer; 2], String)> {
@@ -37,32 +35,20 @@ async fn concurrent_appends_at_same_revision_through_two_instances_admit_one() {
     };
     for round in 0..5 {
         let stream = format!("account-{round}");
-        servers[0]
-            .append(
-                &stream,
-                json!("no_stream"),
-                json!([event("Opened", json!({}))]),
-            )
-            .await;
-        let attempts = (0..16).map(|n| {
-            let server = &servers[n % 2];
-            let stream = stream.clone();
-            async move {
-                server
-                    .append(&stream, json!(0), json!([event("Deposited", json!(n))]))
-                    .await
-            }
-        });
+        servers[0].append(&stream, json!("no_stream"), json!([event("Opened", json!({}))])).await;
+        let attempts =
+            (0..16).map(|n| {
+                let server = &servers[n % 2];
+                let stream = stream.clone();
+                async move {
+                    server.append(&stream, json!(0), json!([event("Deposited", json!(n))])).await
+                }
+            });
         let results = join_all(attempts).await;
-        let created = results
-            .iter()
-            .filter(|(s, _)| *s == StatusCode::CREATED)
-            .count();
+        let created = results.iter().filter(|(s, _)| *s == StatusCode::CREATED).count();
         assert_eq!(created, 1, "round {round}: {results:?}");
         assert!(
-            results
-                .iter()
-                .all(|(s, _)| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT)
+            results.iter().all(|(s, _)| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT)
         );
     }
     for server in servers {
@@ -84,11 +70,7 @@ async fn writers_on_two_instances_leave_gap_free_positions() {
                 let id = uuid::Uuid::now_v7().to_string();
                 let stream = format!("shared-{}", n % 4);
                 let (status, body) = server
-                    .append(
-                        &stream,
-                        json!("any"),
-                        json!([event_with_id(&id, "E", json!(n))]),
-                    )
+                    .append(&stream, json!("any"), json!([event_with_id(&id, "E", json!(n))]))
                     .await;
                 assert_eq!(status, StatusCode::CREATED, "{body}");
                 acknowledged.push((id, body["first_position"].as_u64().unwrap()));
@@ -99,24 +81,15 @@ async fn writers_on_two_instances_leave_gap_free_positions() {
     let acknowledged: Vec<(String, u64)> = join_all(writers).await.into_iter().flatten().collect();
     for server in &servers {
         let events = server.read_all().await;
-        let positions: Vec<u64> = events
-            .iter()
-            .map(|e| e["position"].as_u64().unwrap())
-            .collect();
+        let positions: Vec<u64> = events.iter().map(|e| e["position"].as_u64().unwrap()).collect();
         assert_eq!(positions, (1..=480).collect::<Vec<_>>());
         for (id, position) in &acknowledged {
             assert_eq!(events[*position as usize - 1]["id"], json!(id));
         }
         let mut revisions = std::collections::HashMap::new();
         for e in &events {
-            let next = revisions
-                .entry(e["stream"].as_str().unwrap().to_owned())
-                .or_insert(0u64);
-            assert_eq!(
-                e["revision"].as_u64().unwrap(),
-                *next,
-                "revisions follow positions"
-            );
+            let next = revisions.entry(e["stream"].as_str().unwrap().to_owned()).or_insert(0u64);
+            assert_eq!(e["revision"].as_u64().unwrap(), *next, "revisions follow positions");
             *next += 1;
         }
     }
@@ -132,17 +105,12 @@ async fn an_instance_delivers_another_instances_events_live_even_without_listen(
         return;
     };
     let mut subscriber = reader.subscribe("/all/subscribe", None).await;
-    assert_eq!(
-        subscriber.next(Duration::from_secs(5)).await,
-        Some(Message::CaughtUp(0))
-    );
+    assert_eq!(subscriber.next(Duration::from_secs(5)).await, Some(Message::CaughtUp(0)));
 
     let mut latencies = Vec::new();
     for n in 1..=5u64 {
         let sent = Instant::now();
-        writer
-            .append("cross-1", json!("any"), json!([event("E", json!(n))]))
-            .await;
+        writer.append("cross-1", json!("any"), json!([event("E", json!(n))])).await;
         let (positions, _) = subscriber.events(1, Duration::from_secs(5)).await;
         latencies.push(sent.elapsed());
         assert_eq!(positions, vec![n]);
@@ -154,9 +122,7 @@ async fn an_instance_delivers_another_instances_events_live_even_without_listen(
     );
 
     // Cut every LISTEN connection: delivery goes on (polling, then the reconnected LISTEN).
-    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
     let terminated = admin
         .query(
@@ -168,9 +134,7 @@ async fn an_instance_delivers_another_instances_events_live_even_without_listen(
         .unwrap();
     assert_eq!(terminated.len(), 2, "one LISTEN connection per instance");
     for n in 6..=10u64 {
-        writer
-            .append("cross-1", json!("any"), json!([event("E", json!(n))]))
-            .await;
+        writer.append("cross-1", json!("any"), json!([event("E", json!(n))])).await;
         let (positions, _) = subscriber.events(1, Duration::from_secs(5)).await;
         assert_eq!(positions, vec![n]);
     }

@@ -67,25 +67,16 @@ async fn backlog_then_live_writers_deliver_every_position_once_in_order(
         async move {
             for n in 0..250 {
                 let stream = format!("live{w}-{}", n % 7);
-                let (status, _) = server
-                    .append(&stream, json!("any"), json!([event("E", json!(n))]))
-                    .await;
+                let (status, _) =
+                    server.append(&stream, json!("any"), json!([event("E", json!(n))])).await;
                 assert_eq!(status, StatusCode::CREATED);
             }
         }
     });
     let (_, (live, others)) = tokio::join!(join_all(writers), subscriber.events(1500, WAIT));
-    assert_eq!(
-        live,
-        (501..=2000).collect::<Vec<u64>>(),
-        "exactly once, in order"
-    );
+    assert_eq!(live, (501..=2000).collect::<Vec<u64>>(), "exactly once, in order");
     assert!(others.is_empty(), "caught-up comes once: {others:?}");
-    assert_eq!(
-        subscriber.next(Duration::from_millis(300)).await,
-        None,
-        "nothing more"
-    );
+    assert_eq!(subscriber.next(Duration::from_millis(300)).await, None, "nothing more");
     server.stop().await;
 }
 
@@ -105,9 +96,7 @@ async fn last_event_id_resumes_after_that_position(backend: Backend, test: &str)
         assert_eq!(subscriber.next(WAIT).await, Some(Message::CaughtUp(2000)));
     }
     // A stream subscription resumes by position too.
-    let mut subscriber = server
-        .subscribe("/streams/resume-1/subscribe", Some("1998"))
-        .await;
+    let mut subscriber = server.subscribe("/streams/resume-1/subscribe", Some("1998")).await;
     let (positions, _) = subscriber.events(2, WAIT).await;
     assert_eq!(positions, vec![1999, 2000]);
     server.stop().await;
@@ -119,16 +108,10 @@ async fn read_positions(server: &TestServer, path: &str) -> Vec<u64> {
     let mut from = 0;
     loop {
         let separator = if path.contains('?') { '&' } else { '?' };
-        let (status, page) = server
-            .get(&format!("{path}{separator}from={from}&limit=1000"))
-            .await;
+        let (status, page) = server.get(&format!("{path}{separator}from={from}&limit=1000")).await;
         assert_eq!(status, StatusCode::OK, "{page}");
         positions.extend(
-            page["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["position"].as_u64().unwrap()),
+            page["events"].as_array().unwrap().iter().map(|e| e["position"].as_u64().unwrap()),
         );
         match page["next"].as_u64() {
             Some(next) => from = next,
@@ -141,13 +124,8 @@ async fn append_mix(server: &TestServer, round: usize) {
     for n in 0..60 {
         let stream = ["account-1", "account-2", "order-1", "accounting-1"][n % 4];
         let kind = ["Deposited", "Withdrawn", "Opened"][n % 3];
-        let (status, _) = server
-            .append(
-                stream,
-                json!("any"),
-                json!([event(kind, json!([round, n]))]),
-            )
-            .await;
+        let (status, _) =
+            server.append(stream, json!("any"), json!([event(kind, json!([round, n]))])).await;
         assert_eq!(status, StatusCode::CREATED);
     }
 }
@@ -158,15 +136,9 @@ async fn filters_deliver_exactly_what_filtered_reads_give(backend: Backend, test
     };
     append_mix(&server, 0).await;
     let cases = [
-        (
-            "/categories/account/subscribe?types=Deposited",
-            "/categories/account?types=Deposited",
-        ),
+        ("/categories/account/subscribe?types=Deposited", "/categories/account?types=Deposited"),
         ("/categories/account/subscribe", "/categories/account"),
-        (
-            "/all/subscribe?types=Withdrawn,Opened",
-            "/all?types=Withdrawn,Opened",
-        ),
+        ("/all/subscribe?types=Withdrawn,Opened", "/all?types=Withdrawn,Opened"),
         ("/streams/account-1/subscribe", "/streams/account-1"),
     ];
     let mut subscribers = Vec::new();
@@ -221,36 +193,20 @@ async fn filtered_subscription_over_non_matching_events_emits_checkpoints(
         }
     }
     assert_eq!(caught_up, Some(1000));
-    assert_eq!(
-        checkpoints,
-        vec![1000],
-        "one checkpoint for the scanned backlog"
-    );
+    assert_eq!(checkpoints, vec![1000], "one checkpoint for the scanned backlog");
     // Live: more noise, then one matching event; a checkpoint comes at most once a second.
     append_many(&server, "noise-1", "Common", 200).await;
-    assert_eq!(
-        subscriber.next(Duration::from_secs(3)).await,
-        Some(Message::Checkpoint(1200))
-    );
-    server
-        .append("rare-1", json!("any"), json!([event("Rare", json!(1))]))
-        .await;
+    assert_eq!(subscriber.next(Duration::from_secs(3)).await, Some(Message::Checkpoint(1200)));
+    server.append("rare-1", json!("any"), json!([event("Rare", json!(1))])).await;
     match subscriber.next(WAIT).await {
         Some(Message::Event { event, .. }) => assert_eq!(event["position"], 1201),
         other => panic!("expected the rare event, got {other:?}"),
     }
-    assert_eq!(
-        subscriber.next(Duration::from_millis(1500)).await,
-        None,
-        "nothing scanned since"
-    );
+    assert_eq!(subscriber.next(Duration::from_millis(1500)).await, None, "nothing scanned since");
     // An unfiltered subscription never needs checkpoints.
     let mut all = server.subscribe("/all/subscribe", None).await;
     let (_, others) = all.events(1201, WAIT).await;
-    assert!(
-        others.iter().all(|m| !matches!(m, Message::Checkpoint(_))),
-        "{others:?}"
-    );
+    assert!(others.iter().all(|m| !matches!(m, Message::Checkpoint(_))), "{others:?}");
     server.stop().await;
 }
 
@@ -272,9 +228,7 @@ async fn slow_consumer_gets_every_event_in_order(backend: Backend, test: &str) {
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(address).await.unwrap();
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
     tokio::spawn(connection);
     let request = hyper::Request::get("/all/subscribe")
         .header("host", "localhost")
@@ -289,12 +243,10 @@ async fn slow_consumer_gets_every_event_in_order(backend: Backend, test: &str) {
         async move {
             for n in 0..100 {
                 // 2 KB each, 8 MB in all: more than the kernel's socket buffers hold.
-                let events: Vec<Value> = (0..10)
-                    .map(|i| event("E", json!([w, n, i, "x".repeat(2000)])))
-                    .collect();
-                let (status, _) = server
-                    .append(&format!("slow-{w}"), json!("any"), Value::Array(events))
-                    .await;
+                let events: Vec<Value> =
+                    (0..10).map(|i| event("E", json!([w, n, i, "x".repeat(2000)]))).collect();
+                let (status, _) =
+                    server.append(&format!("slow-{w}"), json!("any"), Value::Array(events)).await;
                 assert_eq!(status, StatusCode::CREATED);
             }
         }
@@ -302,9 +254,7 @@ async fn slow_consumer_gets_every_event_in_order(backend: Backend, test: &str) {
     let reader = async {
         let mut positions = Vec::new();
         while positions.len() < 4000 {
-            let message = tokio::time::timeout(WAIT, messages.next())
-                .await
-                .expect("in time");
+            let message = tokio::time::timeout(WAIT, messages.next()).await.expect("in time");
             let message = message.expect("open").expect("well-formed");
             if message.event == "message" {
                 let event: Value = serde_json::from_str(&message.data).unwrap();
@@ -327,10 +277,7 @@ async fn slow_consumer_gets_every_event_in_order(backend: Backend, test: &str) {
         .find_map(|l| l.strip_prefix("eventstore_subscription_catchup_fallbacks_total "))
         .and_then(|v| v.parse().ok())
         .expect("fallback counter");
-    assert!(
-        fallbacks >= 1.0,
-        "the slow reader was served from storage, not dropped"
-    );
+    assert!(fallbacks >= 1.0, "the slow reader was served from storage, not dropped");
     server.stop().await;
 }
 
@@ -349,18 +296,9 @@ async fn framing_headers_and_keepalive(backend: Backend, test: &str) {
         return;
     };
     server
-        .append(
-            "frame-1",
-            json!("any"),
-            json!([event("E", json!({"text": "two\nlines"}))]),
-        )
+        .append("frame-1", json!("any"), json!([event("E", json!({"text": "two\nlines"}))]))
         .await;
-    let response = server
-        .client
-        .get(format!("{}/all/subscribe", server.url))
-        .send()
-        .await
-        .unwrap();
+    let response = server.client.get(format!("{}/all/subscribe", server.url)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let headers = response.headers();
     assert_eq!(headers["content-type"], "text/event-stream");
@@ -376,28 +314,15 @@ async fn framing_headers_and_keepalive(backend: Backend, test: &str) {
         }
     }
     assert!(text.starts_with("retry: 1000\n\n"), "{text}");
-    let event_block = text
-        .split("\n\n")
-        .find(|b| b.starts_with("id: 1\n"))
-        .expect("the event");
+    let event_block = text.split("\n\n").find(|b| b.starts_with("id: 1\n")).expect("the event");
     let lines: Vec<&str> = event_block.lines().collect();
-    assert_eq!(
-        lines.len(),
-        2,
-        "id and one data line, no event line: {event_block}"
-    );
-    assert!(
-        lines[1].starts_with("data: {\"position\":1,"),
-        "{event_block}"
-    );
+    assert_eq!(lines.len(), 2, "id and one data line, no event line: {event_block}");
+    assert!(lines[1].starts_with("data: {\"position\":1,"), "{event_block}");
     assert!(
         lines[1].contains(r#""data":{"text":"two\nlines"}"#),
         "escaped newline stays on the line"
     );
-    assert!(
-        text.contains("event: caught-up\ndata: {\"position\":1}\n\n"),
-        "{text}"
-    );
+    assert!(text.contains("event: caught-up\ndata: {\"position\":1}\n\n"), "{text}");
     assert!(text.contains(": keepalive\n"), "{text}");
     server.stop().await;
 }
@@ -415,11 +340,7 @@ async fn after_end_and_after_past_the_head_wait_for_new_events(backend: Backend,
     let (positions, _) = from_end.events(5, WAIT).await;
     assert_eq!(positions, vec![11, 12, 13, 14, 15]);
     let (positions, _) = ahead.events(2, WAIT).await;
-    assert_eq!(
-        positions,
-        vec![14, 15],
-        "a position past the head simply waits"
-    );
+    assert_eq!(positions, vec![14, 15], "a position past the head simply waits");
     server.stop().await;
 }
 
@@ -460,12 +381,7 @@ async fn subscriptions_past_the_limit_get_503_with_retry_after(backend: Backend,
     };
     let first = server.subscribe("/all/subscribe", None).await;
     let _second = server.subscribe("/all/subscribe", None).await;
-    let response = server
-        .client
-        .get(format!("{}/all/subscribe", server.url))
-        .send()
-        .await
-        .unwrap();
+    let response = server.client.get(format!("{}/all/subscribe", server.url)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));
     let body: Value = response.json().await.unwrap();
@@ -483,10 +399,7 @@ async fn subscriptions_past_the_limit_get_503_with_retry_after(backend: Backend,
         if third.status == StatusCode::OK {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the place was not given back"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "the place was not given back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server.stop().await;
@@ -503,10 +416,7 @@ async fn shutdown_ends_open_subscriptions_cleanly(backend: Backend, test: &str) 
         .await
         .expect("shutdown does not wait for subscribers");
     // The stream ends: no error, no more messages.
-    assert!(matches!(
-        subscriber.next(WAIT).await,
-        Some(Message::CaughtUp(3)) | None
-    ));
+    assert!(matches!(subscriber.next(WAIT).await, Some(Message::CaughtUp(3)) | None));
     assert_eq!(subscriber.next(WAIT).await, None);
 }
 
@@ -523,9 +433,7 @@ async fn polling_delivers_commits_nobody_announced() {
     let mut subscriber = reader.subscribe("/all/subscribe", None).await;
     assert_eq!(subscriber.next(WAIT).await, Some(Message::CaughtUp(0)));
     for n in 1..=3u64 {
-        writer
-            .append("elsewhere-1", json!("any"), json!([event("E", json!(n))]))
-            .await;
+        writer.append("elsewhere-1", json!("any"), json!([event("E", json!(n))])).await;
         let (positions, _) = subscriber.events(1, Duration::from_secs(2)).await;
         assert_eq!(positions, vec![n]);
     }

@@ -129,9 +129,7 @@ pub fn decide(batch: &[Append], mut snapshot: Snapshot) -> Decision<'_> {
         let count = append.events.len() as u64;
         let last_revision = first_revision.after(count - 1);
         head = first_position.after(count - 1);
-        snapshot
-            .streams
-            .insert(append.stream.clone(), last_revision);
+        snapshot.streams.insert(append.stream.clone(), last_revision);
         stream_heads.insert(&append.stream, last_revision);
         outcomes.push(Outcome::Created(AppendResult {
             stream: append.stream.clone(),
@@ -143,16 +141,10 @@ pub fn decide(batch: &[Append], mut snapshot: Snapshot) -> Decision<'_> {
     }
 
     debug_assert!(
-        rows.windows(2)
-            .all(|w| w[1].position == w[0].position.after(1)),
+        rows.windows(2).all(|w| w[1].position == w[0].position.after(1)),
         "positions of a batch are consecutive"
     );
-    Decision {
-        outcomes,
-        rows,
-        stream_heads: stream_heads.into_iter().collect(),
-        head,
-    }
+    Decision { outcomes, rows, stream_heads: stream_heads.into_iter().collect(), head }
 }
 
 enum Retry {
@@ -229,25 +221,13 @@ mod tests {
             append("b", ExpectedRevision::Exact(StreamRevision(5)), &[2], false),
             append("c", ExpectedRevision::Any, &[3, 4], false),
         ];
-        let snapshot = Snapshot {
-            head: Position(10),
-            ..Snapshot::default()
-        };
+        let snapshot = Snapshot { head: Position(10), ..Snapshot::default() };
         let decision = decide(&batch, snapshot);
         assert_eq!(created(&decision.outcomes[0]).first_position, Position(11));
-        assert_eq!(
-            decision.outcomes[1],
-            Outcome::WrongExpectedRevision { current: None }
-        );
+        assert_eq!(decision.outcomes[1], Outcome::WrongExpectedRevision { current: None });
         let c = created(&decision.outcomes[2]);
-        assert_eq!(
-            (c.first_position, c.last_position),
-            (Position(12), Position(13))
-        );
-        assert_eq!(
-            (c.first_revision, c.last_revision),
-            (StreamRevision(0), StreamRevision(1))
-        );
+        assert_eq!((c.first_position, c.last_position), (Position(12), Position(13)));
+        assert_eq!((c.first_revision, c.last_revision), (StreamRevision(0), StreamRevision(1)));
         let positions: Vec<u64> = decision.rows.iter().map(|r| r.position.0).collect();
         assert_eq!(positions, vec![11, 12, 13]);
         assert_eq!(decision.head, Position(13));
@@ -262,29 +242,17 @@ mod tests {
             append("a", ExpectedRevision::NoStream, &[4], false),
         ];
         let mut snapshot = Snapshot::default();
-        snapshot
-            .streams
-            .insert(StreamName::new("a").unwrap(), StreamRevision(0));
+        snapshot.streams.insert(StreamName::new("a").unwrap(), StreamRevision(0));
         let decision = decide(&batch, snapshot);
-        assert_eq!(
-            created(&decision.outcomes[0]).first_revision,
-            StreamRevision(1)
-        );
+        assert_eq!(created(&decision.outcomes[0]).first_revision, StreamRevision(1));
         assert_eq!(
             decision.outcomes[1],
-            Outcome::WrongExpectedRevision {
-                current: Some(StreamRevision(1))
-            }
+            Outcome::WrongExpectedRevision { current: Some(StreamRevision(1)) }
         );
-        assert_eq!(
-            created(&decision.outcomes[2]).first_revision,
-            StreamRevision(2)
-        );
+        assert_eq!(created(&decision.outcomes[2]).first_revision, StreamRevision(2));
         assert_eq!(
             decision.outcomes[3],
-            Outcome::WrongExpectedRevision {
-                current: Some(StreamRevision(2))
-            }
+            Outcome::WrongExpectedRevision { current: Some(StreamRevision(2)) }
         );
         assert_eq!(decision.stream_heads.len(), 1);
         assert_eq!(decision.stream_heads[0].1, StreamRevision(2));
@@ -302,31 +270,22 @@ mod tests {
         assert_eq!(decision.outcomes[1], Outcome::Idempotent(first));
         assert_eq!(
             decision.outcomes[2],
-            Outcome::DuplicateEventId {
-                id: EventId(uuid::Uuid::from_u128(2))
-            }
+            Outcome::DuplicateEventId { id: EventId(uuid::Uuid::from_u128(2)) }
         );
         assert_eq!(decision.rows.len(), 2);
     }
 
     #[test]
     fn a_retry_is_recognised_before_the_expected_revision() {
-        let mut snapshot = Snapshot {
-            head: Position(9),
-            ..Snapshot::default()
-        };
-        snapshot
-            .streams
-            .insert(StreamName::new("a").unwrap(), StreamRevision(7));
+        let mut snapshot = Snapshot { head: Position(9), ..Snapshot::default() };
+        snapshot.streams.insert(StreamName::new("a").unwrap(), StreamRevision(7));
         for (id, revision, position) in [(1, 3, 5), (2, 4, 6)] {
             let stored = StoredId {
                 stream: StreamName::new("a").unwrap(),
                 revision: StreamRevision(revision),
                 position: Position(position),
             };
-            snapshot
-                .ids
-                .insert(EventId(uuid::Uuid::from_u128(id)), stored);
+            snapshot.ids.insert(EventId(uuid::Uuid::from_u128(id)), stored);
         }
         let batch = [append("a", ExpectedRevision::NoStream, &[1, 2], true)];
         let decision = decide(&batch, snapshot);

@@ -82,10 +82,7 @@ impl Append {
             return Err(Invalid::NoEvents);
         }
         if count > limits.append_events_max {
-            return Err(Invalid::TooManyEvents {
-                count,
-                max: limits.append_events_max,
-            });
+            return Err(Invalid::TooManyEvents { count, max: limits.append_events_max });
         }
         if let Some((index, bytes)) = request
             .events
@@ -94,11 +91,7 @@ impl Append {
             .enumerate()
             .find(|&(_, bytes)| bytes > limits.event_bytes_max)
         {
-            return Err(Invalid::EventTooLarge {
-                index,
-                bytes,
-                max: limits.event_bytes_max,
-            });
+            return Err(Invalid::EventTooLarge { index, bytes, max: limits.event_bytes_max });
         }
         let mut seen = HashSet::with_capacity(count);
         let mut ids_from_client = false;
@@ -117,12 +110,7 @@ impl Append {
             };
             events.push((id, event));
         }
-        Ok(Self {
-            stream,
-            expected: request.expected_revision,
-            events,
-            ids_from_client,
-        })
+        Ok(Self { stream, expected: request.expected_revision, events, ids_from_client })
     }
 }
 
@@ -180,10 +168,7 @@ impl Writer {
     /// [`Error::Unavailable`] when the commit failed or the writer is gone.
     pub async fn append(&self, append: Append) -> Result<Outcome, Error> {
         let (reply, outcome) = oneshot::channel();
-        self.queue
-            .send(Pending { append, reply })
-            .await
-            .map_err(|_| Error::Unavailable)?;
+        self.queue.send(Pending { append, reply }).await.map_err(|_| Error::Unavailable)?;
         outcome.await.map_err(|_| Error::Unavailable)?
     }
 }
@@ -230,9 +215,7 @@ async fn commit(store: &dyn Store, batch: Vec<Pending>, metrics: &Metrics) -> bo
     let requests = appends.len();
     let started = Instant::now();
     let result = store.commit(appends.into(), Timestamp::now()).await;
-    metrics
-        .commit_duration_seconds
-        .observe(started.elapsed().as_secs_f64());
+    metrics.commit_duration_seconds.observe(started.elapsed().as_secs_f64());
     metrics.commit_requests.observe(requests as f64);
     match result {
         Ok(outcomes) => {
@@ -240,9 +223,7 @@ async fn commit(store: &dyn Store, batch: Vec<Pending>, metrics: &Metrics) -> bo
             let wrote = outcomes.iter().any(|o| matches!(o, Outcome::Created(_)));
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 if let Outcome::Created(result) = &outcome {
-                    metrics
-                        .head_position
-                        .set(crate::store::to_i64(result.last_position.0));
+                    metrics.head_position.set(crate::store::to_i64(result.last_position.0));
                 }
                 // The client may have gone; its append stands all the same.
                 let _ = reply.send(Ok(outcome));

@@ -33,11 +33,7 @@ async fn read(
 ) -> Result<Json<Page<Position>>, ApiError> {
     let params = ReadParams::parse(query, state.http.read_limit_max)?;
     let query = LogQuery {
-        filter: Filter {
-            stream: None,
-            category,
-            types: params.types,
-        },
+        filter: Filter { stream: None, category, types: params.types },
         from: params.from.map(Position),
         direction: params.direction,
         limit: params.limit,

@@ -1,5 +1,7 @@
 //! The HTTP API of shared/API.md: one file per resource, errors in `problem.rs`.
 
+mod body;
+mod consumers;
 mod log;
 mod ops;
 mod params;
@@ -17,7 +19,7 @@ use crate::subscriptions::Hub;
 use axum::Router;
 use axum::routing::{get, post};
 use std::sync::Arc;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -40,20 +42,25 @@ pub struct AppState {
     pub subscription_slots: Arc<Semaphore>,
     /// Turns true when the server shuts down: subscriptions end.
     pub shutdown: watch::Receiver<bool>,
+    /// Notified whenever a consumer's position is stored here.
+    pub consumer_updates: Arc<Notify>,
 }
 
 /// The whole API as one service; tests and `server::run` both serve it.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route(
-            "/streams/{stream}",
-            post(streams::append).get(streams::read),
-        )
+        .route("/streams/{stream}", post(streams::append).get(streams::read))
         .route("/streams/{stream}/subscribe", get(subscribe::stream))
         .route("/categories/{category}", get(log::read_category))
         .route("/categories/{category}/subscribe", get(subscribe::category))
         .route("/all", get(log::read_all))
         .route("/all/subscribe", get(subscribe::all))
+        .route("/consumers", get(consumers::list))
+        .route(
+            "/consumers/{name}",
+            get(consumers::get).put(consumers::put).delete(consumers::delete),
+        )
+        .route("/consumers/{name}/wait", get(consumers::wait))
         .route("/health/live", get(ops::live))
         .route("/health/ready", get(ops::ready))
         .route("/info", get(ops::info))

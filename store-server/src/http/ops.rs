@@ -1,12 +1,14 @@
 //! Operations: health, info, metrics.
 
 use super::{ApiError, AppState};
+use crate::store::to_i64;
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 use std::time::Duration;
+use tracing::warn;
 
 /// How long readiness waits for storage before saying no.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,8 +39,23 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError
 
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    // Consumers report through any instance: their gauges are read from storage.
+    match tokio::try_join!(state.store.consumers(), state.store.head()) {
+        Ok((consumers, head)) => {
+            let metrics = &state.metrics;
+            metrics.consumer_position.reset();
+            metrics.consumer_lag_events.reset();
+            for consumer in consumers {
+                let label = [consumer.name.as_str()];
+                let lag = head.0.saturating_sub(consumer.position.0);
+                metrics
+                    .consumer_position
+                    .with_label_values(&label)
+                    .set(to_i64(consumer.position.0));
+                metrics.consumer_lag_events.with_label_values(&label).set(to_i64(lag));
+            }
+        }
+        Err(err) => warn!(cause = %crate::error_chain(&err), "cannot read consumers for metrics"),
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

@@ -64,12 +64,7 @@ impl ReadParams {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        Ok(Self {
-            from,
-            limit,
-            direction,
-            types,
-        })
+        Ok(Self { from, limit, direction, types })
     }
 }
 
@@ -93,7 +88,5 @@ pub fn number(name: &str, value: &str) -> Result<u64, ApiError> {
             "{name} must be a non-negative integer, not {value:?}"
         )));
     }
-    value
-        .parse()
-        .map_err(|_| ApiError::InvalidRequest(format!("{name} is too large")))
+    value.parse().map_err(|_| ApiError::InvalidRequest(format!("{name} is too large")))
 }

@@ -25,6 +25,17 @@ pub enum ApiError {
     /// `404 stream-not-found`.
     #[error("stream {0} does not exist")]
     StreamNotFound(StreamName),
+    /// `404 consumer-not-found`.
+    #[error("consumer {0} does not exist")]
+    ConsumerNotFound(crate::protocol::ConsumerName),
+    /// `409 wrong-expected-position` or `409 position-moves-backwards`; nothing stored.
+    #[error("{conflict}")]
+    ConsumerConflict {
+        /// The consumer.
+        name: crate::protocol::ConsumerName,
+        /// Why.
+        conflict: crate::protocol::ConsumerConflict,
+    },
     /// `404 not-found`: no such route.
     #[error("no such resource")]
     NotFound,
@@ -91,47 +102,41 @@ impl From<crate::store::Error> for ApiError {
 impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            Self::InvalidRequest(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid-request",
-                "Invalid request",
-            ),
-            Self::InvalidStreamName(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid-stream-name",
-                "Invalid stream name",
-            ),
-            Self::StreamNotFound(_) => (
-                StatusCode::NOT_FOUND,
-                "stream-not-found",
-                "Stream not found",
-            ),
+            Self::InvalidRequest(_) => {
+                (StatusCode::BAD_REQUEST, "invalid-request", "Invalid request")
+            }
+            Self::InvalidStreamName(_) => {
+                (StatusCode::BAD_REQUEST, "invalid-stream-name", "Invalid stream name")
+            }
+            Self::StreamNotFound(_) => {
+                (StatusCode::NOT_FOUND, "stream-not-found", "Stream not found")
+            }
             Self::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            Self::MethodNotAllowed => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
-            ),
-            Self::WrongExpectedRevision { .. } => (
-                StatusCode::CONFLICT,
-                "wrong-expected-revision",
-                "Wrong expected revision",
-            ),
-            Self::DuplicateEventId { .. } => (
-                StatusCode::CONFLICT,
-                "duplicate-event-id",
-                "Duplicate event id",
-            ),
-            Self::PayloadTooLarge(_) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                "Payload too large",
-            ),
-            Self::Unavailable(_) | Self::TooManySubscriptions => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Service unavailable",
-            ),
+            Self::ConsumerNotFound(_) => {
+                (StatusCode::NOT_FOUND, "consumer-not-found", "Consumer not found")
+            }
+            Self::ConsumerConflict {
+                conflict: crate::protocol::ConsumerConflict::WrongExpectedPosition { .. },
+                ..
+            } => (StatusCode::CONFLICT, "wrong-expected-position", "Wrong expected position"),
+            Self::ConsumerConflict { .. } => {
+                (StatusCode::CONFLICT, "position-moves-backwards", "Position moves backwards")
+            }
+            Self::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
+            }
+            Self::WrongExpectedRevision { .. } => {
+                (StatusCode::CONFLICT, "wrong-expected-revision", "Wrong expected revision")
+            }
+            Self::DuplicateEventId { .. } => {
+                (StatusCode::CONFLICT, "duplicate-event-id", "Duplicate event id")
+            }
+            Self::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
+            }
+            Self::Unavailable(_) | Self::TooManySubscriptions => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
+            }
         }
     }
 }
@@ -144,14 +149,27 @@ impl IntoResponse for ApiError {
             Self::StreamNotFound(stream) => {
                 extensions.insert("stream".into(), json!(stream));
             }
-            Self::WrongExpectedRevision {
-                stream,
-                expected,
-                current,
-            } => {
+            Self::WrongExpectedRevision { stream, expected, current } => {
                 extensions.insert("stream".into(), json!(stream));
                 extensions.insert("expected_revision".into(), json!(expected));
                 extensions.insert("current_revision".into(), json!(current));
+            }
+            Self::ConsumerNotFound(name) => {
+                extensions.insert("consumer".into(), json!(name));
+            }
+            Self::ConsumerConflict { name, conflict } => {
+                use crate::protocol::ConsumerConflict::*;
+                extensions.insert("consumer".into(), json!(name));
+                let (key, value, current) = match conflict {
+                    WrongExpectedPosition { expected, current } => {
+                        ("expected_position", expected, current)
+                    }
+                    MovesBackwards { requested, current } => {
+                        ("requested_position", requested, current)
+                    }
+                };
+                extensions.insert(key.into(), json!(value));
+                extensions.insert("current_position".into(), json!(current));
             }
             Self::DuplicateEventId { stream, id } => {
                 extensions.insert("stream".into(), json!(stream));
@@ -177,12 +195,8 @@ impl IntoResponse for ApiError {
             extensions,
         };
         let body = serde_json::to_string(&problem).unwrap_or_default();
-        let mut response = (
-            status,
-            [(header::CONTENT_TYPE, "application/problem+json")],
-            body,
-        )
-            .into_response();
+        let mut response =
+            (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
         if matches!(self, Self::TooManySubscriptions) {
             let retry = header::HeaderValue::from_static(SUBSCRIPTION_RETRY_AFTER_SECS);
             response.headers_mut().insert(header::RETRY_AFTER, retry);

@@ -1,5 +1,6 @@
 //! `/streams/{stream}`: append (the write path starts here) and read one stream.
 
+use super::body::json;
 use super::params::{RawQuery, ReadParams, segment};
 use super::{ApiError, AppState};
 use crate::append::{Append, Outcome};
@@ -9,7 +10,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::time::Instant;
 
@@ -30,15 +31,8 @@ pub async fn append(
         }
         Err(_) => "rejected",
     };
-    state
-        .metrics
-        .appends_total
-        .with_label_values(&[label])
-        .inc();
-    state
-        .metrics
-        .append_duration_seconds
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.appends_total.with_label_values(&[label]).inc();
+    state.metrics.append_duration_seconds.observe(started.elapsed().as_secs_f64());
     result.map(|(status, body)| (status, body).into_response())
 }
 
@@ -49,9 +43,8 @@ async fn decide_append(
     body: Body,
 ) -> Result<(StatusCode, Json<crate::protocol::AppendResult>), ApiError> {
     let stream = StreamName::new(segment(path)?)?;
-    let body = read_body(headers, body, state.http.request_body_bytes_max).await?;
-    let request: AppendRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::InvalidRequest(format!("malformed append request: {e}")))?;
+    let request: AppendRequest =
+        json(headers, body, state.http.request_body_bytes_max, "append request").await?;
     let expected = request.expected_revision;
     let append = Append::new(stream.clone(), request, state.append)?;
     let events = append.events.len() as u64;
@@ -61,44 +54,11 @@ async fn decide_append(
             Ok((StatusCode::CREATED, Json(result)))
         }
         Outcome::Idempotent(result) => Ok((StatusCode::OK, Json(result))),
-        Outcome::WrongExpectedRevision { current } => Err(ApiError::WrongExpectedRevision {
-            stream,
-            expected,
-            current,
-        }),
+        Outcome::WrongExpectedRevision { current } => {
+            Err(ApiError::WrongExpectedRevision { stream, expected, current })
+        }
         Outcome::DuplicateEventId { id } => Err(ApiError::DuplicateEventId { stream, id }),
     }
-}
-
-/// Reads the body up to `limit` bytes; a larger declared length is refused before reading.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let too_large =
-        || ApiError::PayloadTooLarge(format!("the request body is larger than {limit} bytes"));
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return Err(too_large());
-    }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => Ok(bytes.into()),
-        Err(err) if is_length_limit(&err) => Err(too_large()),
-        Err(err) => Err(ApiError::InvalidRequest(format!(
-            "could not read the request body: {err}"
-        ))),
-    }
-}
-
-fn is_length_limit(err: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(cause) = source {
-        if cause.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
 }
 
 /// `GET /streams/{stream}`: one stream by revision.

@@ -26,10 +26,7 @@ pub async fn all(
     query: RawQuery,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|r| ApiError::InvalidRequest(r.body_text()))?;
-    let filter = Filter {
-        types: types(&query)?,
-        ..Filter::default()
-    };
+    let filter = Filter { types: types(&query)?, ..Filter::default() };
     subscribe(state, filter, &headers, &query).await
 }
 
@@ -42,11 +39,7 @@ pub async fn category(
 ) -> Result<Response, ApiError> {
     let category = Category::new(segment(path)?)?;
     let Query(query) = query.map_err(|r| ApiError::InvalidRequest(r.body_text()))?;
-    let filter = Filter {
-        category: Some(category),
-        types: types(&query)?,
-        ..Filter::default()
-    };
+    let filter = Filter { category: Some(category), types: types(&query)?, ..Filter::default() };
     subscribe(state, filter, &headers, &query).await
 }
 
@@ -59,10 +52,7 @@ pub async fn stream(
 ) -> Result<Response, ApiError> {
     let stream = StreamName::new(segment(path)?)?;
     let Query(query) = query.map_err(|r| ApiError::InvalidRequest(r.body_text()))?;
-    let filter = Filter {
-        stream: Some(stream),
-        ..Filter::default()
-    };
+    let filter = Filter { stream: Some(stream), ..Filter::default() };
     subscribe(state, filter, &headers, &query).await
 }
 

@@ -122,17 +122,12 @@ impl Timestamp {
     /// Now, to the microsecond.
     pub fn now() -> Self {
         let now = OffsetDateTime::now_utc();
-        Self(
-            now.replace_nanosecond(now.microsecond() * 1_000)
-                .unwrap_or(now),
-        )
+        Self(now.replace_nanosecond(now.microsecond() * 1_000).unwrap_or(now))
     }
 
     /// From microseconds since the Unix epoch; `None` when out of range.
     pub fn from_unix_micros(micros: i64) -> Option<Self> {
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
-            .ok()
-            .map(Self)
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok().map(Self)
     }
 
     /// Microseconds since the Unix epoch.
@@ -196,9 +191,7 @@ pub struct Problem {
 impl Problem {
     /// The stable code: `type` without its `/problems/` prefix.
     pub fn code(&self) -> &str {
-        self.problem_type
-            .strip_prefix("/problems/")
-            .unwrap_or(&self.problem_type)
+        self.problem_type.strip_prefix("/problems/").unwrap_or(&self.problem_type)
     }
 }
 
@@ -210,10 +203,7 @@ mod tests {
     fn data_and_metadata_round_trip_as_sent() {
         let body = r#"{"type":"T","data":{"n":123456789012345678901234567890,"m":2.50},"metadata":{"b":1,"a":2}}"#;
         let event: NewEvent = serde_json::from_str(body).unwrap();
-        assert_eq!(
-            event.data.get(),
-            r#"{"n":123456789012345678901234567890,"m":2.50}"#
-        );
+        assert_eq!(event.data.get(), r#"{"n":123456789012345678901234567890,"m":2.50}"#);
         assert_eq!(event.metadata.unwrap().get(), r#"{"b":1,"a":2}"#);
         assert_eq!(event.schema_version, SchemaVersion::FIRST);
     }

@@ -1,9 +1,11 @@
 //! The wire contract of shared/API.md, defined once: the server speaks it and the SDK
 //! uses it. Builds without any server dependency (`default-features = false`).
 
+mod consumers;
 mod events;
 mod names;
 
+pub use consumers::{Consumer, ConsumerConflict, ConsumerName, ConsumerWait, SetConsumer};
 pub use events::{AppendRequest, AppendResult, NewEvent, Page, Problem, RecordedEvent, Timestamp};
 pub use names::{
     Category, EventId, EventType, ExpectedRevision, InvalidName, NAME_BYTES_MAX, Position,

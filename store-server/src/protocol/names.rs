@@ -47,10 +47,7 @@ fn check_name(what: &'static str, name: &str) -> Result<(), InvalidName> {
         return Err(InvalidName::Empty { what });
     }
     if name.len() > NAME_BYTES_MAX {
-        return Err(InvalidName::TooLong {
-            what,
-            bytes: name.len(),
-        });
+        return Err(InvalidName::TooLong { what, bytes: name.len() });
     }
     if name.chars().any(char::is_control) {
         return Err(InvalidName::ControlCharacter { what });
@@ -123,18 +120,14 @@ impl StreamName {
         let name = name.into();
         check_name("stream name", &name)?;
         if name.starts_with('$') {
-            return Err(InvalidName::Reserved {
-                what: "stream name",
-            });
+            return Err(InvalidName::Reserved { what: "stream name" });
         }
         Ok(Self(name))
     }
 
     /// The category: the part of the name before its first `-`, or the whole name.
     pub fn category(&self) -> &str {
-        self.0
-            .split_once('-')
-            .map_or(&self.0, |(category, _)| category)
+        self.0.split_once('-').map_or(&self.0, |(category, _)| category)
     }
 }
 validated_name!(StreamName);
@@ -352,32 +345,17 @@ mod tests {
         assert!(StreamName::new("x".repeat(200)).is_ok());
         assert_eq!(
             StreamName::new("x".repeat(201)),
-            Err(InvalidName::TooLong {
-                what: "stream name",
-                bytes: 201
-            })
+            Err(InvalidName::TooLong { what: "stream name", bytes: 201 })
         );
-        assert!(matches!(
-            StreamName::new(""),
-            Err(InvalidName::Empty { .. })
-        ));
-        assert!(matches!(
-            StreamName::new("a\nb"),
-            Err(InvalidName::ControlCharacter { .. })
-        ));
-        assert!(matches!(
-            StreamName::new("$all"),
-            Err(InvalidName::Reserved { .. })
-        ));
+        assert!(matches!(StreamName::new(""), Err(InvalidName::Empty { .. })));
+        assert!(matches!(StreamName::new("a\nb"), Err(InvalidName::ControlCharacter { .. })));
+        assert!(matches!(StreamName::new("$all"), Err(InvalidName::Reserved { .. })));
         assert!(StreamName::new("a$").is_ok());
     }
 
     #[test]
     fn category_is_the_part_before_the_first_dash() {
-        assert_eq!(
-            StreamName::new("account-42-x").unwrap().category(),
-            "account"
-        );
+        assert_eq!(StreamName::new("account-42-x").unwrap().category(), "account");
         assert_eq!(StreamName::new("account").unwrap().category(), "account");
         assert_eq!(StreamName::new("-x").unwrap().category(), "");
         assert_eq!(Category::new("a-b"), Err(InvalidName::DashInCategory));
@@ -389,14 +367,8 @@ mod tests {
         assert_eq!(parse(r#""any""#).unwrap(), ExpectedRevision::Any);
         assert_eq!(parse("null").unwrap(), ExpectedRevision::Any);
         assert_eq!(parse(r#""no_stream""#).unwrap(), ExpectedRevision::NoStream);
-        assert_eq!(
-            parse(r#""stream_exists""#).unwrap(),
-            ExpectedRevision::StreamExists
-        );
-        assert_eq!(
-            parse("7").unwrap(),
-            ExpectedRevision::Exact(StreamRevision(7))
-        );
+        assert_eq!(parse(r#""stream_exists""#).unwrap(), ExpectedRevision::StreamExists);
+        assert_eq!(parse("7").unwrap(), ExpectedRevision::Exact(StreamRevision(7)));
         assert!(parse("-1").is_err());
         assert!(parse("1.5").is_err());
         assert!(parse(r#""7""#).is_err());

@@ -20,10 +20,7 @@ pub struct Migration {
 impl Migration {
     /// The SHA-256 of the file, in hex: what the ledger keeps to notice edits.
     pub fn checksum(&self) -> String {
-        Sha256::digest(self.sql.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        Sha256::digest(self.sql.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -36,8 +33,9 @@ macro_rules! embed {
     };
 }
 
-const SQLITE_FILES: &[(&str, &str)] = embed!("sqlite": "0001_initial.sql");
-const POSTGRES_FILES: &[(&str, &str)] = embed!("postgres": "0001_initial.sql");
+const SQLITE_FILES: &[(&str, &str)] = embed!("sqlite": "0001_initial.sql", "0002_consumers.sql");
+const POSTGRES_FILES: &[(&str, &str)] =
+    embed!("postgres": "0001_initial.sql", "0002_consumers.sql");
 
 /// The SQLite migrations, in order.
 pub fn sqlite() -> Vec<Migration> {
@@ -97,10 +95,7 @@ pub fn pending<'a>(
             )));
         }
     }
-    Ok(migrations
-        .iter()
-        .filter(|m| !applied.iter().any(|(v, _)| *v == m.version))
-        .collect())
+    Ok(migrations.iter().filter(|m| !applied.iter().any(|(v, _)| *v == m.version)).collect())
 }
 
 #[cfg(test)]
@@ -120,11 +115,7 @@ mod tests {
     fn a_changed_or_unknown_migration_is_refused() {
         let migrations = sqlite();
         let good = (1, migrations[0].checksum());
-        assert!(
-            pending(&migrations, std::slice::from_ref(&good))
-                .unwrap()
-                .is_empty()
-        );
+        assert!(pending(&migrations, std::slice::from_ref(&good)).unwrap().is_empty());
         assert_eq!(pending(&migrations, &[]).unwrap().len(), migrations.len());
         assert!(pending(&migrations, &[(1, "0".repeat(64))]).is_err());
         assert!(pending(&migrations, &[good, (999, String::new())]).is_err());

@@ -12,7 +12,10 @@ pub use postgres::{Postgres, PostgresOptions};
 pub use sqlite::{FILE_NAME as SQLITE_FILE_NAME, Sqlite};
 
 use crate::append::{Append, Outcome};
-use crate::protocol::{Category, EventType, Page, Position, StreamName, StreamRevision, Timestamp};
+use crate::protocol::{
+    Category, ConsumerConflict, ConsumerName, EventType, Page, Position, SetConsumer, StreamName,
+    StreamRevision, Timestamp,
+};
 use std::sync::Arc;
 
 /// Which backend a store runs on, as `/info` names it.
@@ -71,10 +74,7 @@ impl Filter {
     /// Whether `event` is one the filter keeps.
     pub fn matches(&self, event: &crate::protocol::RecordedEvent) -> bool {
         self.stream.as_ref().is_none_or(|s| *s == event.stream)
-            && self
-                .category
-                .as_ref()
-                .is_none_or(|c| c.as_str() == event.stream.category())
+            && self.category.as_ref().is_none_or(|c| c.as_str() == event.stream.category())
             && (self.types.is_empty() || self.types.contains(&event.event_type))
     }
 
@@ -122,6 +122,24 @@ pub trait Store: Send + Sync + 'static {
     /// The last position in the log (0 when empty).
     async fn head(&self) -> Result<Position, Error>;
 
+    /// Every consumer, by name.
+    async fn consumers(&self) -> Result<Vec<StoredConsumer>, Error>;
+
+    /// One consumer; `None` when unknown.
+    async fn consumer(&self, name: &ConsumerName) -> Result<Option<StoredConsumer>, Error>;
+
+    /// Stores `update` if [`SetConsumer::check`] allows it against the stored position,
+    /// atomically (concurrent updates of one consumer are serialised).
+    async fn set_consumer(
+        &self,
+        name: &ConsumerName,
+        update: &SetConsumer,
+        at: Timestamp,
+    ) -> Result<Result<StoredConsumer, ConsumerConflict>, Error>;
+
+    /// Forgets a consumer; whether it existed.
+    async fn delete_consumer(&self, name: &ConsumerName) -> Result<bool, Error>;
+
     /// Notifies `commits` whenever another process commits to this storage, until
     /// `shutdown`. A hint only: the tailer polls as well. By default nothing: only this
     /// server writes.
@@ -134,6 +152,28 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// A consumer's stored position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredConsumer {
+    /// Its name.
+    pub name: ConsumerName,
+    /// The position it reported.
+    pub position: Position,
+    /// When.
+    pub updated_at: Timestamp,
+}
+
+impl StoredConsumer {
+    fn from_row(name: String, position: i64, updated_at: Option<Timestamp>) -> Result<Self, Error> {
+        let corrupt = |why: String| Error::Corrupt { position, why };
+        Ok(Self {
+            name: ConsumerName::new(name).map_err(|e| corrupt(e.to_string()))?,
+            position: Position(to_u64(position, position, "consumer position")?),
+            updated_at: updated_at.ok_or_else(|| corrupt("consumer updated_at".into()))?,
+        })
+    }
+}
+
 /// Opens the store a configuration names, applying migrations first.
 ///
 /// # Errors
@@ -142,10 +182,9 @@ pub trait Store: Send + Sync + 'static {
 pub async fn open(storage: &crate::config::Storage) -> Result<Arc<dyn Store>, Error> {
     use crate::config::Storage;
     Ok(match storage {
-        Storage::Sqlite {
-            data_dir,
-            read_connections_max,
-        } => Arc::new(Sqlite::open(data_dir, *read_connections_max).await?),
+        Storage::Sqlite { data_dir, read_connections_max } => {
+            Arc::new(Sqlite::open(data_dir, *read_connections_max).await?)
+        }
         Storage::Postgres(options) => Arc::new(Postgres::open(options).await?),
     })
 }
@@ -206,10 +245,8 @@ impl<E: std::error::Error + Send + Sync + 'static> From<deadpool::managed::PoolE
 
 /// Converts a count or number kept as `i64` in SQL to ours, refusing negatives.
 fn to_u64(value: i64, position: i64, column: &str) -> Result<u64, Error> {
-    u64::try_from(value).map_err(|_| Error::Corrupt {
-        position,
-        why: format!("{column} is negative"),
-    })
+    u64::try_from(value)
+        .map_err(|_| Error::Corrupt { position, why: format!("{column} is negative") })
 }
 
 /// Converts one of our numbers to SQL's `i64`. Positions and revisions stay far below
@@ -260,9 +297,7 @@ impl EventRow {
             schema_version,
             data: RawValue::from_string(self.data).map_err(|e| corrupt(format!("data: {e}")))?,
             metadata,
-            recorded_at: self
-                .recorded_at
-                .ok_or_else(|| corrupt("recorded_at".into()))?,
+            recorded_at: self.recorded_at.ok_or_else(|| corrupt("recorded_at".into()))?,
         })
     }
 }
@@ -275,14 +310,9 @@ fn page<C>(
     head_read_first: i64,
     cursor: impl Fn(&crate::protocol::RecordedEvent) -> C,
 ) -> Result<Page<C>, Error> {
-    let mut events = rows
-        .into_iter()
-        .map(EventRow::into_recorded)
-        .collect::<Result<Vec<_>, _>>()?;
-    let next = (events.len() > limit)
-        .then(|| events.pop())
-        .flatten()
-        .map(|e| cursor(&e));
+    let mut events =
+        rows.into_iter().map(EventRow::into_recorded).collect::<Result<Vec<_>, _>>()?;
+    let next = (events.len() > limit).then(|| events.pop()).flatten().map(|e| cursor(&e));
     // The head is read before the events, so events committed in between can pass it.
     let seen = events.iter().map(|e| e.position).max().unwrap_or_default();
     let head = seen.max(Position(to_u64(head_read_first, 0, "log head")?));
@@ -314,20 +344,14 @@ fn snapshot(
     use crate::append::decide::{Snapshot, StoredId};
     use crate::protocol::EventId;
     let name = |name: String, position| {
-        StreamName::new(name).map_err(|e| Error::Corrupt {
-            position,
-            why: e.to_string(),
-        })
+        StreamName::new(name).map_err(|e| Error::Corrupt { position, why: e.to_string() })
     };
     Ok(Snapshot {
         head: Position(to_u64(head, 0, "log head")?),
         streams: streams
             .into_iter()
             .map(|(stream, revision)| {
-                Ok((
-                    name(stream, 0)?,
-                    StreamRevision(to_u64(revision, 0, "stream revision")?),
-                ))
+                Ok((name(stream, 0)?, StreamRevision(to_u64(revision, 0, "stream revision")?)))
             })
             .collect::<Result<_, Error>>()?,
         ids: ids

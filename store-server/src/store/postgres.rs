@@ -3,11 +3,13 @@
 //! positions stay gap-free and commit-ordered across all of them.
 
 use super::{
-    Backend, Direction, EVENT_COLUMNS, Error, EventRow, LogQuery, Store, StreamQuery, batch_keys,
-    migrations, page, snapshot, to_i64,
+    Backend, Direction, EVENT_COLUMNS, Error, EventRow, LogQuery, Store, StoredConsumer,
+    StreamQuery, batch_keys, migrations, page, snapshot, to_i64,
 };
 use crate::append::{Append, Outcome};
-use crate::protocol::{Page, Position, StreamRevision, Timestamp};
+use crate::protocol::{
+    ConsumerConflict, ConsumerName, Page, Position, SetConsumer, StreamRevision, Timestamp,
+};
 use deadpool_postgres::{GenericClient, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,9 +61,7 @@ impl Postgres {
         let manager = deadpool_postgres::Manager::from_config(
             config.clone(),
             NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = Pool::builder(manager)
             .max_size(options.pool_connections_max)
@@ -74,10 +74,7 @@ impl Postgres {
         let mut client = pool.get().await?;
         if !options.allow_async_commit {
             for setting in ["fsync", "synchronous_commit"] {
-                let value: String = client
-                    .query_one(&format!("SHOW {setting}"), &[])
-                    .await?
-                    .get(0);
+                let value: String = client.query_one(&format!("SHOW {setting}"), &[]).await?.get(0);
                 if value == "off" {
                     return Err(Error::AsyncCommit { setting });
                 }
@@ -92,13 +89,9 @@ impl Postgres {
 async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), Error> {
     // A session-level advisory lock: instances starting together take turns, and if this
     // process dies mid-run the lock goes with its session.
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
-        .await?;
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
     let result = apply_pending(client).await;
-    let unlocked = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
-        .await;
+    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY]).await;
     result?;
     unlocked?;
     Ok(())
@@ -150,10 +143,9 @@ impl Store for Postgres {
     async fn read_stream(&self, query: StreamQuery) -> Result<Option<Page<StreamRevision>>, Error> {
         let client = self.pool.get().await?;
         let (condition, from) = match query.direction {
-            Direction::Forward => (
-                "revision >= $2 ORDER BY revision",
-                query.from.map_or(0, |r| to_i64(r.0)),
-            ),
+            Direction::Forward => {
+                ("revision >= $2 ORDER BY revision", query.from.map_or(0, |r| to_i64(r.0)))
+            }
             Direction::Backward => (
                 "revision <= $2 ORDER BY revision DESC",
                 query.from.map_or(i64::MAX, |r| to_i64(r.0)),
@@ -219,10 +211,8 @@ impl Store for Postgres {
             Direction::Forward => " ORDER BY position LIMIT $2",
             Direction::Backward => " ORDER BY position DESC LIMIT $2",
         });
-        let (head_stmt, events_stmt) = tokio::try_join!(
-            client.prepare_cached(LOG_HEAD_SQL),
-            client.prepare_cached(&sql)
-        )?;
+        let (head_stmt, events_stmt) =
+            tokio::try_join!(client.prepare_cached(LOG_HEAD_SQL), client.prepare_cached(&sql))?;
         // Pipelined, sent in this order: the head is read before the events (see `page`).
         let (head, events) = tokio::try_join!(
             client.query_one(&head_stmt, &[]),
@@ -236,6 +226,54 @@ impl Store for Postgres {
         let client = self.pool.get().await?;
         let head = log_head(&client).await?;
         Ok(Position(super::to_u64(head, 0, "log head")?))
+    }
+
+    async fn consumers(&self) -> Result<Vec<StoredConsumer>, Error> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached("SELECT name, position, updated_at FROM consumers ORDER BY name")
+            .await?;
+        let rows = client.query(&stmt, &[]).await?;
+        rows.iter().map(consumer_from_row).collect()
+    }
+
+    async fn consumer(&self, name: &ConsumerName) -> Result<Option<StoredConsumer>, Error> {
+        let client = self.pool.get().await?;
+        consumer_row(&client, name).await
+    }
+
+    async fn set_consumer(
+        &self,
+        name: &ConsumerName,
+        update: &SetConsumer,
+        at: Timestamp,
+    ) -> Result<Result<StoredConsumer, ConsumerConflict>, Error> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // Serialises updates of this one consumer, across instances, even before its row
+        // exists (a row lock could not): the compare and the set are one step.
+        tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&name.as_str()])
+            .await?;
+        let current = consumer_row(&tx, name).await?.map(|c| c.position);
+        if let Err(conflict) = update.check(current) {
+            return Ok(Err(conflict));
+        }
+        tx.execute(
+            "INSERT INTO consumers (name, position, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE
+             SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at",
+            &[&name.as_str(), &to_i64(update.position.0), &at.to_offset_date_time()],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(StoredConsumer { name: name.clone(), position: update.position, updated_at: at }))
+    }
+
+    async fn delete_consumer(&self, name: &ConsumerName) -> Result<bool, Error> {
+        let client = self.pool.get().await?;
+        let deleted =
+            client.execute("DELETE FROM consumers WHERE name = $1", &[&name.as_str()]).await?;
+        Ok(deleted > 0)
     }
 
     fn watch_commits(&self, commits: Arc<Notify>, shutdown: watch::Receiver<bool>) {
@@ -269,10 +307,7 @@ async fn listen(
                         }
                     }
                 });
-                match client
-                    .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
-                    .await
-                {
+                match client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}")).await {
                     Ok(()) => {
                         commits.notify_one();
                         tokio::select! {
@@ -328,10 +363,7 @@ async fn commit(
     let snapshot = snapshot(
         head.get(0),
         heads.iter().map(|row| (row.get(0), row.get(1))).collect(),
-        stored
-            .iter()
-            .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
-            .collect(),
+        stored.iter().map(|row| (row.get(0), row.get(1), row.get(2), row.get(3))).collect(),
     )?;
     let decision = crate::append::decide::decide(batch, snapshot);
     if decision.rows.is_empty() {
@@ -348,25 +380,12 @@ async fn commit(
     let revisions: Vec<i64> = rows.iter().map(|r| to_i64(r.revision.0)).collect();
     let event_ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id.0).collect();
     let types: Vec<&str> = rows.iter().map(|r| r.event.event_type.as_str()).collect();
-    let versions: Vec<i32> = rows
-        .iter()
-        .map(|r| r.event.schema_version.get() as i32)
-        .collect();
+    let versions: Vec<i32> = rows.iter().map(|r| r.event.schema_version.get() as i32).collect();
     let data: Vec<&str> = rows.iter().map(|r| r.event.data.get()).collect();
-    let metadata: Vec<Option<&str>> = rows
-        .iter()
-        .map(|r| r.event.metadata.as_ref().map(|m| m.get()))
-        .collect();
-    let head_names: Vec<&str> = decision
-        .stream_heads
-        .iter()
-        .map(|(s, _)| s.as_str())
-        .collect();
-    let head_revisions: Vec<i64> = decision
-        .stream_heads
-        .iter()
-        .map(|(_, r)| to_i64(r.0))
-        .collect();
+    let metadata: Vec<Option<&str>> =
+        rows.iter().map(|r| r.event.metadata.as_ref().map(|m| m.get())).collect();
+    let head_names: Vec<&str> = decision.stream_heads.iter().map(|(s, _)| s.as_str()).collect();
+    let head_revisions: Vec<i64> = decision.stream_heads.iter().map(|(_, r)| to_i64(r.0)).collect();
     let new_head = to_i64(decision.head.0);
     let at = recorded_at.to_offset_date_time();
     let event_params: [&(dyn ToSql + Sync); 10] = [
@@ -447,6 +466,21 @@ impl Statements {
             notify,
         })
     }
+}
+
+async fn consumer_row(
+    client: &impl GenericClient,
+    name: &ConsumerName,
+) -> Result<Option<StoredConsumer>, Error> {
+    let stmt = client
+        .prepare_cached("SELECT name, position, updated_at FROM consumers WHERE name = $1")
+        .await?;
+    client.query_opt(&stmt, &[&name.as_str()]).await?.as_ref().map(consumer_from_row).transpose()
+}
+
+fn consumer_from_row(row: &tokio_postgres::Row) -> Result<StoredConsumer, Error> {
+    let at: time::OffsetDateTime = row.get(2);
+    StoredConsumer::from_row(row.get(0), row.get(1), Some(at.into()))
 }
 
 const LOG_HEAD_SQL: &str = "SELECT position FROM log_head";

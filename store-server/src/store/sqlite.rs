@@ -4,11 +4,13 @@
 //! tokio's blocking threads.
 
 use super::{
-    Backend, Direction, EVENT_COLUMNS, Error, EventRow, LogQuery, Store, StreamQuery, batch_keys,
-    migrations, page, snapshot, to_i64,
+    Backend, Direction, EVENT_COLUMNS, Error, EventRow, LogQuery, Store, StoredConsumer,
+    StreamQuery, batch_keys, migrations, page, snapshot, to_i64,
 };
 use crate::append::{Append, Outcome};
-use crate::protocol::{Page, Position, StreamRevision, Timestamp};
+use crate::protocol::{
+    ConsumerConflict, ConsumerName, Page, Position, SetConsumer, StreamRevision, Timestamp,
+};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -35,10 +37,8 @@ impl Sqlite {
     /// # Errors
     /// The directory or file cannot be created or opened, or a migration fails.
     pub async fn open(data_dir: &Path, read_connections_max: usize) -> Result<Self, Error> {
-        std::fs::create_dir_all(data_dir).map_err(|source| Error::DataDir {
-            path: data_dir.to_owned(),
-            source,
-        })?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| Error::DataDir { path: data_dir.to_owned(), source })?;
         let path = data_dir.join(FILE_NAME);
         let writer_path = path.clone();
         let writer = tokio::task::spawn_blocking(move || open_writer(&writer_path)).await??;
@@ -46,10 +46,7 @@ impl Sqlite {
             .max_size(read_connections_max)
             .build()
             .map_err(|e| Error::Pool(Box::new(e)))?;
-        Ok(Self {
-            writer: Arc::new(Mutex::new(writer)),
-            readers,
-        })
+        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers })
     }
 
     /// Runs `read` on a read-only connection on a blocking thread.
@@ -66,9 +63,7 @@ fn open_writer(path: &Path) -> Result<Connection, Error> {
     let mut connection = Connection::open(path)?;
     let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Error::Migration(format!(
-            "sqlite refused WAL mode (it kept {mode})"
-        )));
+        return Err(Error::Migration(format!("sqlite refused WAL mode (it kept {mode})")));
     }
     // FULL: the WAL is fsynced at every commit, so an acknowledged append survives a crash
     // of the machine, not only of the process.
@@ -225,10 +220,88 @@ impl Store for Sqlite {
         .await
     }
 
+    async fn consumers(&self) -> Result<Vec<StoredConsumer>, Error> {
+        self.read(|connection| {
+            let mut statement = connection
+                .prepare_cached("SELECT name, position, updated_at FROM consumers ORDER BY name")?;
+            let rows = statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                .collect::<Result<Vec<(String, i64, i64)>, _>>()?;
+            rows.into_iter()
+                .map(|(name, position, at)| {
+                    StoredConsumer::from_row(name, position, Timestamp::from_unix_micros(at))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn consumer(&self, name: &ConsumerName) -> Result<Option<StoredConsumer>, Error> {
+        let name = name.clone();
+        self.read(move |connection| consumer_row(connection, &name)).await
+    }
+
+    async fn set_consumer(
+        &self,
+        name: &ConsumerName,
+        update: &SetConsumer,
+        at: Timestamp,
+    ) -> Result<Result<StoredConsumer, ConsumerConflict>, Error> {
+        let (writer, name, update) = (self.writer.clone(), name.clone(), update.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut connection = writer.lock().unwrap_or_else(PoisonError::into_inner);
+            // The write lock makes the compare and the set one step.
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current = consumer_row(&tx, &name)?.map(|c| c.position);
+            if let Err(conflict) = update.check(current) {
+                return Ok(Err(conflict));
+            }
+            tx.prepare_cached(
+                "INSERT INTO consumers (name, position, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE
+                 SET position = excluded.position, updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                name.as_str(),
+                to_i64(update.position.0),
+                at.unix_micros()
+            ])?;
+            tx.commit()?;
+            Ok(Ok(StoredConsumer { name, position: update.position, updated_at: at }))
+        })
+        .await?
+    }
+
+    async fn delete_consumer(&self, name: &ConsumerName) -> Result<bool, Error> {
+        let (writer, name) = (self.writer.clone(), name.clone());
+        tokio::task::spawn_blocking(move || {
+            let connection = writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let deleted = connection
+                .prepare_cached("DELETE FROM consumers WHERE name = ?1")?
+                .execute([name.as_str()])?;
+            Ok(deleted > 0)
+        })
+        .await?
+    }
+
     async fn head(&self) -> Result<Position, Error> {
         let head = self.read(|connection| log_head(connection)).await?;
         Ok(Position(super::to_u64(head, 0, "log head")?))
     }
+}
+
+fn consumer_row(
+    connection: &Connection,
+    name: &ConsumerName,
+) -> Result<Option<StoredConsumer>, Error> {
+    let row = connection
+        .prepare_cached("SELECT position, updated_at FROM consumers WHERE name = ?1")?
+        .query_row([name.as_str()], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))
+        .optional()?;
+    row.map(|(position, at)| {
+        StoredConsumer::from_row(name.to_string(), position, Timestamp::from_unix_micros(at))
+    })
+    .transpose()
 }
 
 fn log_head(connection: &Connection) -> Result<i64, Error> {
@@ -265,10 +338,7 @@ fn commit(
     let mut heads = Vec::with_capacity(streams.len());
     let mut revision = tx.prepare_cached("SELECT revision FROM streams WHERE name = ?1")?;
     for name in streams {
-        if let Some(r) = revision
-            .query_row([name.as_str()], |row| row.get(0))
-            .optional()?
-        {
+        if let Some(r) = revision.query_row([name.as_str()], |row| row.get(0)).optional()? {
             heads.push((name.as_str().to_owned(), r));
         }
     }
@@ -277,9 +347,7 @@ fn commit(
         tx.prepare_cached("SELECT stream, revision, position FROM events WHERE id = ?1")?;
     for id in ids {
         let found = stored
-            .query_row([id.as_bytes()], |row| {
-                Ok((id, row.get(0)?, row.get(1)?, row.get(2)?))
-            })
+            .query_row([id.as_bytes()], |row| Ok((id, row.get(0)?, row.get(1)?, row.get(2)?)))
             .optional()?;
         stored_ids.extend(found);
     }
@@ -330,14 +398,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Sqlite::open(dir.path(), 1).await.unwrap();
         let writer = store.writer.lock().unwrap();
-        let mode: String = writer
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
+        let mode: String = writer.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
         // 2 is FULL: the WAL is fsynced before a commit returns.
-        let synchronous: i64 = writer
-            .query_row("PRAGMA synchronous", [], |r| r.get(0))
-            .unwrap();
+        let synchronous: i64 = writer.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
         assert_eq!(synchronous, 2);
     }
 

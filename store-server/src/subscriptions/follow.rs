@@ -200,21 +200,13 @@ impl Follower {
             && self.scanned > self.delivered
             && self.scanned > self.checkpointed;
         owed.then(|| {
-            self.checkpoint_sent_at
-                .map_or_else(Instant::now, |at| at + CHECKPOINT_INTERVAL)
+            self.checkpoint_sent_at.map_or_else(Instant::now, |at| at + CHECKPOINT_INTERVAL)
         })
     }
 
     fn checkpoint_if_due(&mut self) {
-        if self
-            .checkpoint_due()
-            .is_some_and(|due| due <= Instant::now())
-        {
-            sse::named(
-                &mut self.pending,
-                "checkpoint",
-                &json!({ "position": self.scanned }),
-            );
+        if self.checkpoint_due().is_some_and(|due| due <= Instant::now()) {
+            sse::named(&mut self.pending, "checkpoint", &json!({ "position": self.scanned }));
             self.checkpointed = self.scanned;
             self.checkpoint_sent_at = Some(Instant::now());
         }
@@ -231,9 +223,7 @@ impl Follower {
             sent = self.out.send(chunk) => sent.map_err(|_| Stopped)?,
             _ = self.shutdown.wait_for(|stopping| *stopping) => return Err(Stopped),
         }
-        self.metrics
-            .subscription_events_sent_total
-            .inc_by(self.pending_events);
+        self.metrics.subscription_events_sent_total.inc_by(self.pending_events);
         self.pending_events = 0;
         self.last_sent_at = Instant::now();
         Ok(())

@@ -55,10 +55,7 @@ impl Hub {
         let (batches, _) = broadcast::channel(limits.broadcast_batches_max);
         let commits = Arc::new(Notify::new());
         store.watch_commits(commits.clone(), shutdown.clone());
-        let hub = Arc::new(Self {
-            batches: batches.clone(),
-            commits: commits.clone(),
-        });
+        let hub = Arc::new(Self { batches: batches.clone(), commits: commits.clone() });
         let task = tokio::spawn(tail(store, batches, commits, head, limits, shutdown));
         (hub, task)
     }

@@ -81,14 +81,9 @@ mod tests {
     #[test]
     fn raw_newlines_continue_on_data_lines_that_join_back() {
         let text = encode("{\"a\":\n1,\r\n\"b\":\r2}");
-        assert!(
-            !text.trim_end().contains("\n\n"),
-            "no blank line inside the message: {text:?}"
-        );
-        let joined: Vec<&str> = text
-            .lines()
-            .filter_map(|line| line.strip_prefix("data: "))
-            .collect();
+        assert!(!text.trim_end().contains("\n\n"), "no blank line inside the message: {text:?}");
+        let joined: Vec<&str> =
+            text.lines().filter_map(|line| line.strip_prefix("data: ")).collect();
         let data: serde_json::Value = serde_json::from_str(&joined.join("\n")).unwrap();
         assert_eq!(data["data"], serde_json::json!({"a": 1, "b": 2}));
     }

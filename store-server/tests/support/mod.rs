@@ -69,21 +69,14 @@ impl TestServer {
 
     /// Serves `config` on a free loopback port.
     pub async fn start(config: Config) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a loopback port");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let url = format!("http://{}", listener.local_addr().expect("bound address"));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(store_server::server::run(listener, config, async {
             let _ = stopped.await;
         }));
-        let server = Self {
-            url,
-            client: reqwest::Client::new(),
-            stop: Some(stop),
-            task,
-            _dir: None,
-        };
+        let server =
+            Self { url, client: reqwest::Client::new(), stop: Some(stop), task, _dir: None };
         server.wait_ready().await;
         server
     }
@@ -93,11 +86,7 @@ impl TestServer {
             if self.task.is_finished() {
                 panic!("the server stopped while starting");
             }
-            if let Ok(response) = self
-                .client
-                .get(format!("{}/health/ready", self.url))
-                .send()
-                .await
+            if let Ok(response) = self.client.get(format!("{}/health/ready", self.url)).send().await
             {
                 if response.status() == StatusCode::OK {
                     return;
@@ -113,16 +102,24 @@ impl TestServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.task)
-            .await
-            .expect("server task")
-            .expect("server stopped cleanly");
+        (&mut self.task).await.expect("server task").expect("server stopped cleanly");
     }
 
     /// `POST` JSON to `path`.
     pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        self.send(self.client.post(format!("{}{path}", self.url)).json(body))
-            .await
+        self.send(self.client.post(format!("{}{path}", self.url)).json(body)).await
+    }
+
+    /// Sends `body` as JSON with `method` (none for `null`).
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> (StatusCode, Value) {
+        let request = self.client.request(method, format!("{}{path}", self.url));
+        let request = if body.is_null() { request } else { request.json(body) };
+        self.send(request).await
     }
 
     /// `POST` raw bytes to `path`.
@@ -141,18 +138,13 @@ impl TestServer {
 
     /// `GET` `path`.
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.send(self.client.get(format!("{}{path}", self.url)))
-            .await
+        self.send(self.client.get(format!("{}{path}", self.url))).await
     }
 
     /// `GET` `path`, as text.
     pub async fn get_text(&self, path: &str) -> (StatusCode, String) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .expect("request");
+        let response =
+            self.client.get(format!("{}{path}", self.url)).send().await.expect("request");
         (response.status(), response.text().await.expect("body"))
     }
 
@@ -247,15 +239,8 @@ impl TestServer {
         }
         let response = request.send().await.expect("subscribe");
         let (status, headers) = (response.status(), response.headers().clone());
-        let messages = response
-            .bytes_stream()
-            .eventsource()
-            .map(|m| m.map_err(|e| e.to_string()));
-        Subscriber {
-            status,
-            headers,
-            messages: Box::pin(messages),
-        }
+        let messages = response.bytes_stream().eventsource().map(|m| m.map_err(|e| e.to_string()));
+        Subscriber { status, headers, messages: Box::pin(messages) }
     }
 }
 
@@ -263,9 +248,7 @@ impl Subscriber {
     /// The next message, or `None` when none comes within `wait` or the stream ended.
     pub async fn next(&mut self, wait: std::time::Duration) -> Option<Message> {
         use futures::StreamExt;
-        let message = tokio::time::timeout(wait, self.messages.next())
-            .await
-            .ok()??;
+        let message = tokio::time::timeout(wait, self.messages.next()).await.ok()??;
         let message = message.expect("a well-formed event stream");
         let position = || {
             let data: Value = serde_json::from_str(&message.data).expect("JSON data");
@@ -311,12 +294,9 @@ pub async fn append_many(server: &TestServer, stream: &str, event_type: &str, co
     let mut left = count;
     while left > 0 {
         let n = left.min(100);
-        let events: Vec<Value> = (0..n)
-            .map(|i| event(event_type, serde_json::json!(i)))
-            .collect();
-        let (status, body) = server
-            .append(stream, serde_json::json!("any"), Value::Array(events))
-            .await;
+        let events: Vec<Value> = (0..n).map(|i| event(event_type, serde_json::json!(i))).collect();
+        let (status, body) =
+            server.append(stream, serde_json::json!("any"), Value::Array(events)).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         left -= n;
     }

@@ -36,10 +36,7 @@ fn server_bin_dir() -> Option<PathBuf> {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| out.stdout.starts_with(b"0\n"))
+    Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.starts_with(b"0\n"))
 }
 
 /// Runs a cluster program, as `postgres` when we are root.
@@ -52,17 +49,11 @@ fn run(bin: &Path, program: &str, args: &[&str]) -> std::process::Output {
     } else {
         Command::new(&program)
     };
-    command
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()))
+    command.args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()))
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
 impl Cluster {
@@ -76,14 +67,8 @@ impl Cluster {
         ));
         std::fs::create_dir_all(&dir).expect("create cluster folder");
         if is_root() {
-            let status = Command::new("chown")
-                .arg("postgres:postgres")
-                .arg(&dir)
-                .status();
-            assert!(
-                status.is_ok_and(|s| s.success()),
-                "chown the cluster folder to postgres"
-            );
+            let status = Command::new("chown").arg("postgres:postgres").arg(&dir).status();
+            assert!(status.is_ok_and(|s| s.success()), "chown the cluster folder to postgres");
         }
         let data = dir.join("data");
         let out = run(
@@ -102,16 +87,8 @@ impl Cluster {
                 "--no-sync",
             ],
         );
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let cluster = Cluster {
-            dir,
-            bin,
-            port: free_port(),
-        };
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let cluster = Cluster { dir, bin, port: free_port() };
         cluster.watch_parent();
         cluster.start_again();
         Some(cluster)
@@ -132,16 +109,7 @@ impl Cluster {
         let out = run(
             &self.bin,
             "pg_ctl",
-            &[
-                "-D",
-                path(&self.data()),
-                "-o",
-                &options,
-                "-l",
-                path(&log),
-                "-w",
-                "start",
-            ],
+            &["-D", path(&self.data()), "-o", &options, "-l", path(&log), "-w", "start"],
         );
         assert!(
             out.status.success(),
@@ -153,19 +121,12 @@ impl Cluster {
 
     /// Stops the cluster like a crash: no checkpoint, no goodbye to clients.
     pub fn stop_immediate(&self) {
-        run(
-            &self.bin,
-            "pg_ctl",
-            &["-D", path(&self.data()), "-m", "immediate", "stop"],
-        );
+        run(&self.bin, "pg_ctl", &["-D", path(&self.data()), "-m", "immediate", "stop"]);
     }
 
     /// A connection string for `database` on this cluster.
     pub fn url(&self, database: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname={database}",
-            self.port
-        )
+        format!("host=127.0.0.1 port={} user=postgres dbname={database}", self.port)
     }
 
     /// Stops the cluster and removes its folder once this process has exited.
@@ -178,11 +139,7 @@ impl Cluster {
                 path(&self.data())
             )
         } else {
-            format!(
-                "{} -D {} -m immediate stop",
-                path(&pg_ctl),
-                path(&self.data())
-            )
+            format!("{} -D {} -m immediate stop", path(&pg_ctl), path(&self.data()))
         };
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
@@ -229,10 +186,7 @@ pub fn required() -> bool {
 
 /// Says loudly that a test did not run, or fails it when PostgreSQL is required.
 pub fn skip(test: &str) {
-    assert!(
-        !required(),
-        "REQUIRE_POSTGRES=1 but PostgreSQL (initdb) is not installed"
-    );
+    assert!(!required(), "REQUIRE_POSTGRES=1 but PostgreSQL (initdb) is not installed");
     eprintln!(
         "SKIPPED {test}: PostgreSQL is not installed (initdb not found); set DATABASE_URL or install it"
     );
@@ -241,16 +195,12 @@ pub fn skip(test: &str) {
 /// A connection string for a new, empty database; `None` when PostgreSQL is not available.
 pub async fn fresh_database() -> Option<String> {
     let server = SERVER.get_or_init(|| match std::env::var("DATABASE_URL") {
-        Ok(url) => Some(Server::External(Box::new(
-            url.parse().expect("DATABASE_URL is a valid URL"),
-        ))),
+        Ok(url) => {
+            Some(Server::External(Box::new(url.parse().expect("DATABASE_URL is a valid URL"))))
+        }
         Err(_) => Cluster::start().map(Server::Ours),
     });
-    let name = format!(
-        "test_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
+    let name = format!("test_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
     let (admin, url) = match server.as_ref()? {
         Server::Ours(cluster) => (cluster.url("postgres"), cluster.url(&name)),
         Server::External(config) => external_urls(config, &name),
@@ -259,10 +209,7 @@ pub async fn fresh_database() -> Option<String> {
         .await
         .expect("connect to the test PostgreSQL");
     let connection = tokio::spawn(connection);
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create test database");
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
     drop(client);
     let _ = connection.await;
     Some(url)
@@ -284,9 +231,6 @@ fn external_urls(config: &tokio_postgres::Config, name: &str) -> (String, String
         parts.push(format!("password={}", String::from_utf8_lossy(password)));
     }
     let base = parts.join(" ");
-    let admin = format!(
-        "{base} dbname={}",
-        config.get_dbname().unwrap_or("postgres")
-    );
+    let admin = format!("{base} dbname={}", config.get_dbname().unwrap_or("postgres"));
     (admin, format!("{base} dbname={name}"))
 }

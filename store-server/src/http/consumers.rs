@@ -1,0 +1,121 @@
+//! `/consumers`: positions that projection processes report, and waiting for one to reach a
+//! position (how a client reads its own write from a read model).
+
+use super::body::json;
+use super::params::{RawQuery, number, segment};
+use super::{ApiError, AppState};
+use crate::protocol::{Consumer, ConsumerName, ConsumerWait, Position, SetConsumer, Timestamp};
+use crate::store::StoredConsumer;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// `timeout_ms` when the request does not say.
+const WAIT_DEFAULT: Duration = Duration::from_secs(5);
+/// The longest wait a request may ask for; longer ones are cut to it.
+const WAIT_MAX: Duration = Duration::from_secs(60);
+/// How often a wait re-reads storage, for updates made through other instances.
+const WAIT_POLL: Duration = Duration::from_millis(100);
+
+fn name(path: Result<Path<String>, PathRejection>) -> Result<ConsumerName, ApiError> {
+    ConsumerName::new(segment(path)?)
+        .map_err(|e| ApiError::InvalidRequest(format!("consumer name: {e}")))
+}
+
+fn with_lag(consumer: StoredConsumer, head: Position) -> Consumer {
+    Consumer {
+        lag: head.0.saturating_sub(consumer.position.0),
+        name: consumer.name,
+        position: consumer.position,
+        updated_at: consumer.updated_at,
+    }
+}
+
+/// `PUT /consumers/{name}`.
+pub async fn put(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Consumer>, ApiError> {
+    let name = name(path)?;
+    let update: SetConsumer =
+        json(&headers, body, state.http.request_body_bytes_max, "consumer position").await?;
+    let stored = state.store.set_consumer(&name, &update, Timestamp::now()).await?;
+    let stored = stored.map_err(|conflict| ApiError::ConsumerConflict { name, conflict })?;
+    state.consumer_updates.notify_waiters();
+    Ok(Json(with_lag(stored, state.store.head().await?)))
+}
+
+/// `GET /consumers`.
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<Consumer>>, ApiError> {
+    let consumers = state.store.consumers().await?;
+    let head = state.store.head().await?;
+    Ok(Json(consumers.into_iter().map(|c| with_lag(c, head)).collect()))
+}
+
+/// `GET /consumers/{name}`.
+pub async fn get(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Consumer>, ApiError> {
+    let name = name(path)?;
+    let consumer = state.store.consumer(&name).await?.ok_or(ApiError::ConsumerNotFound(name))?;
+    Ok(Json(with_lag(consumer, state.store.head().await?)))
+}
+
+/// `DELETE /consumers/{name}`.
+pub async fn delete(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let name = name(path)?;
+    match state.store.delete_consumer(&name).await? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(ApiError::ConsumerNotFound(name)),
+    }
+}
+
+/// `GET /consumers/{name}/wait?position=P&timeout_ms=T`: answers as soon as the consumer
+/// is at P or beyond, or when T runs out. A consumer that does not exist yet is at 0.
+pub async fn wait(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: RawQuery,
+) -> Result<Json<ConsumerWait>, ApiError> {
+    let name = name(path)?;
+    let Query(query) = query.map_err(|r| ApiError::InvalidRequest(r.body_text()))?;
+    let wanted = match query.get("position") {
+        Some(value) => Position(number("position", value)?),
+        None => return Err(ApiError::InvalidRequest("position is required".into())),
+    };
+    let timeout = match query.get("timeout_ms") {
+        Some(value) => Duration::from_millis(number("timeout_ms", value)?).min(WAIT_MAX),
+        None => WAIT_DEFAULT,
+    };
+    let deadline = Instant::now() + timeout;
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        // Listen before reading, so that an update in between is not missed.
+        let updated = state.consumer_updates.notified();
+        tokio::pin!(updated);
+        updated.as_mut().enable();
+        let position = state.store.consumer(&name).await?.map(|c| c.position).unwrap_or_default();
+        let reached = position >= wanted;
+        if reached || Instant::now() >= deadline {
+            return Ok(Json(ConsumerWait { name, position, reached }));
+        }
+        tokio::select! {
+            () = &mut updated => {}
+            () = tokio::time::sleep(WAIT_POLL) => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => {
+                return Ok(Json(ConsumerWait { name, position, reached }));
+            }
+        }
+    }
+}
