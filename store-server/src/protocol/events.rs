@@ -42,6 +42,21 @@ fn object_or_null<'de, D: Deserializer<'de>>(
 }
 
 impl NewEvent {
+    /// An event of `event_type` with `data` serialized as its payload, schema version 1, no
+    /// metadata, its id left to the server.
+    ///
+    /// # Errors
+    /// `data` cannot be serialized as JSON.
+    pub fn new(event_type: EventType, data: &impl Serialize) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            id: None,
+            event_type,
+            schema_version: SchemaVersion::default(),
+            data: serde_json::value::to_raw_value(data)?,
+            metadata: None,
+        })
+    }
+
     /// Bytes of payload the event carries (data and metadata), for the per-event limit.
     pub fn payload_bytes(&self) -> usize {
         self.data.get().len() + self.metadata.as_ref().map_or(0, |m| m.get().len())

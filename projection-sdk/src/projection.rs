@@ -1,0 +1,630 @@
+//! Projections into PostgreSQL: read models built from the log, checkpointed in the same
+//! transaction as the handler's writes, so that a crash never applies an event twice.
+
+use crate::client::{Client, Error};
+use crate::events::{EventError, Upcasters};
+use crate::protocol::{
+    ConsumerName, EventId, Position, RecordedEvent, SetConsumer, StreamName, StreamRevision,
+    Timestamp,
+};
+use crate::subscription::{Message, Target};
+use futures_util::{FutureExt, StreamExt};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
+use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_postgres::Transaction;
+use tracing::{error, warn};
+
+/// What a handler's failure is.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A decoded event and where it came from.
+#[derive(Debug, Clone)]
+pub struct Envelope<E> {
+    /// The domain event, upcast to its latest shape.
+    pub event: E,
+    /// Its position in the log.
+    pub position: Position,
+    /// Its stream.
+    pub stream: StreamName,
+    /// Its revision in the stream.
+    pub revision: StreamRevision,
+    /// Its id.
+    pub id: EventId,
+    /// When it was committed.
+    pub recorded_at: Timestamp,
+}
+
+/// A read model in PostgreSQL, fed by the log.
+///
+/// Each method gets the transaction of the batch it belongs to; the runner commits it with
+/// the checkpoint. A new [`Projection::version`] builds side by side with the old one (its
+/// own checkpoint, its own tables), so a changed read model can be rebuilt while the old one
+/// serves, then swapped (blue/green).
+#[async_trait::async_trait]
+pub trait Projection: Send + Sync {
+    /// The domain events it reads (a serde enum tagged `{"type", "data"}`).
+    type Event: DeserializeOwned + Send + Sync;
+
+    /// Names its checkpoint, and the consumer it reports to the server.
+    fn name(&self) -> &str;
+
+    /// The read model's version (default 1).
+    fn version(&self) -> u32 {
+        1
+    }
+
+    /// What it subscribes to (default: the whole log).
+    fn target(&self) -> Target {
+        Target::All { types: Vec::new() }
+    }
+
+    /// Creates its tables if need be; runs once per start, before any event.
+    ///
+    /// # Errors
+    /// Stops the runner from starting.
+    async fn setup(&self, tx: &Transaction<'_>) -> Result<(), HandlerError>;
+
+    /// Applies one event.
+    ///
+    /// # Errors
+    /// Rolls the batch back; the runner retries, then stops or dead-letters the event.
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        event: &Envelope<Self::Event>,
+    ) -> Result<(), HandlerError>;
+
+    /// Empties the read model, for a rebuild from position 0.
+    ///
+    /// # Errors
+    /// Leaves the read model and checkpoint as they were.
+    async fn reset(&self, tx: &Transaction<'_>) -> Result<(), HandlerError>;
+}
+
+/// What the runner does with an event whose handler fails every retry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Stop the runner with the error, its checkpoint before the event (the default).
+    #[default]
+    Stop,
+    /// Record the event in `projection_dead_letters` and go on;
+    /// [`Runner::replay_dead_letters`] tries them again.
+    DeadLetter,
+}
+
+/// How the runner batches and handles failures.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Most events applied in one transaction.
+    pub batch_events_max: usize,
+    /// Retries of a failing event before [`OnFailure`] applies.
+    pub retries: u32,
+    /// The first wait before a retry; it doubles each time.
+    pub retry_backoff: Duration,
+    /// What happens when retries run out.
+    pub on_failure: OnFailure,
+    /// Report the position to the server's `/consumers` after each batch, so that lag is
+    /// visible there and clients can wait for this read model.
+    pub report_to_server: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            batch_events_max: 500,
+            retries: 3,
+            retry_backoff: Duration::from_millis(100),
+            on_failure: OnFailure::Stop,
+            report_to_server: true,
+        }
+    }
+}
+
+/// Why a runner stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The handler failed on an event every time (with [`OnFailure::Stop`]).
+    #[error("the projection failed on the event at position {position}")]
+    Handler {
+        /// The event.
+        position: Position,
+        /// The last failure.
+        #[source]
+        source: HandlerError,
+    },
+    /// Another runner of the same projection moved the checkpoint: this one stops rather
+    /// than apply events twice.
+    #[error("another runner moved the checkpoint to {found} (this one was at {expected})")]
+    AnotherRunner {
+        /// Where this runner was.
+        expected: Position,
+        /// What the checkpoint says.
+        found: Position,
+    },
+    /// Setting up or resetting the read model failed.
+    #[error("the projection's setup or reset failed")]
+    Setup(#[source] HandlerError),
+    /// The store failed for good.
+    #[error(transparent)]
+    Store(#[from] Error),
+    /// The read model's database failed.
+    #[error("the read model's database failed")]
+    Database(#[from] tokio_postgres::Error),
+}
+
+/// An event the handler could not apply, kept in `projection_dead_letters`.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The event's position.
+    pub position: Position,
+    /// The event, as JSON.
+    pub event: String,
+    /// The last error.
+    pub error: String,
+}
+
+/// The runner's own tables, in the read model's database: why they exist is in the
+/// comments of [`Runner`].
+const SETUP_SQL: &str = "
+CREATE TABLE IF NOT EXISTS projection_checkpoints (
+    projection text        NOT NULL,
+    version    integer     NOT NULL,
+    position   bigint      NOT NULL CHECK (position >= 0),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (projection, version)
+);
+CREATE TABLE IF NOT EXISTS projection_dead_letters (
+    projection text        NOT NULL,
+    version    integer     NOT NULL,
+    position   bigint      NOT NULL,
+    event      text        NOT NULL,
+    error      text        NOT NULL,
+    failed_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (projection, version, position)
+);";
+
+/// Runs a [`Projection`]: subscribes from its checkpoint, applies events in batches, each
+/// batch and its checkpoint in one transaction (exactly-once effect on the read model).
+///
+/// The checkpoint (`projection_checkpoints`) lives in the read model's database, so that it
+/// commits with the read model. Its row is locked and compared at every batch: a second
+/// runner of the same projection finds it moved and stops ([`RunError::AnotherRunner`]).
+pub struct Runner<P: Projection> {
+    projection: P,
+    store: Client,
+    db: tokio_postgres::Client,
+    upcasters: Arc<Upcasters>,
+    options: Options,
+    position: Position,
+    head: Position,
+    metrics: Metrics,
+}
+
+impl<P: Projection> Runner<P> {
+    /// Sets up the runner's tables and the projection's, and reads the checkpoint.
+    ///
+    /// # Errors
+    /// [`RunError::Database`] or [`RunError::Setup`].
+    pub async fn new(
+        projection: P,
+        store: Client,
+        mut db: tokio_postgres::Client,
+        upcasters: Upcasters,
+        options: Options,
+    ) -> Result<Self, RunError> {
+        let tx = db.transaction().await?;
+        // Runners starting together must not race on CREATE TABLE IF NOT EXISTS.
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext('projection-sdk setup'))", &[]).await?;
+        tx.batch_execute(SETUP_SQL).await?;
+        projection.setup(&tx).await.map_err(RunError::Setup)?;
+        let version = projection.version() as i32;
+        tx.execute(
+            "INSERT INTO projection_checkpoints (projection, version, position) VALUES ($1, $2, 0)
+             ON CONFLICT DO NOTHING",
+            &[&projection.name(), &version],
+        )
+        .await?;
+        tx.commit().await?;
+        let metrics = Metrics::new(projection.name()).map_err(|e| RunError::Setup(e.into()))?;
+        let mut runner = Self {
+            projection,
+            store,
+            db,
+            upcasters: Arc::new(upcasters),
+            options,
+            position: Position(0),
+            head: Position(0),
+            metrics,
+        };
+        runner.position = runner.checkpoint().await?;
+        Ok(runner)
+    }
+
+    /// The position the read model has applied, as its checkpoint says.
+    ///
+    /// # Errors
+    /// [`RunError::Database`].
+    pub async fn checkpoint(&self) -> Result<Position, RunError> {
+        let row = self
+            .db
+            .query_one(
+                "SELECT position FROM projection_checkpoints WHERE projection = $1 AND version = $2",
+                &[&self.projection.name(), &(self.projection.version() as i32)],
+            )
+            .await?;
+        Ok(Position(row.get::<_, i64>(0).max(0) as u64))
+    }
+
+    /// The runner's Prometheus metrics (`projection_*`, labelled by projection).
+    pub fn registry(&self) -> &Registry {
+        &self.metrics.registry
+    }
+
+    /// Applies events until `shutdown` completes (then returns `Ok`) or a failure stops it.
+    ///
+    /// # Errors
+    /// [`RunError::Handler`] (with [`OnFailure::Stop`]), [`RunError::AnotherRunner`],
+    /// [`RunError::Database`], or [`RunError::Store`] when the server refuses for good.
+    pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+        let mut subscription = self.store.subscribe(self.projection.target(), self.position);
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let first = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                message = subscription.next() => message,
+            };
+            let mut batch = Vec::new();
+            let mut through = self.position;
+            let mut next = first;
+            // Take what is ready now, up to a batch: one transaction for all of it.
+            loop {
+                match next {
+                    Some(Ok(Message::Event(event))) => {
+                        through = through.max(event.position);
+                        batch.push(event);
+                    }
+                    Some(Ok(Message::Checkpoint(position))) => through = through.max(position),
+                    Some(Ok(Message::CaughtUp(head))) => self.head = self.head.max(head),
+                    Some(Err(err)) => return Err(err.into()),
+                    None => return Ok(()),
+                }
+                if batch.len() >= self.options.batch_events_max {
+                    break;
+                }
+                match subscription.next().now_or_never() {
+                    Some(message) => next = message,
+                    None => break,
+                }
+            }
+            if through > self.position {
+                self.process(batch, through).await?;
+            }
+        }
+    }
+
+    /// Applies `events` and moves the checkpoint to `through`.
+    async fn process(
+        &mut self,
+        events: Vec<RecordedEvent>,
+        through: Position,
+    ) -> Result<(), RunError> {
+        let started = Instant::now();
+        let count = events.len() as u64;
+        match self.commit(&events, through).await {
+            Ok(()) => {}
+            Err(Failure::Stop(err)) => return Err(err),
+            // One of them fails: apply them one by one, to retry and isolate it.
+            Err(Failure::Handler { .. }) => {
+                self.metrics.errors_total.inc();
+                for event in events {
+                    let position = event.position;
+                    self.process_one(event).await?;
+                    self.position = position;
+                }
+                if through > self.position {
+                    self.commit(&[], through).await.map_err(Failure::into_run_error)?;
+                }
+            }
+        }
+        self.position = through;
+        self.head = self.head.max(through);
+        self.metrics.events_processed_total.inc_by(count);
+        self.metrics.position.set(through.0 as i64);
+        self.metrics.lag_events.set(self.head.0.saturating_sub(through.0) as i64);
+        self.metrics.batch_duration_seconds.observe(started.elapsed().as_secs_f64());
+        self.report().await;
+        Ok(())
+    }
+
+    /// One event, with retries; then stop or dead-letter it.
+    async fn process_one(&mut self, event: RecordedEvent) -> Result<(), RunError> {
+        let mut backoff = self.options.retry_backoff;
+        let mut attempt = 0;
+        let source = loop {
+            match self.commit(std::slice::from_ref(&event), event.position).await {
+                Ok(()) => return Ok(()),
+                Err(Failure::Stop(err)) => return Err(err),
+                Err(Failure::Handler { source, .. }) if attempt >= self.options.retries => {
+                    break source;
+                }
+                Err(Failure::Handler { source, .. }) => {
+                    self.metrics.errors_total.inc();
+                    warn!(projection = self.projection.name(), position = %event.position, cause = %source, attempt, "projection handler failed; retrying");
+                }
+            }
+            attempt += 1;
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        };
+        self.metrics.errors_total.inc();
+        error!(projection = self.projection.name(), position = %event.position, cause = %source, "projection handler failed every retry");
+        match self.options.on_failure {
+            OnFailure::Stop => Err(RunError::Handler { position: event.position, source }),
+            OnFailure::DeadLetter => self.dead_letter(&event, &source).await,
+        }
+    }
+
+    /// Applies `events` and sets the checkpoint to `through`, in one transaction.
+    async fn commit(&mut self, events: &[RecordedEvent], through: Position) -> Result<(), Failure> {
+        let (name, version) = (self.projection.name().to_owned(), self.projection.version() as i32);
+        let tx = self.db.transaction().await.map_err(Failure::database)?;
+        lock_checkpoint(&tx, &name, version, self.position).await?;
+        for event in events {
+            let envelope = envelope(&self.upcasters, event)
+                .map_err(|e| Failure::Handler { source: Box::new(e) })?;
+            self.projection
+                .apply(&tx, &envelope)
+                .await
+                .map_err(|source| Failure::Handler { source })?;
+        }
+        set_checkpoint(&tx, &name, version, through).await.map_err(Failure::database)?;
+        tx.commit().await.map_err(Failure::database)
+    }
+
+    async fn dead_letter(
+        &mut self,
+        event: &RecordedEvent,
+        source: &HandlerError,
+    ) -> Result<(), RunError> {
+        let (name, version) = (self.projection.name().to_owned(), self.projection.version() as i32);
+        let json = serde_json::to_string(event).unwrap_or_default();
+        let tx = self.db.transaction().await?;
+        lock_checkpoint(&tx, &name, version, self.position)
+            .await
+            .map_err(Failure::into_run_error)?;
+        tx.execute(
+            "INSERT INTO projection_dead_letters (projection, version, position, event, error)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (projection, version, position) DO UPDATE
+             SET error = EXCLUDED.error, failed_at = now()",
+            &[&name, &version, &(event.position.0 as i64), &json, &source.to_string()],
+        )
+        .await?;
+        set_checkpoint(&tx, &name, version, event.position).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The dead-lettered events, by position.
+    ///
+    /// # Errors
+    /// [`RunError::Database`].
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, RunError> {
+        let rows = self
+            .db
+            .query(
+                "SELECT position, event, error FROM projection_dead_letters
+                 WHERE projection = $1 AND version = $2 ORDER BY position",
+                &[&self.projection.name(), &(self.projection.version() as i32)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| DeadLetter {
+                position: Position(row.get::<_, i64>(0).max(0) as u64),
+                event: row.get(1),
+                error: row.get(2),
+            })
+            .collect())
+    }
+
+    /// Applies the dead-lettered events again, each in its own transaction; those that now
+    /// succeed leave the dead-letter table. Answers how many succeeded.
+    ///
+    /// # Errors
+    /// [`RunError::Database`].
+    pub async fn replay_dead_letters(&mut self) -> Result<usize, RunError> {
+        let (name, version) = (self.projection.name().to_owned(), self.projection.version() as i32);
+        let mut replayed = 0;
+        for letter in self.dead_letters().await? {
+            let Ok(event) = serde_json::from_str::<RecordedEvent>(&letter.event) else { continue };
+            let Ok(envelope) = envelope(&self.upcasters, &event) else { continue };
+            let tx = self.db.transaction().await?;
+            if self.projection.apply(&tx, &envelope).await.is_err() {
+                continue; // still failing: it stays, the transaction rolls back
+            }
+            tx.execute(
+                "DELETE FROM projection_dead_letters WHERE projection = $1 AND version = $2 AND position = $3",
+                &[&name, &version, &(letter.position.0 as i64)],
+            )
+            .await?;
+            tx.commit().await?;
+            replayed += 1;
+        }
+        Ok(replayed)
+    }
+
+    /// Empties the read model and its checkpoint (and dead letters) in one transaction;
+    /// the next [`Runner::run`] replays the log from the start.
+    ///
+    /// # Errors
+    /// [`RunError::Setup`] when the projection's reset fails; [`RunError::Database`].
+    pub async fn rebuild(&mut self) -> Result<(), RunError> {
+        let (name, version) = (self.projection.name().to_owned(), self.projection.version() as i32);
+        let tx = self.db.transaction().await?;
+        lock_checkpoint(&tx, &name, version, self.position)
+            .await
+            .map_err(Failure::into_run_error)?;
+        self.projection.reset(&tx).await.map_err(RunError::Setup)?;
+        tx.execute(
+            "DELETE FROM projection_dead_letters WHERE projection = $1 AND version = $2",
+            &[&name, &version],
+        )
+        .await?;
+        set_checkpoint(&tx, &name, version, Position(0)).await?;
+        tx.commit().await?;
+        self.position = Position(0);
+        if self.options.report_to_server {
+            let update =
+                SetConsumer { position: Position(0), expected_position: None, reset: true };
+            if let Ok(name) = self.consumer_name() {
+                let _ = self.store.set_consumer(&name, &update).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The consumer this runner reports as: the projection's name, with `-v{version}` past 1.
+    fn consumer_name(&self) -> Result<ConsumerName, crate::protocol::InvalidName> {
+        match self.projection.version() {
+            1 => ConsumerName::new(self.projection.name()),
+            version => ConsumerName::new(format!("{}-v{version}", self.projection.name())),
+        }
+    }
+
+    /// Best effort: the checkpoint in the read model's database is what counts.
+    async fn report(&self) {
+        if !self.options.report_to_server {
+            return;
+        }
+        let Ok(name) = self.consumer_name() else { return };
+        let update = SetConsumer { position: self.position, expected_position: None, reset: false };
+        if let Err(err) = self.store.set_consumer(&name, &update).await {
+            warn!(projection = self.projection.name(), cause = %err, "cannot report the position to the server");
+        }
+    }
+}
+
+/// Why a batch did not commit.
+enum Failure {
+    /// The handler (or decoding) failed: retry, isolate.
+    Handler { source: HandlerError },
+    /// Anything else: stop.
+    Stop(RunError),
+}
+
+impl Failure {
+    fn database(err: tokio_postgres::Error) -> Self {
+        Self::Stop(RunError::Database(err))
+    }
+
+    fn into_run_error(self) -> RunError {
+        match self {
+            Self::Stop(err) => err,
+            Self::Handler { source } => RunError::Setup(source),
+        }
+    }
+}
+
+/// Locks the checkpoint row for this transaction and checks nobody else moved it.
+async fn lock_checkpoint(
+    tx: &Transaction<'_>,
+    name: &str,
+    version: i32,
+    expected: Position,
+) -> Result<(), Failure> {
+    // The row lock serialises runners of this projection; the compare stops the one that
+    // is behind, instead of letting it apply events a second time.
+    let row = tx
+        .query_one(
+            "SELECT position FROM projection_checkpoints
+             WHERE projection = $1 AND version = $2 FOR UPDATE",
+            &[&name, &version],
+        )
+        .await
+        .map_err(Failure::database)?;
+    let found = Position(row.get::<_, i64>(0).max(0) as u64);
+    if found != expected {
+        return Err(Failure::Stop(RunError::AnotherRunner { expected, found }));
+    }
+    Ok(())
+}
+
+async fn set_checkpoint(
+    tx: &Transaction<'_>,
+    name: &str,
+    version: i32,
+    position: Position,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE projection_checkpoints SET position = $3, updated_at = now()
+         WHERE projection = $1 AND version = $2",
+        &[&name, &version, &(position.0 as i64)],
+    )
+    .await?;
+    Ok(())
+}
+
+fn envelope<E: DeserializeOwned>(
+    upcasters: &Upcasters,
+    event: &RecordedEvent,
+) -> Result<Envelope<E>, EventError> {
+    Ok(Envelope {
+        event: upcasters.decode(event)?,
+        position: event.position,
+        stream: event.stream.clone(),
+        revision: event.revision,
+        id: event.id,
+        recorded_at: event.recorded_at,
+    })
+}
+
+struct Metrics {
+    registry: Registry,
+    events_processed_total: IntCounter,
+    position: IntGauge,
+    lag_events: IntGauge,
+    errors_total: IntCounter,
+    batch_duration_seconds: Histogram,
+}
+
+impl Metrics {
+    fn new(projection: &str) -> Result<Self, prometheus::Error> {
+        let labels =
+            std::collections::HashMap::from([("projection".to_owned(), projection.to_owned())]);
+        let registry = Registry::new_custom(Some("projection".into()), Some(labels))?;
+        let metrics = Self {
+            events_processed_total: IntCounter::with_opts(Opts::new(
+                "events_processed_total",
+                "Events applied and checkpointed",
+            ))?,
+            position: IntGauge::with_opts(Opts::new(
+                "position",
+                "Position applied and checkpointed",
+            ))?,
+            lag_events: IntGauge::with_opts(Opts::new(
+                "lag_events",
+                "Events known to lie beyond the position",
+            ))?,
+            errors_total: IntCounter::with_opts(Opts::new(
+                "errors_total",
+                "Handler failures, retries included",
+            ))?,
+            batch_duration_seconds: Histogram::with_opts(HistogramOpts::new(
+                "batch_duration_seconds",
+                "Batches, first event to commit",
+            ))?,
+            registry,
+        };
+        metrics.registry.register(Box::new(metrics.events_processed_total.clone()))?;
+        metrics.registry.register(Box::new(metrics.position.clone()))?;
+        metrics.registry.register(Box::new(metrics.lag_events.clone()))?;
+        metrics.registry.register(Box::new(metrics.errors_total.clone()))?;
+        metrics.registry.register(Box::new(metrics.batch_duration_seconds.clone()))?;
+        Ok(metrics)
+    }
+}

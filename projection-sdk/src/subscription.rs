@@ -1,0 +1,177 @@
+//! [`Subscription`]: a stream of the log over server-sent events that survives disconnects.
+
+use crate::client::{Client, Error, encode, problem};
+use crate::protocol::{Category, EventType, Position, RecordedEvent, StreamName};
+use eventsource_stream::Eventsource;
+use futures_util::{Stream, StreamExt};
+use reqwest::Method;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What to follow.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The whole log, optionally only some event types.
+    All {
+        /// Only these types; empty: every type.
+        types: Vec<EventType>,
+    },
+    /// One category, optionally only some event types.
+    Category {
+        /// The category.
+        category: Category,
+        /// Only these types; empty: every type.
+        types: Vec<EventType>,
+    },
+    /// One stream.
+    Stream(StreamName),
+}
+
+impl Target {
+    /// The subscription's path and its `types` parameter, if any.
+    fn path_and_types(&self) -> (String, Option<String>) {
+        let types = |types: &[EventType]| {
+            let names: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
+            (!names.is_empty()).then(|| names.join(","))
+        };
+        match self {
+            Self::All { types: t } => ("/all/subscribe".into(), types(t)),
+            Self::Category { category, types: t } => {
+                (format!("/categories/{}/subscribe", encode(category.as_str())), types(t))
+            }
+            Self::Stream(stream) => {
+                (format!("/streams/{}/subscribe", encode(stream.as_str())), None)
+            }
+        }
+    }
+}
+
+/// One message of a subscription.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// The next matching event, in position order, never twice.
+    Event(RecordedEvent),
+    /// The backlog is delivered (once per connection, so again after a reconnect); the
+    /// position is the head at that moment.
+    CaughtUp(Position),
+    /// A filtered subscription scanned up to here without a match: safe to checkpoint.
+    Checkpoint(Position),
+}
+
+/// The first wait before reconnecting; it doubles up to [`RECONNECT_MAX`].
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between reconnects.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// A stream of [`Message`]s. Drop it to unsubscribe.
+///
+/// It ends with an error only when the server refuses the subscription for good (a 4xx:
+/// a bad filter, a missing token); transient failures are retried without end.
+pub struct Subscription {
+    messages: mpsc::Receiver<Result<Message, Error>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscription {
+    pub(crate) fn start(client: Client, target: Target, after: Position) -> Self {
+        // One message ready at a time: a slow consumer holds the connection back.
+        let (out, messages) = mpsc::channel(1);
+        let task = tokio::spawn(follow(client, target, after, out));
+        Self { messages, task }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Message, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.messages.poll_recv(cx)
+    }
+}
+
+async fn follow(
+    client: Client,
+    target: Target,
+    mut after: Position,
+    out: mpsc::Sender<Result<Message, Error>>,
+) {
+    let (path, types) = target.path_and_types();
+    let mut backoff = RECONNECT_FIRST;
+    loop {
+        let mut request =
+            client.request(Method::GET, &path).header("last-event-id", after.to_string());
+        if let Some(types) = &types {
+            request = request.query(&[("types", types)]);
+        }
+        match request.send().await {
+            Ok(response) if response.status().is_success() => {
+                backoff = RECONNECT_FIRST;
+                let mut messages = response.bytes_stream().eventsource();
+                while let Some(Ok(message)) = messages.next().await {
+                    let message = match decode(&message) {
+                        Ok(Some(message)) => message,
+                        Ok(None) => continue,
+                        Err(err) => {
+                            let _ = out.send(Err(err)).await;
+                            return;
+                        }
+                    };
+                    // After a reconnect the server resumes after `after`; this guards the
+                    // promise of never twice all the same.
+                    let position = match &message {
+                        Message::Event(event) if event.position <= after => continue,
+                        Message::Event(event) => event.position,
+                        Message::Checkpoint(position) => *position.max(&after),
+                        Message::CaughtUp(_) => after,
+                    };
+                    if out.send(Ok(message)).await.is_err() {
+                        return; // unsubscribed
+                    }
+                    after = position;
+                }
+            }
+            Ok(response) if response.status().is_client_error() => {
+                let status = response.status();
+                let body = response.bytes().await.unwrap_or_default();
+                let _ = out.send(Err(Error::Problem(problem(status, &body)))).await;
+                return;
+            }
+            Ok(response) => {
+                tracing::warn!(status = %response.status(), "subscription refused; retrying");
+            }
+            Err(err) => tracing::warn!(cause = %err, "subscription lost; reconnecting"),
+        }
+        if out.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+fn decode(message: &eventsource_stream::Event) -> Result<Option<Message>, Error> {
+    let position = || {
+        let data: serde_json::Value =
+            serde_json::from_str(&message.data).map_err(|e| Error::Decode(e.to_string()))?;
+        data["position"]
+            .as_u64()
+            .map(Position)
+            .ok_or_else(|| Error::Decode(format!("no position in {}", message.data)))
+    };
+    Ok(Some(match message.event.as_str() {
+        "message" => Message::Event(
+            serde_json::from_str(&message.data).map_err(|e| Error::Decode(e.to_string()))?,
+        ),
+        "caught-up" => Message::CaughtUp(position()?),
+        "checkpoint" => Message::Checkpoint(position()?),
+        _ => return Ok(None), // a kind of message this SDK does not know yet
+    }))
+}
