@@ -1,0 +1,427 @@
+//! The SDK against a real store server (in this process, on a loopback port, over SQLite)
+//! and, for read models, a real PostgreSQL (a throwaway cluster, or `DATABASE_URL`).
+
+#[path = "../../store-server/tests/support/postgres.rs"]
+mod postgres;
+
+use futures_util::StreamExt;
+use projection_sdk::protocol::{
+    EventType, ExpectedRevision, NewEvent, Position, RecordedEvent, SchemaVersion, StreamName,
+};
+use projection_sdk::{
+    Aggregate, Client, CommandHandler, Envelope, ExecuteError, HandlerError, Message, OnFailure,
+    Options, Projection, RunError, Runner, Target, Upcasters,
+};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio_postgres::Transaction;
+
+/// A store server running in this process.
+struct Server {
+    url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start_server(data_dir: &std::path::Path, address: &str) -> Server {
+    let listener = tokio::net::TcpListener::bind(address).await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = store_server::config::Config::sqlite(data_dir);
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        store_server::server::run(listener, config, shutdown).await.expect("server");
+    });
+    Server { url, stop, task }
+}
+
+impl Server {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", content = "data")]
+enum AccountEvent {
+    Deposited { amount: i64, currency: String },
+    Withdrawn { amount: i64 },
+}
+
+#[derive(Default)]
+struct Account {
+    balance: i64,
+}
+
+#[derive(Clone)]
+enum Command {
+    Deposit(i64),
+    Withdraw(i64),
+}
+
+#[derive(Debug, PartialEq)]
+enum Refusal {
+    NotPositive,
+    InsufficientFunds { balance: i64 },
+}
+
+impl Aggregate for Account {
+    type Event = AccountEvent;
+    type Command = Command;
+    type Error = Refusal;
+
+    fn apply(&mut self, event: &AccountEvent) {
+        match event {
+            AccountEvent::Deposited { amount, .. } => self.balance += amount,
+            AccountEvent::Withdrawn { amount } => self.balance -= amount,
+        }
+    }
+
+    fn handle(&self, command: Command) -> Result<Vec<AccountEvent>, Refusal> {
+        match command {
+            Command::Deposit(amount) | Command::Withdraw(amount) if amount <= 0 => {
+                Err(Refusal::NotPositive)
+            }
+            Command::Deposit(amount) => {
+                Ok(vec![AccountEvent::Deposited { amount, currency: "EUR".into() }])
+            }
+            Command::Withdraw(amount) if amount > self.balance => {
+                Err(Refusal::InsufficientFunds { balance: self.balance })
+            }
+            Command::Withdraw(amount) => Ok(vec![AccountEvent::Withdrawn { amount }]),
+        }
+    }
+}
+
+fn upcasters() -> Upcasters {
+    Upcasters::new().register("Deposited", 1, |mut data| {
+        data["currency"] = "USD".into();
+        Ok(data)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aggregate_helper_loses_no_update_under_concurrent_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), "127.0.0.1:0").await;
+    let handler = CommandHandler::new(Client::new(&server.url), upcasters());
+    let account = StreamName::new("account-1").unwrap();
+    let commands = (0..10).map(|_| handler.execute::<Account>(&account, Command::Deposit(10)));
+    for result in futures_util::future::join_all(commands).await {
+        assert!(result.expect("every deposit lands").is_some());
+    }
+    let (state, revision) = handler.load::<Account>(&account).await.unwrap();
+    assert_eq!((state.balance, revision.map(|r| r.0)), (100, Some(9)), "no lost update");
+
+    let refused = handler.execute::<Account>(&account, Command::Withdraw(101)).await;
+    assert!(matches!(
+        refused,
+        Err(ExecuteError::Domain(Refusal::InsufficientFunds { balance: 100 }))
+    ));
+    let refused = handler.execute::<Account>(&account, Command::Deposit(0)).await;
+    assert!(matches!(refused, Err(ExecuteError::Domain(Refusal::NotPositive))));
+    let (state, _) = handler.load::<Account>(&account).await.unwrap();
+    assert_eq!(state.balance, 100, "refusals append nothing");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_resumes_across_a_server_restart_without_gap_or_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), "127.0.0.1:0").await;
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let client = Client::new(&server.url);
+    let stream = StreamName::new("sub-1").unwrap();
+    let event = |n: i64| NewEvent::new(EventType::new("E").unwrap(), &json!(n)).unwrap();
+    client.append(&stream, ExpectedRevision::Any, (0..3).map(event).collect()).await.unwrap();
+
+    let mut subscription = client.subscribe(Target::All { types: vec![] }, Position(0));
+    let mut positions = Vec::new();
+    while positions.len() < 3 {
+        if let Message::Event(e) = subscription.next().await.unwrap().unwrap() {
+            positions.push(e.position.0);
+        }
+    }
+    server.stop().await;
+    let server = start_server(dir.path(), &address).await;
+    client.append(&stream, ExpectedRevision::Any, (3..5).map(event).collect()).await.unwrap();
+    while positions.len() < 5 {
+        let message = tokio::time::timeout(Duration::from_secs(10), subscription.next()).await;
+        if let Message::Event(e) = message.expect("in time").unwrap().unwrap() {
+            positions.push(e.position.0);
+        }
+    }
+    assert_eq!(positions, vec![1, 2, 3, 4, 5]);
+    server.stop().await;
+}
+
+fn recorded(event_type: &str, version: u32, data: serde_json::Value) -> RecordedEvent {
+    serde_json::from_value(json!({
+        "position": 42, "stream": "account-1", "revision": 0,
+        "id": "5f0c6d0e-9a39-4c41-a9a0-1f6b0f0f6f11", "type": event_type,
+        "schema_version": version, "data": data, "metadata": null,
+        "recorded_at": "2026-11-27T12:00:00.000000Z"
+    }))
+    .unwrap()
+}
+
+#[test]
+fn upcasters_chain_to_the_latest_version_and_name_the_event_they_fail_on() {
+    let upcasters = Upcasters::new()
+        .register("Deposited", 1, |mut data| {
+            data["currency"] = "USD".into();
+            Ok(data)
+        })
+        .register("Deposited", 2, |data| {
+            let cents = data["amount"].as_i64().ok_or("amount is not an integer")? * 100;
+            Ok(json!({"amount_cents": cents, "currency": data["currency"]}))
+        });
+    assert_eq!(upcasters.latest("Deposited"), SchemaVersion::new(3).unwrap());
+    let v1 = recorded("Deposited", 1, json!({"amount": 5}));
+    assert_eq!(upcasters.upcast(&v1).unwrap(), json!({"amount_cents": 500, "currency": "USD"}));
+    let v2 = recorded("Deposited", 2, json!({"amount": 5, "currency": "EUR"}));
+    assert_eq!(upcasters.upcast(&v2).unwrap(), json!({"amount_cents": 500, "currency": "EUR"}));
+    let v3 = recorded("Deposited", 3, json!({"amount_cents": 1, "currency": "EUR"}));
+    assert_eq!(upcasters.upcast(&v3).unwrap(), json!({"amount_cents": 1, "currency": "EUR"}));
+
+    let bad = recorded("Deposited", 1, json!({"amount": "five"}));
+    let err = upcasters.upcast(&bad).unwrap_err();
+    assert_eq!((err.position, err.from_version), (42, 2));
+    assert!(err.to_string().contains("position 42"), "{err}");
+
+    // Encoding writes the latest version; decoding a v1 event gives the latest shape.
+    let new = upcasters.encode(&json!({"type": "Deposited", "data": {"amount_cents": 1}})).unwrap();
+    assert_eq!(new.schema_version.get(), 3);
+    let account = upcasters_for_account().decode::<AccountEvent>(&recorded(
+        "Deposited",
+        1,
+        json!({"amount": 7}),
+    ));
+    assert_eq!(account.unwrap(), AccountEvent::Deposited { amount: 7, currency: "USD".into() });
+}
+
+fn upcasters_for_account() -> Upcasters {
+    upcasters()
+}
+
+/// Balances per account, in PostgreSQL; fails on deposits of 13 until `fixed`.
+struct Balances {
+    fixed: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl Projection for Balances {
+    type Event = AccountEvent;
+
+    fn name(&self) -> &str {
+        "balances"
+    }
+
+    async fn setup(&self, tx: &Transaction<'_>) -> Result<(), HandlerError> {
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS balances (account text PRIMARY KEY, balance bigint NOT NULL)",
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        event: &Envelope<AccountEvent>,
+    ) -> Result<(), HandlerError> {
+        let amount = match &event.event {
+            AccountEvent::Deposited { amount: 13, .. } if !self.fixed.load(Ordering::SeqCst) => {
+                return Err("thirteen is unlucky".into());
+            }
+            AccountEvent::Deposited { amount, .. } => *amount,
+            AccountEvent::Withdrawn { amount } => -amount,
+        };
+        tx.execute(
+            "INSERT INTO balances (account, balance) VALUES ($1, $2)
+             ON CONFLICT (account) DO UPDATE SET balance = balances.balance + EXCLUDED.balance",
+            &[&event.stream.as_str(), &amount],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, tx: &Transaction<'_>) -> Result<(), HandlerError> {
+        tx.batch_execute("DELETE FROM balances").await?;
+        Ok(())
+    }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+async fn balance(db: &tokio_postgres::Client, account: &str) -> i64 {
+    db.query_opt("SELECT balance FROM balances WHERE account = $1", &[&account])
+        .await
+        .unwrap()
+        .map_or(0, |row| row.get(0))
+}
+
+/// Completes once the runner's checkpoint (read through `db`) reaches `position`.
+async fn checkpoint_reaches(db_url: String, position: i64) {
+    let db = connect(&db_url).await;
+    loop {
+        let row = db
+            .query_opt(
+                "SELECT position FROM projection_checkpoints WHERE projection = 'balances'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if row.is_some_and(|r| r.get::<_, i64>(0) >= position) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn deposit(client: &Client, account: &str, amounts: &[i64]) {
+    let stream = StreamName::new(account).unwrap();
+    let events = amounts
+        .iter()
+        .map(|amount| {
+            NewEvent::new(
+                EventType::new("Deposited").unwrap(),
+                &json!({"amount": amount, "currency": "EUR"}),
+            )
+            .unwrap()
+        })
+        .collect();
+    client.append(&stream, ExpectedRevision::Any, events).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_projects_exactly_once_stops_or_dead_letters_and_replays() {
+    let Some(db_url) = postgres::fresh_database().await else {
+        return postgres::skip(
+            "the_runner_projects_exactly_once_stops_or_dead_letters_and_replays",
+        );
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), "127.0.0.1:0").await;
+    let client = Client::new(&server.url);
+    deposit(&client, "account-a", &[10, 20, 13, 30]).await; // positions 1..4, 13 at 3
+    let fixed = Arc::new(AtomicBool::new(false));
+    let quick =
+        Options { retries: 2, retry_backoff: Duration::from_millis(5), ..Options::default() };
+
+    // Stop (the default): the runner stops on the poison event, its checkpoint before it.
+    let mut runner = Runner::new(
+        Balances { fixed: fixed.clone() },
+        client.clone(),
+        connect(&db_url).await,
+        upcasters(),
+        quick.clone(),
+    )
+    .await
+    .unwrap();
+    let stopped = runner.run(std::future::pending()).await;
+    assert!(matches!(stopped, Err(RunError::Handler { position: Position(3), .. })), "{stopped:?}");
+    let db = connect(&db_url).await;
+    assert_eq!(runner.checkpoint().await.unwrap(), Position(2));
+    assert_eq!(balance(&db, "account-a").await, 30, "events before the poison, once each");
+
+    // Dead-letter: it goes on past the poison event, and records it.
+    let mut runner = Runner::new(
+        Balances { fixed: fixed.clone() },
+        client.clone(),
+        connect(&db_url).await,
+        upcasters(),
+        Options { on_failure: OnFailure::DeadLetter, ..quick.clone() },
+    )
+    .await
+    .unwrap();
+    runner.run(checkpoint_reaches(db_url.clone(), 4)).await.unwrap();
+    assert_eq!(balance(&db, "account-a").await, 60);
+    let letters = runner.dead_letters().await.unwrap();
+    assert_eq!(letters.iter().map(|l| l.position).collect::<Vec<_>>(), vec![Position(3)]);
+    assert!(letters[0].error.contains("unlucky"));
+
+    // Once the handler is fixed, replay applies it and empties the dead letters.
+    fixed.store(true, Ordering::SeqCst);
+    assert_eq!(runner.replay_dead_letters().await.unwrap(), 1);
+    assert_eq!(balance(&db, "account-a").await, 73);
+    assert!(runner.dead_letters().await.unwrap().is_empty());
+
+    // The server saw the position reported.
+    let consumer = client
+        .consumer(&projection_sdk::protocol::ConsumerName::new("balances").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(consumer.position, Position(4));
+
+    // Rebuild: empty, then the whole log again, once.
+    runner.rebuild().await.unwrap();
+    assert_eq!(
+        (balance(&db, "account-a").await, runner.checkpoint().await.unwrap()),
+        (0, Position(0))
+    );
+    runner.run(checkpoint_reaches(db_url.clone(), 4)).await.unwrap();
+    assert_eq!(balance(&db, "account-a").await, 73);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_runner_of_the_same_projection_stops_instead_of_applying_twice() {
+    let Some(db_url) = postgres::fresh_database().await else {
+        return postgres::skip(
+            "a_second_runner_of_the_same_projection_stops_instead_of_applying_twice",
+        );
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), "127.0.0.1:0").await;
+    let client = Client::new(&server.url);
+    let fixed = Arc::new(AtomicBool::new(true));
+    let options = Options { batch_events_max: 1, ..Options::default() };
+    let mut first = Runner::new(
+        Balances { fixed: fixed.clone() },
+        client.clone(),
+        connect(&db_url).await,
+        upcasters(),
+        options.clone(),
+    )
+    .await
+    .unwrap();
+    let mut second = Runner::new(
+        Balances { fixed },
+        client.clone(),
+        connect(&db_url).await,
+        upcasters(),
+        options,
+    )
+    .await
+    .unwrap();
+    for n in 0..50 {
+        deposit(&client, &format!("account-{}", n % 5), &[1]).await;
+    }
+    let (a, b) = tokio::join!(
+        first.run(checkpoint_reaches(db_url.clone(), 50)),
+        second.run(checkpoint_reaches(db_url.clone(), 50)),
+    );
+    let stopped =
+        [&a, &b].iter().filter(|r| matches!(r, Err(RunError::AnotherRunner { .. }))).count();
+    assert!(stopped >= 1, "one of them noticed the other: {a:?} {b:?}");
+    let db = connect(&db_url).await;
+    let total: i64 =
+        db.query_one("SELECT sum(balance)::bigint FROM balances", &[]).await.unwrap().get(0);
+    if a.is_ok() || b.is_ok() {
+        assert_eq!(total, 50, "every event applied exactly once");
+    } else {
+        assert!(total <= 50, "never applied twice");
+    }
+    server.stop().await;
+}
