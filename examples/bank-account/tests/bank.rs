@@ -1,0 +1,256 @@
+//! The bank account as separate processes: a store server (in this process, over SQLite),
+//! `accounts` and `balances` as real binaries, a real PostgreSQL for the read model.
+
+#[path = "../../../store-server/tests/support/postgres.rs"]
+mod postgres;
+
+use projection_sdk::protocol::{
+    EventType, ExpectedRevision, NewEvent, SchemaVersion, StreamRevision,
+};
+use projection_sdk::{Client, Upcasters};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+struct Store {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start_store(data_dir: &std::path::Path, address: &str) -> Store {
+    let listener = tokio::net::TcpListener::bind(address).await.expect("bind the store");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = store_server::config::Config::sqlite(data_dir);
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        store_server::server::run(listener, config, shutdown).await.expect("store");
+    });
+    Store { stop, task }
+}
+
+impl Store {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn free_address() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
+async fn spawn(binary: &str, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(binary)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start a binary")
+}
+
+async fn wait_until_serving(address: &str) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{address} does not serve");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_reads_its_own_write_from_the_read_model() {
+    let Some(db) = postgres::fresh_database().await else {
+        return postgres::skip("the_demo_reads_its_own_write_from_the_read_model");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store_address = free_address();
+    let store = start_store(dir.path(), &store_address).await;
+    let store_url = format!("http://{store_address}");
+    let (accounts, balances) = (free_address(), free_address());
+    let _accounts =
+        spawn(env!("CARGO_BIN_EXE_accounts"), &["--listen", &accounts, "--store", &store_url])
+            .await;
+    let _balances = spawn(
+        env!("CARGO_BIN_EXE_balances"),
+        &["--listen", &balances, "--store", &store_url, "--database-url", &db],
+    )
+    .await;
+    wait_until_serving(&accounts).await;
+    wait_until_serving(&balances).await;
+    let demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_bank-demo"))
+        .args([
+            "--accounts",
+            &format!("http://{accounts}"),
+            "--balances",
+            &format!("http://{balances}"),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(demo.status.success(), "{}", String::from_utf8_lossy(&demo.stderr));
+    assert_eq!(String::from_utf8_lossy(&demo.stdout), "Read model balance: 60\n");
+
+    // Refusals are 422 problem documents, and append nothing.
+    let http = reqwest::Client::new();
+    for (action, amount, code) in [
+        ("withdraw", 61, "insufficient-funds"),
+        ("deposit", 0, "invalid-amount"),
+        ("deposit", -5, "invalid-amount"),
+    ] {
+        let response = http
+            .post(format!("http://{accounts}/accounts/acc1/{action}"))
+            .json(&json!({"amount": amount}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 422);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["type"], format!("/problems/{code}"));
+    }
+    let history = Client::new(&store_url)
+        .read_stream(&bank_account::stream("acc1").unwrap(), StreamRevision(0), 100)
+        .await;
+    assert_eq!(history.unwrap().unwrap().events.len(), 2);
+    store.stop().await;
+}
+
+/// What the store holds, per account: the truth a read model must match.
+async fn balances_in_the_store(client: &Client, accounts: usize) -> BTreeMap<String, i64> {
+    let upcasters = bank_account::upcasters();
+    let mut truth = BTreeMap::new();
+    for n in 0..accounts {
+        let id = format!("a{n}");
+        let mut balance = 0;
+        if let Some(page) = client
+            .read_stream(&bank_account::stream(&id).unwrap(), StreamRevision(0), 1000)
+            .await
+            .unwrap()
+        {
+            for event in &page.events {
+                balance += match decode(&upcasters, event) {
+                    bank_account::AccountEvent::Deposited { amount, .. } => amount,
+                    bank_account::AccountEvent::Withdrawn { amount } => -amount,
+                };
+            }
+        }
+        truth.insert(id, balance);
+    }
+    truth
+}
+
+fn decode(
+    upcasters: &Upcasters,
+    event: &projection_sdk::protocol::RecordedEvent,
+) -> bank_account::AccountEvent {
+    upcasters.decode(event).expect("an account event")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_projection_restarted_is_exact_even_with_the_store_restarted_meanwhile() {
+    const ACCOUNTS: usize = 10;
+    const DEPOSITS: usize = 1000;
+    let Some(db) = postgres::fresh_database().await else {
+        return postgres::skip(
+            "a_killed_projection_restarted_is_exact_even_with_the_store_restarted_meanwhile",
+        );
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store_address = free_address();
+    let mut store = Some(start_store(dir.path(), &store_address).await);
+    let store_url = format!("http://{store_address}");
+    let client = Client::new(&store_url);
+
+    // A version-1 Deposited (no currency), stored before version 2 existed: only the
+    // upcaster lets the projection decode it.
+    let v1 = NewEvent {
+        schema_version: SchemaVersion::FIRST,
+        ..NewEvent::new(EventType::new("Deposited").unwrap(), &json!({"amount": 1000})).unwrap()
+    };
+    client
+        .append(&bank_account::stream("a0").unwrap(), ExpectedRevision::NoStream, vec![v1])
+        .await
+        .unwrap();
+
+    let (accounts, balances) = (free_address(), free_address());
+    let _accounts =
+        spawn(env!("CARGO_BIN_EXE_accounts"), &["--listen", &accounts, "--store", &store_url])
+            .await;
+    let balances_args = [
+        "--listen",
+        balances.as_str(),
+        "--store",
+        store_url.as_str(),
+        "--database-url",
+        db.as_str(),
+    ];
+    let mut projection = Some(spawn(env!("CARGO_BIN_EXE_balances"), &balances_args).await);
+    wait_until_serving(&accounts).await;
+    wait_until_serving(&balances).await;
+
+    let http = reqwest::Client::new();
+    let mut acknowledged = 0usize;
+    for chunk in 0..DEPOSITS / 50 {
+        // 50 deposits at a time, 8 at once, over 10 accounts.
+        let batch = (0..50).map(|i| {
+            let n = chunk * 50 + i;
+            let url = format!("http://{accounts}/accounts/a{}/deposit", n % ACCOUNTS);
+            let http = http.clone();
+            async move {
+                let response = http.post(url).json(&json!({"amount": 1 + n % 7})).send().await;
+                response.is_ok_and(|r| r.status().is_success())
+            }
+        });
+        let results = futures_join(batch).await;
+        acknowledged += results.into_iter().filter(|ok| *ok).count();
+        match chunk {
+            6 => {
+                // SIGKILL the projection in the middle of the deposits.
+                let mut killed = projection.take().unwrap();
+                killed.start_kill().unwrap();
+                killed.wait().await.unwrap();
+            }
+            10 => {
+                // Restart the store meanwhile.
+                store.take().unwrap().stop().await;
+                store = Some(start_store(dir.path(), &store_address).await);
+            }
+            13 => projection = Some(spawn(env!("CARGO_BIN_EXE_balances"), &balances_args).await),
+            _ => {}
+        }
+    }
+    assert!(acknowledged >= DEPOSITS * 8 / 10, "most deposits landed ({acknowledged})");
+
+    let truth = balances_in_the_store(&client, ACCOUNTS).await;
+    let head = client.read_all(projection_sdk::protocol::Position(0), 1).await.unwrap().head;
+    for (id, expected) in &truth {
+        let url = format!("http://{balances}/balances/{id}?min_position={head}");
+        let mut answer = Value::Null;
+        for _ in 0..20 {
+            let response = http.get(&url).send().await.unwrap();
+            if response.status().is_success() {
+                answer = response.json().await.unwrap();
+                break;
+            }
+        }
+        assert_eq!(
+            answer["balance"].as_i64(),
+            Some(*expected),
+            "account {id}: no double count, none missing"
+        );
+    }
+    assert!(truth["a0"] >= 1000, "the version-1 deposit counts");
+    drop(projection);
+    store.take().unwrap().stop().await;
+}
+
+/// Runs futures concurrently, 8 at a time.
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(futures).buffered(8).collect().await
+}

@@ -1,1 +1,0 @@
-//! Runnable programs that use the projection SDK against a running store server.
