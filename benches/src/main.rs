@@ -4,9 +4,11 @@
 //! cargo run --release -p benches -- --url http://127.0.0.1:2114 appends --clients 64
 //! cargo run --release -p benches -- catchup --events 100000
 //! cargo run --release -p benches -- live --subscribers 10 --rate 1000
+//! cargo run --release -p benches -- projection --events 100000 --database-url postgres://…
 //! ```
 
 mod appends;
+mod projection;
 mod subscribe;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +33,8 @@ enum Scenario {
     Catchup(subscribe::CatchupArgs),
     /// Append-to-receive latency of live subscribers at a steady append rate.
     Live(subscribe::LiveArgs),
+    /// The SDK's projection runner into a PostgreSQL read model.
+    Projection(projection::Args),
 }
 
 #[tokio::main]
@@ -40,6 +44,7 @@ async fn main() {
         Scenario::Appends(args) => appends::run(&cli.url, args).await,
         Scenario::Catchup(args) => subscribe::catchup(&cli.url, args).await,
         Scenario::Live(args) => subscribe::live(&cli.url, args).await,
+        Scenario::Projection(args) => projection::run(&cli.url, args).await,
     }
 }
 

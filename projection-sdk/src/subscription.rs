@@ -60,6 +60,9 @@ pub enum Message {
     Checkpoint(Position),
 }
 
+/// Messages read ahead of the consumer: what bounds a subscription's memory.
+pub const READY_MESSAGES_MAX: usize = 1000;
+
 /// The first wait before reconnecting; it doubles up to [`RECONNECT_MAX`].
 const RECONNECT_FIRST: Duration = Duration::from_millis(100);
 /// The longest wait between reconnects.
@@ -76,8 +79,9 @@ pub struct Subscription {
 
 impl Subscription {
     pub(crate) fn start(client: Client, target: Target, after: Position) -> Self {
-        // One message ready at a time: a slow consumer holds the connection back.
-        let (out, messages) = mpsc::channel(1);
+        // Room for a batch: a consumer that applies in batches (the projection runner)
+        // finds one ready; a slower consumer still holds the connection back.
+        let (out, messages) = mpsc::channel(READY_MESSAGES_MAX);
         let task = tokio::spawn(follow(client, target, after, out));
         Self { messages, task }
     }

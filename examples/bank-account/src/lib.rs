@@ -131,15 +131,30 @@ impl Projection for Balances {
         tx: &Transaction<'_>,
         event: &Envelope<AccountEvent>,
     ) -> Result<(), HandlerError> {
-        let change = match &event.event {
-            AccountEvent::Deposited { amount, .. } => *amount,
-            AccountEvent::Withdrawn { amount } => -amount,
-        };
-        let account_id = event.stream.as_str().strip_prefix("account-").unwrap_or_default();
+        self.apply_batch(tx, std::slice::from_ref(event)).await
+    }
+
+    /// Sums the batch's changes per account and writes them in one statement.
+    async fn apply_batch(
+        &self,
+        tx: &Transaction<'_>,
+        events: &[Envelope<AccountEvent>],
+    ) -> Result<(), HandlerError> {
+        let mut changes: std::collections::BTreeMap<&str, i64> = Default::default();
+        for event in events {
+            let change = match &event.event {
+                AccountEvent::Deposited { amount, .. } => *amount,
+                AccountEvent::Withdrawn { amount } => -amount,
+            };
+            let account_id = event.stream.as_str().strip_prefix("account-").unwrap_or_default();
+            *changes.entry(account_id).or_default() += change;
+        }
+        let (ids, amounts): (Vec<&str>, Vec<i64>) = changes.into_iter().unzip();
         tx.execute(
-            "INSERT INTO balances_v1 (account_id, balance) VALUES ($1, $2)
-             ON CONFLICT (account_id) DO UPDATE SET balance = balances_v1.balance + $2",
-            &[&account_id, &change],
+            "INSERT INTO balances_v1 (account_id, balance)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[])
+             ON CONFLICT (account_id) DO UPDATE SET balance = balances_v1.balance + EXCLUDED.balance",
+            &[&ids, &amounts],
         )
         .await?;
         Ok(())

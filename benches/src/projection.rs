@@ -1,0 +1,85 @@
+//! Projection throughput: the SDK's runner applies the log into a PostgreSQL read model (the
+//! bank account's `Balances`), each batch with its checkpoint in one transaction.
+
+use bank_account::{AccountEvent, Balances, upcasters};
+use projection_sdk::protocol::{ExpectedRevision, Position};
+use projection_sdk::{Client, Options, Runner};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Projection into PostgreSQL.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Account events the log must hold; missing ones are appended first.
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    /// The read model's PostgreSQL (a database of its own: the run starts from position 0).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Events per transaction.
+    #[arg(long, default_value_t = 500)]
+    batch_events_max: usize,
+}
+
+/// Fills the log, then times the runner from position 0 to the head.
+pub async fn run(url: &str, args: Args) {
+    let client = Client::new(url);
+    let head = client.read_all(Position(0), 1).await.expect("read the head").head;
+    let encoder = upcasters();
+    let mut stored = head.0;
+    let mut n = 0u64;
+    while stored < args.events {
+        let events = (0..100)
+            .map(|i| {
+                let event = AccountEvent::Deposited { amount: 1 + (i % 7), currency: "EUR".into() };
+                encoder.encode(&event).expect("an account event")
+            })
+            .collect();
+        let stream = bank_account::stream(&format!("bench{}", n % 100)).expect("a stream name");
+        client.append(&stream, ExpectedRevision::Any, events).await.expect("append");
+        stored += 100;
+        n += 1;
+    }
+    let head = client.read_all(Position(0), 1).await.expect("read the head").head;
+
+    let (db, connection) =
+        tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let options = Options {
+        batch_events_max: args.batch_events_max,
+        report_to_server: false,
+        ..Options::default()
+    };
+    let mut runner = Runner::new(Balances, client, db, upcasters(), options).await.expect("runner");
+    let start = runner.checkpoint().await.expect("checkpoint");
+    let (watcher, connection) =
+        tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let started = Instant::now();
+    let reached = async {
+        loop {
+            let row = watcher
+                .query_one(
+                    "SELECT position FROM projection_checkpoints WHERE projection = 'balances'",
+                    &[],
+                )
+                .await
+                .expect("checkpoint");
+            if row.get::<_, i64>(0) as u64 >= head.0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    runner.run(reached).await.expect("the runner ran");
+    let seconds = started.elapsed().as_secs_f64();
+    let applied = head.0 - start.0;
+    let report = json!({
+        "scenario": "projection",
+        "events": applied,
+        "seconds": seconds,
+        "events_per_sec": (applied as f64 / seconds).round(),
+        "batch_events_max": args.batch_events_max,
+    });
+    println!("{report}");
+}
