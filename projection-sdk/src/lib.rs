@@ -15,6 +15,7 @@ pub use aggregate::{ATTEMPTS_DEFAULT, Aggregate, CommandHandler, ExecuteError};
 pub use client::{Client, Error};
 pub use events::{EventError, UpcastError, Upcasters};
 pub use projection::{
-    DeadLetter, Envelope, HandlerError, OnFailure, Options, Projection, RunError, Runner,
+    DeadLetter, Envelope, Handler, HandlerError, OnFailure, Options, Projection, RunError, Runner,
+    ServerRunner,
 };
 pub use subscription::{Message, Subscription, Target};

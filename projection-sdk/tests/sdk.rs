@@ -425,3 +425,85 @@ async fn a_second_runner_of_the_same_projection_stops_instead_of_applying_twice(
     }
     server.stop().await;
 }
+
+/// An in-memory read model: total deposited, idempotent by position; fails at `fail_at`.
+#[derive(Default)]
+struct Totals {
+    total: i64,
+    applied_through: u64,
+    fail_at: Option<u64>,
+}
+
+#[async_trait::async_trait]
+impl projection_sdk::Handler for Totals {
+    type Event = AccountEvent;
+
+    fn name(&self) -> &str {
+        "totals"
+    }
+
+    async fn apply(&mut self, event: &Envelope<AccountEvent>) -> Result<(), HandlerError> {
+        if self.fail_at == Some(event.position.0) {
+            return Err("cannot".into());
+        }
+        if event.position.0 <= self.applied_through {
+            return Ok(()); // seen before: at-least-once delivery
+        }
+        if let AccountEvent::Deposited { amount, .. } = event.event {
+            self.total += amount;
+        }
+        self.applied_through = event.position.0;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_runner_keeps_its_position_on_the_server_by_compare_and_set() {
+    use projection_sdk::ServerRunner;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), "127.0.0.1:0").await;
+    let client = Client::new(&server.url);
+    deposit(&client, "account-a", &[1, 2, 3, 4]).await;
+    let quick =
+        Options { retries: 1, retry_backoff: Duration::from_millis(5), ..Options::default() };
+
+    let mut runner =
+        ServerRunner::new(Totals::default(), client.clone(), upcasters(), quick.clone())
+            .await
+            .unwrap();
+    let caught_up = async {
+        let name = projection_sdk::protocol::ConsumerName::new("totals").unwrap();
+        while client.consumer(&name).await.unwrap().is_none_or(|c| c.position < Position(4)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    runner.run(caught_up).await.unwrap();
+    assert_eq!((runner.handler().total, runner.position()), (10, Position(4)));
+
+    // A second runner that starts from the stored position works on; one that is behind
+    // (its position moved by another) stops at the compare-and-set.
+    deposit(&client, "account-a", &[5]).await;
+    let mut behind =
+        ServerRunner::new(Totals::default(), client.clone(), upcasters(), quick.clone())
+            .await
+            .unwrap();
+    runner.run(async { tokio::time::sleep(Duration::from_millis(500)).await }).await.unwrap();
+    assert_eq!(runner.position(), Position(5));
+    let stopped = behind.run(std::future::pending()).await;
+    assert!(
+        matches!(
+            stopped,
+            Err(RunError::AnotherRunner { expected: Position(4), found: Position(5) })
+        ),
+        "{stopped:?}"
+    );
+
+    // A failing handler stops the runner at the event, its position before it.
+    deposit(&client, "account-a", &[6]).await;
+    let failing = Totals { fail_at: Some(6), ..Totals::default() };
+    let mut failing = ServerRunner::new(failing, client.clone(), upcasters(), quick).await.unwrap();
+    let stopped = failing.run(std::future::pending()).await;
+    assert!(matches!(stopped, Err(RunError::Handler { position: Position(6), .. })), "{stopped:?}");
+    assert_eq!(failing.position(), Position(5));
+    server.stop().await;
+}

@@ -1,178 +1,16 @@
-//! Projections into PostgreSQL: read models built from the log, checkpointed in the same
-//! transaction as the handler's writes, so that a crash never applies an event twice.
+//! [`Runner`]: a read model in PostgreSQL, checkpointed in the same transaction as the
+//! handler's writes, so that a crash never applies an event twice.
 
-use crate::client::{Client, Error};
-use crate::events::{EventError, Upcasters};
-use crate::protocol::{
-    ConsumerName, EventId, Position, RecordedEvent, SetConsumer, StreamName, StreamRevision,
-    Timestamp,
-};
-use crate::subscription::{Message, Target};
-use futures_util::{FutureExt, StreamExt};
+use super::{HandlerError, OnFailure, Options, Projection, RunError, envelope, next_batch};
+use crate::client::Client;
+use crate::events::Upcasters;
+use crate::protocol::{ConsumerName, Position, RecordedEvent, SetConsumer};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
-use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio_postgres::Transaction;
 use tracing::{error, warn};
-
-/// What a handler's failure is.
-pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A decoded event and where it came from.
-#[derive(Debug, Clone)]
-pub struct Envelope<E> {
-    /// The domain event, upcast to its latest shape.
-    pub event: E,
-    /// Its position in the log.
-    pub position: Position,
-    /// Its stream.
-    pub stream: StreamName,
-    /// Its revision in the stream.
-    pub revision: StreamRevision,
-    /// Its id.
-    pub id: EventId,
-    /// When it was committed.
-    pub recorded_at: Timestamp,
-}
-
-/// A read model in PostgreSQL, fed by the log.
-///
-/// Each method gets the transaction of the batch it belongs to; the runner commits it with
-/// the checkpoint. A new [`Projection::version`] builds side by side with the old one (its
-/// own checkpoint, its own tables), so a changed read model can be rebuilt while the old one
-/// serves, then swapped (blue/green).
-#[async_trait::async_trait]
-pub trait Projection: Send + Sync {
-    /// The domain events it reads (a serde enum tagged `{"type", "data"}`).
-    type Event: DeserializeOwned + Send + Sync;
-
-    /// Names its checkpoint, and the consumer it reports to the server.
-    fn name(&self) -> &str;
-
-    /// The read model's version (default 1).
-    fn version(&self) -> u32 {
-        1
-    }
-
-    /// What it subscribes to (default: the whole log).
-    fn target(&self) -> Target {
-        Target::All { types: Vec::new() }
-    }
-
-    /// Creates its tables if need be; runs once per start, before any event.
-    ///
-    /// # Errors
-    /// Stops the runner from starting.
-    async fn setup(&self, tx: &Transaction<'_>) -> Result<(), HandlerError>;
-
-    /// Applies one event.
-    ///
-    /// # Errors
-    /// Rolls the batch back; the runner retries, then stops or dead-letters the event.
-    async fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        event: &Envelope<Self::Event>,
-    ) -> Result<(), HandlerError>;
-
-    /// Applies a batch of events, in order, in the batch's transaction. The default applies
-    /// them one by one; override it to write a whole batch in a few statements, which is
-    /// what makes a projection fast (each statement is a round trip to the database).
-    ///
-    /// # Errors
-    /// As [`Projection::apply`]; the runner then applies the batch's events one by one to
-    /// find the failing one.
-    async fn apply_batch(
-        &self,
-        tx: &Transaction<'_>,
-        events: &[Envelope<Self::Event>],
-    ) -> Result<(), HandlerError> {
-        for event in events {
-            self.apply(tx, event).await?;
-        }
-        Ok(())
-    }
-
-    /// Empties the read model, for a rebuild from position 0.
-    ///
-    /// # Errors
-    /// Leaves the read model and checkpoint as they were.
-    async fn reset(&self, tx: &Transaction<'_>) -> Result<(), HandlerError>;
-}
-
-/// What the runner does with an event whose handler fails every retry.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum OnFailure {
-    /// Stop the runner with the error, its checkpoint before the event (the default).
-    #[default]
-    Stop,
-    /// Record the event in `projection_dead_letters` and go on;
-    /// [`Runner::replay_dead_letters`] tries them again.
-    DeadLetter,
-}
-
-/// How the runner batches and handles failures.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Most events applied in one transaction.
-    pub batch_events_max: usize,
-    /// Retries of a failing event before [`OnFailure`] applies.
-    pub retries: u32,
-    /// The first wait before a retry; it doubles each time.
-    pub retry_backoff: Duration,
-    /// What happens when retries run out.
-    pub on_failure: OnFailure,
-    /// Report the position to the server's `/consumers` after each batch, so that lag is
-    /// visible there and clients can wait for this read model.
-    pub report_to_server: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            batch_events_max: 500,
-            retries: 3,
-            retry_backoff: Duration::from_millis(100),
-            on_failure: OnFailure::Stop,
-            report_to_server: true,
-        }
-    }
-}
-
-/// Why a runner stopped.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RunError {
-    /// The handler failed on an event every time (with [`OnFailure::Stop`]).
-    #[error("the projection failed on the event at position {position}")]
-    Handler {
-        /// The event.
-        position: Position,
-        /// The last failure.
-        #[source]
-        source: HandlerError,
-    },
-    /// Another runner of the same projection moved the checkpoint: this one stops rather
-    /// than apply events twice.
-    #[error("another runner moved the checkpoint to {found} (this one was at {expected})")]
-    AnotherRunner {
-        /// Where this runner was.
-        expected: Position,
-        /// What the checkpoint says.
-        found: Position,
-    },
-    /// Setting up or resetting the read model failed.
-    #[error("the projection's setup or reset failed")]
-    Setup(#[source] HandlerError),
-    /// The store failed for good.
-    #[error(transparent)]
-    Store(#[from] Error),
-    /// The read model's database failed.
-    #[error("the read model's database failed")]
-    Database(#[from] tokio_postgres::Error),
-}
 
 /// An event the handler could not apply, kept in `projection_dead_letters`.
 #[derive(Debug, Clone)]
@@ -291,35 +129,14 @@ impl<P: Projection> Runner<P> {
         let mut subscription = self.store.subscribe(self.projection.target(), self.position);
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
-            let first = tokio::select! {
+            let max = self.options.batch_events_max;
+            let batch = tokio::select! {
                 () = &mut shutdown => return Ok(()),
-                message = subscription.next() => message,
+                batch = next_batch(&mut subscription, max, self.position, &mut self.head) => batch?,
             };
-            let mut batch = Vec::new();
-            let mut through = self.position;
-            let mut next = first;
-            // Take what is ready now, up to a batch: one transaction for all of it.
-            loop {
-                match next {
-                    Some(Ok(Message::Event(event))) => {
-                        through = through.max(event.position);
-                        batch.push(event);
-                    }
-                    Some(Ok(Message::Checkpoint(position))) => through = through.max(position),
-                    Some(Ok(Message::CaughtUp(head))) => self.head = self.head.max(head),
-                    Some(Err(err)) => return Err(err.into()),
-                    None => return Ok(()),
-                }
-                if batch.len() >= self.options.batch_events_max {
-                    break;
-                }
-                match subscription.next().now_or_never() {
-                    Some(message) => next = message,
-                    None => break,
-                }
-            }
+            let Some((events, through)) = batch else { return Ok(()) };
             if through > self.position {
-                self.process(batch, through).await?;
+                self.process(events, through).await?;
             }
         }
     }
@@ -588,20 +405,6 @@ async fn set_checkpoint(
     )
     .await?;
     Ok(())
-}
-
-fn envelope<E: DeserializeOwned>(
-    upcasters: &Upcasters,
-    event: &RecordedEvent,
-) -> Result<Envelope<E>, EventError> {
-    Ok(Envelope {
-        event: upcasters.decode(event)?,
-        position: event.position,
-        stream: event.stream.clone(),
-        revision: event.revision,
-        id: event.id,
-        recorded_at: event.recorded_at,
-    })
 }
 
 struct Metrics {
