@@ -90,9 +90,27 @@ pub struct Cli {
     #[arg(long, env = "STORE_SSE_KEEP_ALIVE_INTERVAL_MS", default_value_t = 15_000, value_parser = positive, global = true)]
     pub sse_keep_alive_interval_ms: usize,
 
+    /// After SIGTERM or Ctrl-C, how long open requests may take to finish before their
+    /// connections are closed (queued appends are answered all the same).
+    #[arg(long, env = "STORE_SHUTDOWN_DRAIN_TIMEOUT_MS", default_value_t = 10_000, value_parser = positive, global = true)]
+    pub shutdown_drain_timeout_ms: usize,
+
+    /// Log lines as text or as JSON objects; RUST_LOG filters them (default: info).
+    #[arg(long, env = "STORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
     /// How long to wait for a storage connection before answering 503.
     #[arg(long, env = "STORE_STORAGE_TIMEOUT_MS", default_value_t = 5000, value_parser = positive, global = true)]
     pub storage_timeout_ms: usize,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// What to do.
@@ -137,6 +155,8 @@ pub struct HttpLimits {
     pub request_body_bytes_max: usize,
     /// Largest read `limit`.
     pub read_limit_max: usize,
+    /// How long open requests may take to finish after the shutdown signal.
+    pub shutdown_drain_timeout: Duration,
 }
 
 /// Everything the server needs to run, validated.
@@ -191,6 +211,7 @@ impl Cli {
             http: HttpLimits {
                 request_body_bytes_max: self.request_body_bytes_max,
                 read_limit_max: self.read_limit_max,
+                shutdown_drain_timeout: millis(self.shutdown_drain_timeout_ms),
             },
             append: RequestLimits {
                 append_events_max: self.append_events_max,

@@ -1,11 +1,19 @@
-//! Prometheus metrics, one registry per server, rendered at `GET /metrics`.
+//! Prometheus metrics, one registry per server, rendered at `GET /metrics`. Ours are named
+//! `eventstore_…` in base units; the process's own are the standard `process_…`.
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// The server's metrics. Names carry the `eventstore_` prefix and base units.
+/// Request latencies, 250 µs to 2 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
+    2.048,
+];
+
+/// The server's metrics.
 pub struct Metrics {
     registry: Registry,
     /// Append requests by result: `created`, `idempotent`, `conflict`, `rejected`.
@@ -30,94 +38,114 @@ pub struct Metrics {
     pub consumer_position: IntGaugeVec,
     /// Each consumer's lag behind the head, refreshed at every scrape.
     pub consumer_lag_events: IntGaugeVec,
+    /// HTTP requests by route template (never a stream name), method and status.
+    pub http_requests_total: IntCounterVec,
+    /// HTTP requests by route template, received to response headers.
+    pub http_request_duration_seconds: HistogramVec,
+    /// Storage connections by state (`in_use`, `idle`, `max`), refreshed at every scrape.
+    pub storage_pool_connections: IntGaugeVec,
+    /// Storage failures by kind (`sqlite`, `postgres`, `pool`, …).
+    pub storage_errors_total: IntCounterVec,
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric, and the process collector.
     ///
     /// # Errors
     /// Only if two metrics share a name, which is a bug.
     pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new_custom(Some("eventstore".into()), None)?;
-        let latency = vec![
-            0.000_25, 0.000_5, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256,
-            0.512, 1.024, 2.048,
-        ];
-        let metrics = Self {
-            appends_total: registered(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new("appends_total", "Append requests by result"),
-                    &["result"],
-                )?,
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        Ok(Self {
+            appends_total: counter_vec(
+                &r,
+                "eventstore_appends_total",
+                "Append requests by result",
+                &["result"],
             )?,
-            events_appended_total: registered(
-                &registry,
-                IntCounter::new("events_appended_total", "Events written")?,
+            events_appended_total: counter(
+                &r,
+                "eventstore_events_appended_total",
+                "Events written",
             )?,
-            append_duration_seconds: registered(
-                &registry,
-                Histogram::with_opts(
+            append_duration_seconds: histogram(
+                &r,
+                "eventstore_append_duration_seconds",
+                "Append requests, received to answered",
+                LATENCY_BUCKETS,
+            )?,
+            commit_duration_seconds: histogram(
+                &r,
+                "eventstore_commit_duration_seconds",
+                "Group commits, start to durable",
+                LATENCY_BUCKETS,
+            )?,
+            commit_requests: histogram(
+                &r,
+                "eventstore_commit_requests",
+                "Append requests per group commit",
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+            )?,
+            head_position: gauge(&r, "eventstore_head_position", "Last position committed here")?,
+            subscriptions_active: gauge(
+                &r,
+                "eventstore_subscriptions_active",
+                "Open subscriptions",
+            )?,
+            subscription_events_sent_total: counter(
+                &r,
+                "eventstore_subscription_events_sent_total",
+                "Events sent to subscribers",
+            )?,
+            subscription_catchup_fallbacks_total: counter(
+                &r,
+                "eventstore_subscription_catchup_fallbacks_total",
+                "Subscribers that fell behind the broadcast and read storage again",
+            )?,
+            consumer_position: gauge_vec(
+                &r,
+                "eventstore_consumer_position",
+                "Position each consumer reported",
+                &["consumer"],
+            )?,
+            consumer_lag_events: gauge_vec(
+                &r,
+                "eventstore_consumer_lag_events",
+                "Events beyond each consumer's position",
+                &["consumer"],
+            )?,
+            http_requests_total: counter_vec(
+                &r,
+                "eventstore_http_requests_total",
+                "HTTP requests by route, method and status",
+                &["route", "method", "status"],
+            )?,
+            http_request_duration_seconds: registered(
+                &r,
+                HistogramVec::new(
                     HistogramOpts::new(
-                        "append_duration_seconds",
-                        "Append requests, received to answered",
+                        "eventstore_http_request_duration_seconds",
+                        "HTTP requests, received to response headers",
                     )
-                    .buckets(latency.clone()),
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["route"],
                 )?,
             )?,
-            commit_duration_seconds: registered(
-                &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "commit_duration_seconds",
-                        "Group commits, start to durable",
-                    )
-                    .buckets(latency),
-                )?,
+            storage_pool_connections: gauge_vec(
+                &r,
+                "eventstore_storage_pool_connections",
+                "Storage connections by state",
+                &["state"],
             )?,
-            commit_requests: registered(
-                &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new("commit_requests", "Append requests per group commit")
-                        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
-                )?,
+            storage_errors_total: counter_vec(
+                &r,
+                "eventstore_storage_errors_total",
+                "Storage failures by kind",
+                &["kind"],
             )?,
-            head_position: registered(
-                &registry,
-                IntGauge::new("head_position", "Last position committed here")?,
-            )?,
-            subscriptions_active: registered(
-                &registry,
-                IntGauge::new("subscriptions_active", "Open subscriptions")?,
-            )?,
-            subscription_events_sent_total: registered(
-                &registry,
-                IntCounter::new("subscription_events_sent_total", "Events sent to subscribers")?,
-            )?,
-            subscription_catchup_fallbacks_total: registered(
-                &registry,
-                IntCounter::new(
-                    "subscription_catchup_fallbacks_total",
-                    "Subscribers that fell behind the broadcast and read storage again",
-                )?,
-            )?,
-            consumer_position: registered(
-                &registry,
-                IntGaugeVec::new(
-                    Opts::new("consumer_position", "Position each consumer reported"),
-                    &["consumer"],
-                )?,
-            )?,
-            consumer_lag_events: registered(
-                &registry,
-                IntGaugeVec::new(
-                    Opts::new("consumer_lag_events", "Events beyond each consumer's position"),
-                    &["consumer"],
-                )?,
-            )?,
-            registry,
-        };
-        Ok(metrics)
+            registry: r,
+        })
     }
 
     /// The text exposition format.
@@ -130,10 +158,45 @@ impl Metrics {
 }
 
 /// Registers `collector` with `registry` and hands it back, so that no metric is forgotten.
-fn registered<C: prometheus::core::Collector + Clone + 'static>(
+fn registered<C: Collector + Clone + 'static>(
     registry: &Registry,
     collector: C,
 ) -> Result<C, prometheus::Error> {
     registry.register(Box::new(collector.clone()))?;
     Ok(collector)
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    registered(r, IntCounter::new(name, help)?)
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    registered(r, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    registered(r, IntGauge::new(name, help)?)
+}
+
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    registered(r, IntGaugeVec::new(Opts::new(name, help), labels)?)
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> Result<Histogram, prometheus::Error> {
+    registered(r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?)
 }

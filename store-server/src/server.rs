@@ -7,10 +7,11 @@ use crate::http::{AppState, app};
 use crate::metrics::Metrics;
 use crate::subscriptions::Hub;
 use std::future::Future;
+use std::future::IntoFuture;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tracing::info;
+use tracing::{info, warn};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +76,25 @@ pub async fn run(
         read_limit_max = config.http.read_limit_max,
         "serving"
     );
+    let (signalled, drain) = tokio::sync::oneshot::channel();
     let signal = async move {
         shutdown.await;
+        info!("shutting down: no new connections, finishing requests in flight");
         // Ends every subscription, so that their responses complete and serving can stop.
         let _ = stopping.send(true);
+        let _ = signalled.send(());
     };
-    axum::serve(listener, app(state)).with_graceful_shutdown(signal).await?;
+    let drain_timeout = config.http.shutdown_drain_timeout;
+    let drain_deadline = async move {
+        match drain.await {
+            Ok(()) => tokio::time::sleep(drain_timeout).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = axum::serve(listener, app(state)).with_graceful_shutdown(signal).into_future() => served?,
+        () = drain_deadline => warn!(?drain_timeout, "drain timeout: closing the connections still open"),
+    }
     // Every handle to the writer went with the app: it drains what is queued, then ends.
     let _ = writer_task.await;
     let _ = tailer.await;

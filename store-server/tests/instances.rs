@@ -142,3 +142,60 @@ async fn an_instance_delivers_another_instances_events_live_even_without_listen(
         server.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_append_together_and_each_delivers_the_same_sequence() {
+    let Some(url) = postgres::fresh_database().await else {
+        return postgres::skip(
+            "three_instances_append_together_and_each_delivers_the_same_sequence",
+        );
+    };
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(TestServer::start(Config::postgres(url.clone())).await);
+    }
+    let mut subscribers = Vec::new();
+    for server in &servers {
+        subscribers.push(server.subscribe("/all/subscribe", None).await);
+    }
+    let writers = (0..6).map(|w| {
+        let server = &servers[w % 3];
+        async move {
+            let mut acknowledged = Vec::new();
+            for n in 0..100 {
+                let id = uuid::Uuid::now_v7().to_string();
+                let (status, body) = server
+                    .append(
+                        &format!("three-{}", n % 5),
+                        json!("any"),
+                        json!([event_with_id(&id, "E", json!([w, n]))]),
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::CREATED, "{body}");
+                acknowledged.push((id, body["first_position"].as_u64().unwrap()));
+            }
+            acknowledged
+        }
+    });
+    let acknowledged: Vec<(String, u64)> = join_all(writers).await.into_iter().flatten().collect();
+    let events = servers[1].read_all().await;
+    let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let positions: Vec<u64> = events.iter().map(|e| e["position"].as_u64().unwrap()).collect();
+    assert_eq!(positions, (1..=600).collect::<Vec<_>>(), "gap-free across three instances");
+    for (id, position) in &acknowledged {
+        assert_eq!(ids[*position as usize - 1], id, "every acknowledged event at its position");
+    }
+    for subscriber in &mut subscribers {
+        let mut seen = Vec::new();
+        while seen.len() < 600 {
+            match subscriber.next(Duration::from_secs(10)).await.expect("delivered in time") {
+                Message::Event { event, .. } => seen.push(event["id"].as_str().unwrap().to_owned()),
+                _ => continue,
+            }
+        }
+        assert_eq!(seen, ids, "every instance delivers the same sequence");
+    }
+    for server in servers {
+        server.stop().await;
+    }
+}

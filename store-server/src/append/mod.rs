@@ -232,6 +232,7 @@ async fn commit(store: &dyn Store, batch: Vec<Pending>, metrics: &Metrics) -> bo
         }
         Err(err) => {
             error!(requests, cause = %crate::error_chain(&err), "group commit failed");
+            metrics.storage_errors_total.with_label_values(&[err.kind()]).inc();
             for reply in replies {
                 let _ = reply.send(Err(Error::Unavailable));
             }

@@ -17,6 +17,9 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::subscriptions::Hub;
 use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{get, post};
 use std::sync::Arc;
 use tokio::sync::{Notify, Semaphore, watch};
@@ -65,7 +68,43 @@ pub fn app(state: AppState) -> Router {
         .route("/health/ready", get(ops::ready))
         .route("/info", get(ops::info))
         .route("/metrics", get(ops::metrics))
+        // Matched routes only: the label is the route template, never a stream name.
+        .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), track))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
 }
+
+/// Counts and times each request by route template, and storage errors by kind.
+async fn track(
+    State(metrics): State<Arc<Metrics>>,
+    route: MatchedPath,
+    request: Request,
+    next: Next,
+) -> Response {
+    // Known methods only: a label never takes an arbitrary value from a client.
+    let method = match *request.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::HEAD => "HEAD",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status();
+    metrics.http_requests_total.with_label_values(&[route.as_str(), method, status.as_str()]).inc();
+    metrics
+        .http_request_duration_seconds
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    if let Some(StorageErrorKind(kind)) = response.extensions().get() {
+        metrics.storage_errors_total.with_label_values(&[kind]).inc();
+    }
+    response
+}
+
+/// Set on a response that failed because storage did: what kind of failure it was.
+#[derive(Debug, Clone, Copy)]
+pub struct StorageErrorKind(pub &'static str);

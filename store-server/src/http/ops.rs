@@ -57,5 +57,13 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         }
         Err(err) => warn!(cause = %crate::error_chain(&err), "cannot read consumers for metrics"),
     }
+    let pool = state.store.pool_connections();
+    for (label, count) in [("in_use", pool.in_use), ("idle", pool.idle), ("max", pool.max)] {
+        state
+            .metrics
+            .storage_pool_connections
+            .with_label_values(&[label])
+            .set(to_i64(count as u64));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

@@ -197,6 +197,9 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_string(&problem).unwrap_or_default();
         let mut response =
             (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
+        if let Self::Unavailable(Some(source)) = &self {
+            response.extensions_mut().insert(super::StorageErrorKind(source.kind()));
+        }
         if matches!(self, Self::TooManySubscriptions) {
             let retry = header::HeaderValue::from_static(SUBSCRIPTION_RETRY_AFTER_SECS);
             response.headers_mut().insert(header::RETRY_AFTER, retry);

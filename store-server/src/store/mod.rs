@@ -140,6 +140,9 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets a consumer; whether it existed.
     async fn delete_consumer(&self, name: &ConsumerName) -> Result<bool, Error>;
 
+    /// Connections of its pool, for the metrics.
+    fn pool_connections(&self) -> PoolConnections;
+
     /// Notifies `commits` whenever another process commits to this storage, until
     /// `shutdown`. A hint only: the tailer polls as well. By default nothing: only this
     /// server writes.
@@ -149,6 +152,27 @@ pub trait Store: Send + Sync + 'static {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         let _ = (commits, shutdown);
+    }
+}
+
+/// How a backend's connection pool stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolConnections {
+    /// Handed out now.
+    pub in_use: usize,
+    /// Open and waiting in the pool.
+    pub idle: usize,
+    /// The most it opens.
+    pub max: usize,
+}
+
+impl PoolConnections {
+    fn of(status: deadpool::Status) -> Self {
+        Self {
+            in_use: status.size.saturating_sub(status.available),
+            idle: status.available,
+            max: status.max_size,
+        }
     }
 }
 
@@ -235,6 +259,23 @@ pub enum Error {
         /// `fsync` or `synchronous_commit`.
         setting: &'static str,
     },
+}
+
+impl Error {
+    /// A short name of the kind of failure, for the `kind` label of
+    /// `eventstore_storage_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+            Self::Pool(_) => "pool",
+            Self::Task(_) => "task",
+            Self::Corrupt { .. } => "corrupt",
+            Self::DataDir { .. } => "data_dir",
+            Self::Migration(_) => "migration",
+            Self::AsyncCommit { .. } => "async_commit",
+        }
+    }
 }
 
 impl<E: std::error::Error + Send + Sync + 'static> From<deadpool::managed::PoolError<E>> for Error {

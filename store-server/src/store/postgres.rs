@@ -276,6 +276,10 @@ impl Store for Postgres {
         Ok(deleted > 0)
     }
 
+    fn pool_connections(&self) -> super::PoolConnections {
+        super::PoolConnections::of(self.pool.status())
+    }
+
     fn watch_commits(&self, commits: Arc<Notify>, shutdown: watch::Receiver<bool>) {
         let mut config = self.config.clone();
         config.application_name("store-server-listen");

@@ -284,6 +284,16 @@ impl Store for Sqlite {
         .await?
     }
 
+    fn pool_connections(&self) -> super::PoolConnections {
+        // The one writer connection is always open; readers come from the pool.
+        let readers = super::PoolConnections::of(self.readers.status());
+        super::PoolConnections {
+            max: readers.max + 1,
+            idle: readers.idle,
+            in_use: readers.in_use + 1,
+        }
+    }
+
     async fn head(&self) -> Result<Position, Error> {
         let head = self.read(|connection| log_head(connection)).await?;
         Ok(Position(super::to_u64(head, 0, "log head")?))

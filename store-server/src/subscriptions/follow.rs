@@ -125,6 +125,7 @@ impl Follower {
                 Ok(page) => page,
                 Err(err) => {
                     warn!(cause = %crate::error_chain(&err), "subscription cannot read storage");
+                    self.metrics.storage_errors_total.with_label_values(&[err.kind()]).inc();
                     self.pause(STORAGE_RETRY).await?;
                     continue;
                 }

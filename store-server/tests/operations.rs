@@ -1,0 +1,260 @@
+//! Operations: metrics that move with the work and pass `promtool`, logs as JSON, and a
+//! graceful shutdown under load that leaves no request unanswered.
+
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use support::{Backend, TestServer, event, event_with_id};
+
+/// The value of the sample `name` (with its labels, as written) in an exposition.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn metrics_move_with_the_work(backend: Backend) {
+    let Some(server) = TestServer::fresh(backend, "metrics_move_with_the_work").await else {
+        return;
+    };
+    for n in 0..5 {
+        server
+            .append("m-1", json!("any"), json!([event("E", json!(n)), event("E", json!(n))]))
+            .await;
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    server.append("m-2", json!("no_stream"), json!([event_with_id(&id, "E", json!(1))])).await;
+    server.append("m-2", json!("no_stream"), json!([event_with_id(&id, "E", json!(1))])).await; // idempotent
+    server.append("m-2", json!("no_stream"), json!([event("E", json!(1))])).await; // conflict
+    server.post_raw("/streams/m-2", "{").await; // rejected
+    server.get("/streams/m-1").await;
+    let _subscriber = server.subscribe("/all/subscribe", None).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (status, text) = server.get_text("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let value = |name: &str| sample(&text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    assert_eq!(value("eventstore_appends_total{result=\"created\"}"), 6.0);
+    assert_eq!(value("eventstore_appends_total{result=\"idempotent\"}"), 1.0);
+    assert_eq!(value("eventstore_appends_total{result=\"conflict\"}"), 1.0);
+    assert_eq!(value("eventstore_appends_total{result=\"rejected\"}"), 1.0);
+    assert_eq!(value("eventstore_events_appended_total"), 11.0);
+    assert_eq!(value("eventstore_head_position"), 11.0);
+    assert!(value("eventstore_commit_requests_count") >= 1.0);
+    assert_eq!(value("eventstore_append_duration_seconds_count"), 9.0);
+    assert_eq!(value("eventstore_subscriptions_active"), 1.0);
+    assert_eq!(value("eventstore_subscription_events_sent_total"), 11.0);
+    assert_eq!(
+        value(
+            "eventstore_http_requests_total{method=\"POST\",route=\"/streams/{stream}\",status=\"201\"}"
+        ),
+        6.0
+    );
+    assert_eq!(
+        value(
+            "eventstore_http_requests_total{method=\"GET\",route=\"/streams/{stream}\",status=\"200\"}"
+        ),
+        1.0
+    );
+    assert!(value("eventstore_storage_pool_connections{state=\"max\"}") >= 1.0);
+    assert!(value("process_resident_memory_bytes") > 0.0);
+    assert!(!text.contains("m-1"), "no stream name in any label");
+
+    match promtool() {
+        Some(promtool) => {
+            let mut check = std::process::Command::new(promtool)
+                .args(["check", "metrics"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            let out = check.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        None => {
+            let required = std::env::var("REQUIRE_PROMTOOL").is_ok_and(|v| v == "1");
+            assert!(!required, "REQUIRE_PROMTOOL=1 but promtool is not installed");
+            eprintln!(
+                "SKIPPED promtool check metrics: promtool is not installed (apt-get install prometheus)"
+            );
+        }
+    }
+    server.stop().await;
+}
+
+fn promtool() -> Option<&'static str> {
+    std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        .then_some("promtool")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_metrics_move_with_the_work_and_pass_promtool() {
+    metrics_move_with_the_work(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_metrics_move_with_the_work_and_pass_promtool() {
+    metrics_move_with_the_work(Backend::Postgres).await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn start_binary(port: u16, data_dir: &str, extra: &[&str]) -> tokio::process::Child {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_store-server"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir", data_dir])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start store-server");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("store-server did not start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_answers_every_accepted_append_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let port = free_port();
+    let mut server = start_binary(port, &data_dir, &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                // A fresh connection per request: "not accepted" shows as a connect error,
+                // never as an idle keep-alive connection being closed.
+                let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+                let (mut answered, mut unanswered) = (Vec::new(), Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let id = uuid::Uuid::now_v7().to_string();
+                    let body = json!({"events": [{"id": id, "type": "E", "data": w}]});
+                    let sent = client
+                        .post(format!("http://127.0.0.1:{port}/streams/term-{w}"))
+                        .json(&body)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(response) => answered.push((id, response.status())),
+                        Err(err) if err.is_connect() => break, // the listener is closed
+                        Err(_) => unanswered.push(id),
+                    }
+                }
+                (answered, unanswered)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let signalled = Instant::now();
+    let pid = server.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(15), server.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert!(status.success(), "exit status 0 after SIGTERM: {status}");
+    let took = signalled.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (mut answered, mut unanswered) = (Vec::new(), Vec::new());
+    for writer in writers {
+        let (a, u) = writer.await.unwrap();
+        answered.extend(a);
+        unanswered.extend(u);
+    }
+    assert!(answered.len() > 50, "the load ran ({} answered)", answered.len());
+
+    // Read back what is stored.
+    let mut restarted = start_binary(port, &data_dir, &[]).await;
+    let all: Value = reqwest::get(format!("http://127.0.0.1:{port}/all?limit=1000"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut stored: HashSet<String> = HashSet::new();
+    let mut from = 1u64;
+    let mut page = all;
+    loop {
+        stored.extend(
+            page["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()),
+        );
+        let Some(next) = page["next"].as_u64() else { break };
+        from = from.max(next);
+        page = reqwest::get(format!("http://127.0.0.1:{port}/all?from={from}&limit=1000"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    }
+    for (id, status) in &answered {
+        if *status == StatusCode::CREATED {
+            assert!(stored.contains(id), "every 201 is stored");
+        }
+    }
+    for id in &unanswered {
+        assert!(!stored.contains(id), "an append the server stored was left without an answer");
+    }
+    let _ = restarted.kill().await;
+    eprintln!(
+        "SIGTERM: exited in {took:?}; {} answered, {} not accepted",
+        answered.len(),
+        unanswered.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_can_be_json_lines_and_refused_requests_are_logged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = start_binary(port, dir.path().to_str().unwrap(), &["--log-format", "json"]).await;
+    let client = reqwest::Client::new();
+    client
+        .post(format!("http://127.0.0.1:{port}/streams/ok-1"))
+        .json(&json!({"events": [{"type": "E", "data": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    client.post(format!("http://127.0.0.1:{port}/streams/%24bad")).body("{}").send().await.unwrap();
+    let pid = server.id().unwrap().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let output = server.wait_with_output().await.unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let started =
+        lines.iter().find(|l| l["fields"]["message"] == "serving").expect("a start-up line");
+    for field in ["address", "backend", "storage", "request_body_bytes_max", "append_events_max"] {
+        assert!(started["fields"].get(field).is_some(), "start-up line has {field}: {started}");
+    }
+    let refused: Vec<&Value> =
+        lines.iter().filter(|l| l["fields"]["message"] == "request refused").collect();
+    assert_eq!(refused.len(), 1, "one line per failed request, none per success: {text}");
+    assert_eq!(refused[0]["fields"]["code"], "invalid-stream-name");
+}
