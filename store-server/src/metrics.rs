@@ -57,7 +57,7 @@ impl Metrics {
         let r = Registry::new();
         #[cfg(target_os = "linux")]
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-        Ok(Self {
+        let metrics = Self {
             appends_total: counter_vec(
                 &r,
                 "eventstore_appends_total",
@@ -145,7 +145,16 @@ impl Metrics {
                 &["kind"],
             )?,
             registry: r,
-        })
+        };
+        // Known label values start at 0, so that rates and alerts see them before the first
+        // event of their kind.
+        for result in ["created", "idempotent", "conflict", "rejected"] {
+            metrics.appends_total.with_label_values(&[result]);
+        }
+        for kind in crate::store::Error::KINDS {
+            metrics.storage_errors_total.with_label_values(&[kind]);
+        }
+        Ok(metrics)
     }
 
     /// The text exposition format.

@@ -32,6 +32,7 @@ async fn metrics_move_with_the_work(backend: Backend) {
     server.append("m-2", json!("no_stream"), json!([event("E", json!(1))])).await; // conflict
     server.post_raw("/streams/m-2", "{").await; // rejected
     server.get("/streams/m-1").await;
+    server.send_json(reqwest::Method::PUT, "/consumers/c-1", &json!({"position": 3})).await;
     let _subscriber = server.subscribe("/all/subscribe", None).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -64,8 +65,15 @@ async fn metrics_move_with_the_work(backend: Backend) {
     assert!(value("process_resident_memory_bytes") > 0.0);
     assert!(!text.contains("m-1"), "no stream name in any label");
 
+    dashboard_names_only_metrics_that_exist(&text);
     match promtool() {
         Some(promtool) => {
+            let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus.yml");
+            let out = std::process::Command::new(promtool)
+                .args(["check", "config", config])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let mut check = std::process::Command::new(promtool)
                 .args(["check", "metrics"])
                 .stdin(Stdio::piped())
@@ -92,6 +100,37 @@ async fn metrics_move_with_the_work(backend: Backend) {
         }
     }
     server.stop().await;
+}
+
+/// Every metric the shipped Grafana dashboard queries is one the server exposes.
+fn dashboard_names_only_metrics_that_exist(exposition: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (start, _) in
+                expr.match_indices("eventstore_").chain(expr.match_indices("process_"))
+            {
+                let name: String = expr[start..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                names.push(name);
+            }
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+        assert!(
+            exposition.contains(&format!("# TYPE {family} ")),
+            "the dashboard queries {name}, which /metrics lacks"
+        );
+    }
 }
 
 fn promtool() -> Option<&'static str> {

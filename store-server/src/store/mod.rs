@@ -262,6 +262,9 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every value [`Error::kind`] answers at run time.
+    pub const KINDS: [&'static str; 5] = ["sqlite", "postgres", "pool", "task", "corrupt"];
+
     /// A short name of the kind of failure, for the `kind` label of
     /// `eventstore_storage_errors_total`.
     pub fn kind(&self) -> &'static str {
