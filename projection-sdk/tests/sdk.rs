@@ -7,6 +7,7 @@ mod postgres;
 use futures_util::StreamExt;
 use projection_sdk::protocol::{
     EventType, ExpectedRevision, NewEvent, Position, RecordedEvent, SchemaVersion, StreamName,
+    StreamRevision,
 };
 use projection_sdk::{
     Aggregate, Client, CommandHandler, Envelope, ExecuteError, HandlerError, Message, OnFailure,
@@ -26,10 +27,13 @@ struct Server {
 }
 
 async fn start_server(data_dir: &std::path::Path, address: &str) -> Server {
+    start_server_with(store_server::config::Config::sqlite(data_dir), address).await
+}
+
+async fn start_server_with(config: store_server::config::Config, address: &str) -> Server {
     let listener = tokio::net::TcpListener::bind(address).await.expect("bind");
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = store_server::config::Config::sqlite(data_dir);
     let task = tokio::spawn(async move {
         let shutdown = async {
             let _ = stopped.await;
@@ -505,5 +509,38 @@ async fn the_server_runner_keeps_its_position_on_the_server_by_compare_and_set()
     let stopped = failing.run(std::future::pending()).await;
     assert!(matches!(stopped, Err(RunError::Handler { position: Position(6), .. })), "{stopped:?}");
     assert_eq!(failing.position(), Position(5));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_sends_its_bearer_token_on_every_request() {
+    let (token, entry) =
+        store_server::auth::new_token("sdk", &["read".into(), "write".into()], None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = store_server::config::Config::sqlite(dir.path());
+    config.auth = Some(Arc::new(store_server::auth::Tokens::parse(&entry).unwrap()));
+    let server = start_server_with(config, "127.0.0.1:0").await;
+    let stream = StreamName::new("tok-1").unwrap();
+    let event = || vec![NewEvent::new(EventType::new("E").unwrap(), &json!(1)).unwrap()];
+
+    let anonymous = Client::new(&server.url);
+    let refused = anonymous.append(&stream, ExpectedRevision::Any, event()).await;
+    assert!(
+        matches!(&refused, Err(projection_sdk::Error::Problem(p)) if p.status == 401),
+        "{refused:?}"
+    );
+
+    let client = Client::new(&server.url).with_token(token);
+    client.append(&stream, ExpectedRevision::Any, event()).await.unwrap();
+    assert_eq!(
+        client.read_stream(&stream, StreamRevision(0), 10).await.unwrap().unwrap().events.len(),
+        1
+    );
+    let mut subscription = client.subscribe(Target::Stream(stream), Position(0));
+    let first = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap();
+    assert!(matches!(first, Some(Ok(Message::Event(_)))), "{first:?}");
+    let mut refused = anonymous.subscribe(Target::All { types: vec![] }, Position(0));
+    let first = tokio::time::timeout(Duration::from_secs(5), refused.next()).await.unwrap();
+    assert!(matches!(first, Some(Err(projection_sdk::Error::Problem(p))) if p.status == 401));
     server.stop().await;
 }

@@ -99,6 +99,19 @@ pub struct Cli {
     #[arg(long, env = "STORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
+    /// Bearer tokens with roles and stream scopes (TOML); without it, no token is needed
+    /// and the server listens on loopback only.
+    #[arg(long, env = "STORE_AUTH_FILE", global = true)]
+    pub auth_file: Option<PathBuf>,
+
+    /// Serve /metrics without a token even with an auth file.
+    #[arg(long, env = "STORE_PUBLIC_METRICS", global = true)]
+    pub public_metrics: bool,
+
+    /// Listen beyond loopback without an auth file: anyone who can connect may read and write.
+    #[arg(long, env = "STORE_INSECURE_NO_AUTH", global = true)]
+    pub insecure_no_auth: bool,
+
     /// How long to wait for a storage connection before answering 503.
     #[arg(long, env = "STORE_STORAGE_TIMEOUT_MS", default_value_t = 5000, value_parser = positive, global = true)]
     pub storage_timeout_ms: usize,
@@ -114,12 +127,32 @@ pub enum LogFormat {
 }
 
 /// What to do.
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Serve HTTP (the default).
     Serve,
     /// Apply migrations to the configured storage, then exit.
     Migrate,
+    /// Manage bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// What to do with tokens.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh random token (once) and the auth-file entry to paste.
+    New {
+        /// The token's name, for logs.
+        #[arg(long)]
+        name: String,
+        /// Its roles: read, write, admin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// Limit it to these streams: names, or prefixes ending in * (`account-*`).
+        #[arg(long, value_delimiter = ',')]
+        streams: Option<Vec<String>>,
+    },
 }
 
 fn millis(ms: usize) -> Duration {
@@ -172,6 +205,12 @@ pub struct Config {
     pub batch: BatchLimits,
     /// Subscriptions.
     pub subscriptions: crate::subscriptions::Limits,
+    /// Who may do what; `None`: anyone (loopback only, unless `insecure_no_auth`).
+    pub auth: Option<std::sync::Arc<crate::auth::Tokens>>,
+    /// `/metrics` without a token.
+    pub public_metrics: bool,
+    /// Allow listening beyond loopback without auth.
+    pub insecure_no_auth: bool,
 }
 
 impl Config {
@@ -180,20 +219,31 @@ impl Config {
         let mut cli = Cli::parse_from(["store-server"]);
         cli.data_dir = data_dir.into();
         cli.database_url = None;
-        cli.config()
+        cli.config_without_auth()
     }
 
     /// The defaults, over PostgreSQL at `url`.
     pub fn postgres(url: impl Into<String>) -> Self {
         let mut cli = Cli::parse_from(["store-server"]);
         cli.database_url = Some(url.into());
-        cli.config()
+        cli.config_without_auth()
     }
 }
 
 impl Cli {
     /// The validated configuration these flags describe.
-    pub fn config(&self) -> Config {
+    ///
+    /// # Errors
+    /// The auth file cannot be read or is not valid.
+    pub fn config(&self) -> Result<Config, crate::auth::Error> {
+        let auth = match &self.auth_file {
+            Some(path) => Some(std::sync::Arc::new(crate::auth::Tokens::load(path)?)),
+            None => None,
+        };
+        Ok(Config { auth, ..self.config_without_auth() })
+    }
+
+    fn config_without_auth(&self) -> Config {
         let storage = match &self.database_url {
             Some(url) => Storage::Postgres(PostgresOptions {
                 url: url.clone(),
@@ -229,6 +279,9 @@ impl Cli {
                 poll_interval: millis(self.subscription_poll_interval_ms),
                 keep_alive_interval: millis(self.sse_keep_alive_interval_ms),
             },
+            auth: None,
+            public_metrics: self.public_metrics,
+            insecure_no_auth: self.insecure_no_auth,
         }
     }
 }

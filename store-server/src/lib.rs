@@ -15,6 +15,7 @@
 //! | `store` | the backend trait, `sqlite.rs`, `postgres.rs`, migrations |
 //! | `subscriptions` | live delivery: the tailer and its broadcast (`Hub`), one follower per SSE connection |
 //! | `metrics` | the Prometheus registry |
+//! | `auth` | bearer tokens from the auth file: roles and stream scopes |
 //!
 //! The write path, end to end: `http/streams.rs` (`append`) → `append::Writer::append`
 //! (queue) → the writer task batches → `Store::commit` (one transaction: lock, snapshot,
@@ -26,6 +27,8 @@ pub mod protocol;
 
 #[cfg(feature = "server")]
 pub mod append;
+#[cfg(feature = "server")]
+pub mod auth;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]

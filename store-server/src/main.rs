@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use store_server::config::{Cli, Command, LogFormat};
+use store_server::config::{Cli, Command, LogFormat, TokenCommand};
 use tracing::error;
 
 #[tokio::main]
@@ -15,8 +15,25 @@ async fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    let config = cli.config();
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let config = match cli.config() {
+        Ok(config) => config,
+        Err(err) => {
+            error!(cause = %store_server::error_chain(&err), "store-server cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command.clone().unwrap_or(Command::Serve) {
+        Command::Token(TokenCommand::New { name, roles, streams }) => {
+            match store_server::auth::new_token(&name, &roles, streams.as_deref()) {
+                Ok((token, entry)) => {
+                    println!(
+                        "# The token, shown this once (the server keeps only its SHA-256):\n# {token}\n\n{entry}"
+                    );
+                    Ok(())
+                }
+                Err(err) => Err(err.into()),
+            }
+        }
         Command::Migrate => store_server::store::open(&config.storage)
             .await
             .map(|_| tracing::info!("migrations applied"))

@@ -23,6 +23,13 @@ pub enum Error {
     /// Serving failed.
     #[error("cannot serve")]
     Io(#[from] std::io::Error),
+    /// Refused to serve beyond loopback without an auth file.
+    #[error(
+        "refusing to listen on {0} without authentication: anyone who can reach it could read \
+         and write every stream. Give --auth-file, listen on 127.0.0.1, or pass \
+         --insecure-no-auth"
+    )]
+    Insecure(std::net::SocketAddr),
     /// The metrics registry refused a metric (a bug).
     #[error("cannot register metrics")]
     Metrics(#[from] prometheus::Error),
@@ -39,6 +46,13 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let address = listener.local_addr()?;
+    if config.auth.is_none() && !address.ip().is_loopback() {
+        if !config.insecure_no_auth {
+            return Err(Error::Insecure(address));
+        }
+        warn!(%address, "listening beyond loopback WITHOUT authentication (--insecure-no-auth): anyone who can connect may read and write");
+    }
     let store = crate::store::open(&config.storage).await?;
     let metrics = Arc::new(Metrics::new()?);
     let head = store.head().await?;
@@ -59,6 +73,8 @@ pub async fn run(
         subscription_slots: Arc::new(Semaphore::new(config.subscriptions.subscriptions_max)),
         shutdown: stop,
         consumer_updates: Arc::new(tokio::sync::Notify::new()),
+        auth: config.auth.clone(),
+        public_metrics: config.public_metrics,
     };
     let storage = match &config.storage {
         Storage::Sqlite { data_dir, .. } => {
@@ -67,7 +83,8 @@ pub async fn run(
         Storage::Postgres(_) => "postgres".into(),
     };
     info!(
-        address = %listener.local_addr()?,
+        %address,
+        auth = config.auth.is_some(),
         backend = state.store.backend().name(),
         %storage,
         request_body_bytes_max = config.http.request_body_bytes_max,

@@ -1,5 +1,6 @@
 //! The HTTP API of shared/API.md: one file per resource, errors in `problem.rs`.
 
+mod authorize;
 mod body;
 mod consumers;
 mod log;
@@ -47,6 +48,10 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Notified whenever a consumer's position is stored here.
     pub consumer_updates: Arc<Notify>,
+    /// Who may do what; `None`: anyone.
+    pub auth: Option<Arc<crate::auth::Tokens>>,
+    /// `/metrics` without a token.
+    pub public_metrics: bool,
 }
 
 /// The whole API as one service; tests and `server::run` both serve it.
@@ -68,7 +73,9 @@ pub fn app(state: AppState) -> Router {
         .route("/health/ready", get(ops::ready))
         .route("/info", get(ops::info))
         .route("/metrics", get(ops::metrics))
-        // Matched routes only: the label is the route template, never a stream name.
+        // Route layers run after routing, so they see the route template. The last added
+        // runs first: requests are counted (track) whether or not they were authorized.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize::authorize))
         .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), track))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -36,6 +36,12 @@ pub enum ApiError {
         /// Why.
         conflict: crate::protocol::ConsumerConflict,
     },
+    /// `401 unauthorized` with `WWW-Authenticate: Bearer`: no token, or an unknown one.
+    #[error("a valid bearer token is needed")]
+    Unauthorized,
+    /// `403 forbidden`: the token (named) may not do this, or not on this stream.
+    #[error("token {0} may not do this")]
+    Forbidden(String),
     /// `404 not-found`: no such route.
     #[error("no such resource")]
     NotFound,
@@ -112,6 +118,8 @@ impl ApiError {
                 (StatusCode::NOT_FOUND, "stream-not-found", "Stream not found")
             }
             Self::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             Self::ConsumerNotFound(_) => {
                 (StatusCode::NOT_FOUND, "consumer-not-found", "Consumer not found")
             }
@@ -199,6 +207,11 @@ impl IntoResponse for ApiError {
             (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
         if let Self::Unavailable(Some(source)) = &self {
             response.extensions_mut().insert(super::StorageErrorKind(source.kind()));
+        }
+        if matches!(self, Self::Unauthorized) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
         if matches!(self, Self::TooManySubscriptions) {
             let retry = header::HeaderValue::from_static(SUBSCRIPTION_RETRY_AFTER_SECS);

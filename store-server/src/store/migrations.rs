@@ -20,7 +20,7 @@ pub struct Migration {
 impl Migration {
     /// The SHA-256 of the file, in hex: what the ledger keeps to notice edits.
     pub fn checksum(&self) -> String {
-        Sha256::digest(self.sql.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(Sha256::digest(self.sql.as_bytes()))
     }
 }
 

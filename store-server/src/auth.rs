@@ -1,0 +1,283 @@
+//! Authentication and authorization: bearer tokens from an auth file, with roles and
+//! stream scopes. The file keeps only each token's SHA-256; tokens are compared in constant
+//! time and never logged.
+
+use crate::protocol::{Category, StreamName};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Why an auth file was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// It could not be read.
+    #[error("cannot read the auth file {path}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It is not valid TOML of the expected shape.
+    #[error("the auth file is not valid: {0}")]
+    Parse(String),
+    /// A token's entry is wrong.
+    #[error("token {name:?}: {why}")]
+    Token {
+        /// The token's name.
+        name: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Roles {
+    /// Reads and subscriptions.
+    pub read: bool,
+    /// Appends.
+    pub write: bool,
+    /// Everything, consumer positions included.
+    pub admin: bool,
+}
+
+/// One configured token.
+#[derive(Debug, Clone)]
+pub struct Token {
+    /// Its name, for logs (the token itself is never logged).
+    pub name: String,
+    sha256: [u8; 32],
+    roles: Roles,
+    /// Stream-name patterns it is limited to; `None`: every stream.
+    streams: Option<Vec<String>>,
+}
+
+/// What a request needs.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// Nothing: health checks, the API document.
+    Public,
+    /// Any valid token.
+    Authenticated,
+    /// Read one stream.
+    ReadStream(StreamName),
+    /// Read one category.
+    ReadCategory(Category),
+    /// Read everything: the whole log (only an unscoped token).
+    ReadAll,
+    /// Read consumer positions.
+    ReadConsumers,
+    /// Append to one stream.
+    Write(StreamName),
+    /// Change consumer positions.
+    Admin,
+}
+
+impl Token {
+    /// Whether this token may do `access`.
+    pub fn may(&self, access: &Access) -> bool {
+        let Roles { read, write, admin } = self.roles;
+        match access {
+            Access::Public | Access::Authenticated => true,
+            _ if admin => true,
+            Access::ReadStream(stream) => read && self.covers_stream(stream),
+            Access::ReadCategory(category) => read && self.covers_category(category),
+            Access::ReadAll => read && self.streams.is_none(),
+            Access::ReadConsumers => read,
+            Access::Write(stream) => write && self.covers_stream(stream),
+            Access::Admin => false,
+        }
+    }
+
+    fn covers_stream(&self, stream: &StreamName) -> bool {
+        self.streams.as_ref().is_none_or(|patterns| {
+            patterns.iter().any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => stream.as_str().starts_with(prefix),
+                None => stream.as_str() == pattern,
+            })
+        })
+    }
+
+    /// `account-*` grants category `account`: every stream `account-…` is in its scope.
+    fn covers_category(&self, category: &Category) -> bool {
+        let streams_of_category = format!("{category}-");
+        self.streams.as_ref().is_none_or(|patterns| {
+            patterns.iter().any(|pattern| {
+                pattern
+                    .strip_suffix('*')
+                    .is_some_and(|prefix| streams_of_category.starts_with(prefix))
+            })
+        })
+    }
+}
+
+/// The tokens of an auth file.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    tokens: Vec<Token>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    tokens: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    name: String,
+    sha256: String,
+    roles: Vec<String>,
+    streams: Option<Vec<String>>,
+}
+
+impl Tokens {
+    /// Reads an auth file.
+    ///
+    /// # Errors
+    /// [`Error`] says what is wrong, naming the token.
+    pub fn load(path: &std::path::Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        Self::parse(&text)
+    }
+
+    /// Parses the TOML of an auth file.
+    ///
+    /// # Errors
+    /// [`Error`] says what is wrong, naming the token.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let file: File = toml::from_str(text).map_err(|e| Error::Parse(e.to_string()))?;
+        let tokens = file.tokens.into_iter().map(token).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { tokens })
+    }
+
+    /// The token whose SHA-256 matches `presented`, comparing every entry in constant time.
+    pub fn find(&self, presented: &str) -> Option<&Token> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        // No early exit: the time taken does not depend on which entry matched.
+        for token in &self.tokens {
+            if bool::from(token.sha256.ct_eq(&digest)) {
+                found = Some(token);
+            }
+        }
+        found
+    }
+}
+
+fn token(entry: Entry) -> Result<Token, Error> {
+    let fail = |why: &str| Error::Token { name: entry.name.clone(), why: why.into() };
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(&entry.sha256, &mut digest)
+        .map_err(|_| fail("sha256 must be 64 hex digits"))?;
+    let mut roles = Roles::default();
+    for role in &entry.roles {
+        match role.as_str() {
+            "read" => roles.read = true,
+            "write" => roles.write = true,
+            "admin" => roles.admin = true,
+            _ => return Err(fail(&format!("unknown role {role:?} (read, write, admin)"))),
+        }
+    }
+    if let Some(patterns) = &entry.streams {
+        for pattern in patterns {
+            let name = pattern.strip_suffix('*').unwrap_or(pattern);
+            if name.contains('*')
+                || (!pattern.ends_with('*') && StreamName::new(pattern.as_str()).is_err())
+            {
+                return Err(fail(&format!(
+                    "bad stream pattern {pattern:?}: a name, or a prefix ending in *"
+                )));
+            }
+        }
+    }
+    Ok(Token { name: entry.name, sha256: digest, roles, streams: entry.streams })
+}
+
+/// A fresh random token and the auth-file entry for it (`store-server token new`).
+///
+/// # Errors
+/// The operating system's random source failed.
+pub fn new_token(
+    name: &str,
+    roles: &[String],
+    streams: Option<&[String]>,
+) -> Result<(String, String), String> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
+    let token = hex::encode(secret);
+    let digest = hex::encode(Sha256::digest(token.as_bytes()));
+    let quoted =
+        |items: &[String]| items.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ");
+    let mut entry = format!(
+        "[[tokens]]\nname = {name:?}\nsha256 = \"{digest}\"\nroles = [{}]\n",
+        quoted(roles)
+    );
+    if let Some(streams) = streams {
+        entry.push_str(&format!("streams = [{}]\n", quoted(streams)));
+    }
+    // The entry must load: the same rules as the file's.
+    Tokens::parse(&entry).map_err(|e| e.to_string())?;
+    Ok((token, entry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_with(roles: &[&str], streams: Option<&[&str]>) -> Token {
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        let streams: Option<Vec<String>> =
+            streams.map(|s| s.iter().map(|p| p.to_string()).collect());
+        let (secret, entry) = new_token("t", &roles, streams.as_deref()).unwrap();
+        Tokens::parse(&entry).unwrap().find(&secret).unwrap().clone()
+    }
+
+    #[test]
+    fn roles_and_scopes() {
+        let s = |n: &str| StreamName::new(n).unwrap();
+        let c = |n: &str| Category::new(n).unwrap();
+        let scoped = token_with(&["read", "write"], Some(&["account-*"]));
+        assert!(scoped.may(&Access::Write(s("account-1"))));
+        assert!(!scoped.may(&Access::Write(s("account"))), "account-* is not the stream account");
+        assert!(!scoped.may(&Access::Write(s("order-1"))));
+        assert!(scoped.may(&Access::ReadCategory(c("account"))));
+        assert!(!scoped.may(&Access::ReadCategory(c("accounting"))));
+        assert!(!scoped.may(&Access::ReadAll));
+        assert!(!scoped.may(&Access::Admin));
+        let reader = token_with(&["read"], None);
+        assert!(reader.may(&Access::ReadAll) && !reader.may(&Access::Write(s("x"))));
+        let admin = token_with(&["admin"], None);
+        assert!(
+            admin.may(&Access::Admin)
+                && admin.may(&Access::Write(s("x")))
+                && admin.may(&Access::ReadAll)
+        );
+        let exact = token_with(&["read"], Some(&["order-7"]));
+        assert!(
+            exact.may(&Access::ReadStream(s("order-7")))
+                && !exact.may(&Access::ReadCategory(c("order")))
+        );
+    }
+
+    #[test]
+    fn bad_files_are_refused_naming_the_token() {
+        assert!(
+            Tokens::parse("[[tokens]]\nname = \"x\"\nsha256 = \"00\"\nroles = [\"read\"]\n")
+                .is_err()
+        );
+        let bad_role = format!(
+            "[[tokens]]\nname = \"x\"\nsha256 = \"{}\"\nroles = [\"root\"]\n",
+            "0".repeat(64)
+        );
+        assert!(Tokens::parse(&bad_role).unwrap_err().to_string().contains("\"x\""));
+        assert!(Tokens::parse("tokens = 3").is_err());
+        assert!(Tokens::parse("").unwrap().find("anything").is_none());
+    }
+}

@@ -1,0 +1,240 @@
+//! Authentication and authorization: the matrix of tokens, roles, scopes and routes; the
+//! `token new` command; the refusal to listen beyond loopback without auth.
+
+mod support;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use store_server::auth::{Tokens, new_token};
+use store_server::config::Config;
+use support::TestServer;
+
+struct Keys {
+    reader: String,
+    writer: String,
+    scoped: String,
+    admin: String,
+}
+
+async fn server_with_tokens(public_metrics: bool) -> (TestServer, Keys, tempfile::TempDir) {
+    let mut file = String::new();
+    let mut key = |name: &str, roles: &[&str], streams: Option<&[&str]>| {
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        let streams: Option<Vec<String>> =
+            streams.map(|s| s.iter().map(|p| p.to_string()).collect());
+        let (token, entry) = new_token(name, &roles, streams.as_deref()).unwrap();
+        file.push_str(&entry);
+        token
+    };
+    let keys = Keys {
+        reader: key("reader", &["read"], None),
+        writer: key("writer", &["read", "write"], None),
+        scoped: key("billing", &["read", "write"], Some(&["account-*"])),
+        admin: key("admin", &["admin"], None),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::sqlite(dir.path());
+    config.auth = Some(Arc::new(Tokens::parse(&file).unwrap()));
+    config.public_metrics = public_metrics;
+    (TestServer::start(config).await, keys, dir)
+}
+
+async fn call(
+    server: &TestServer,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let mut request = server.client.request(method.clone(), format!("{}{path}", server.url));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if method == Method::POST {
+        request = request.json(&json!({"events": [{"type": "E", "data": 1}]}));
+    }
+    if method == Method::PUT {
+        request = request.json(&json!({"position": 1}));
+    }
+    let response = request.send().await.unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    let text = response.text().await.unwrap();
+    (status, headers, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_matrix() {
+    let (server, keys, _dir) = server_with_tokens(false).await;
+    use Method as M;
+    let no_token = None;
+    let wrong = Some("not-a-token");
+
+    // Health needs nothing; everything else needs a valid token.
+    for path in ["/health/live", "/health/ready"] {
+        assert_eq!(call(&server, M::GET, path, no_token).await.0, StatusCode::OK, "{path}");
+    }
+    for (method, path) in [
+        (M::GET, "/all"),
+        (M::POST, "/streams/account-1"),
+        (M::GET, "/info"),
+        (M::GET, "/metrics"),
+        (M::GET, "/consumers"),
+        (M::GET, "/all/subscribe"),
+    ] {
+        for token in [no_token, wrong] {
+            let (status, headers, body) = call(&server, method.clone(), path, token).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} with {token:?}");
+            assert_eq!(headers["www-authenticate"], "Bearer");
+            assert_eq!(body["type"], "/problems/unauthorized");
+        }
+    }
+    assert_eq!(call(&server, M::GET, "/info", Some(&keys.reader)).await.0, StatusCode::OK);
+    assert_eq!(call(&server, M::GET, "/metrics", Some(&keys.reader)).await.0, StatusCode::OK);
+
+    // A read token cannot append.
+    let (status, _, body) = call(&server, M::POST, "/streams/account-1", Some(&keys.reader)).await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (StatusCode::FORBIDDEN, Some("/problems/forbidden"))
+    );
+    assert_eq!(
+        call(&server, M::POST, "/streams/account-1", Some(&keys.writer)).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        call(&server, M::POST, "/streams/order-1", Some(&keys.writer)).await.0,
+        StatusCode::CREATED
+    );
+
+    // A scoped token: inside its streams and their category, nothing else, nothing spanning all.
+    let scoped = Some(keys.scoped.as_str());
+    assert_eq!(call(&server, M::POST, "/streams/account-2", scoped).await.0, StatusCode::CREATED);
+    assert_eq!(call(&server, M::GET, "/streams/account-1", scoped).await.0, StatusCode::OK);
+    assert_eq!(call(&server, M::GET, "/categories/account", scoped).await.0, StatusCode::OK);
+    for (method, path) in [
+        (M::POST, "/streams/order-1"),
+        (M::POST, "/streams/account"),
+        (M::GET, "/streams/order-1"),
+        (M::GET, "/categories/order"),
+        (M::GET, "/categories/accounting"),
+        (M::GET, "/all"),
+        (M::GET, "/all/subscribe"),
+        (M::GET, "/categories/order/subscribe"),
+        (M::PUT, "/consumers/x"),
+    ] {
+        assert_eq!(
+            call(&server, method.clone(), path, scoped).await.0,
+            StatusCode::FORBIDDEN,
+            "{method} {path}"
+        );
+    }
+    // Subscriptions inside the scope are allowed (check the status, then drop them).
+    let subscribe = |path: &str| {
+        server.client.get(format!("{}{path}", server.url)).bearer_auth(&keys.scoped).send()
+    };
+    assert_eq!(subscribe("/streams/account-1/subscribe").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(subscribe("/categories/account/subscribe").await.unwrap().status(), StatusCode::OK);
+
+    // Consumers: reads for readers, writes for admins.
+    assert_eq!(
+        call(&server, M::PUT, "/consumers/x", Some(&keys.writer)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(call(&server, M::PUT, "/consumers/x", Some(&keys.admin)).await.0, StatusCode::OK);
+    assert_eq!(call(&server, M::GET, "/consumers/x", Some(&keys.reader)).await.0, StatusCode::OK);
+    assert_eq!(
+        call(&server, M::DELETE, "/consumers/x", Some(&keys.reader)).await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    // Admin: everything.
+    for (method, path) in [
+        (M::GET, "/all"),
+        (M::POST, "/streams/order-9"),
+        (M::GET, "/categories/order"),
+        (M::DELETE, "/consumers/x"),
+    ] {
+        assert!(
+            call(&server, method.clone(), path, Some(&keys.admin)).await.0.is_success(),
+            "{method} {path}"
+        );
+    }
+    // An invalid name with a valid token is the handler's 400, not a 403.
+    assert_eq!(
+        call(&server, M::GET, "/streams/%24x", Some(&keys.scoped)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_metrics_need_no_token_but_the_rest_still_does() {
+    let (server, _keys, _dir) = server_with_tokens(true).await;
+    assert_eq!(call(&server, Method::GET, "/metrics", None).await.0, StatusCode::OK);
+    assert_eq!(call(&server, Method::GET, "/info", None).await.0, StatusCode::UNAUTHORIZED);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn token_new_prints_a_token_that_the_printed_entry_accepts() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_store-server"))
+        .args(["token", "new", "--name", "ci", "--roles", "read,write", "--streams", "account-*"])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let token =
+        text.lines().nth(1).and_then(|l| l.strip_prefix("# ")).expect("the token line").trim();
+    let tokens = Tokens::parse(&text).expect("the printed entry loads");
+    let found = tokens.find(token).expect("the entry matches the token");
+    assert_eq!(found.name, "ci");
+    assert!(!text.contains("sha256 = \"\""));
+    let bad = tokio::process::Command::new(env!("CARGO_BIN_EXE_store-server"))
+        .args(["token", "new", "--name", "x", "--roles", "root"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad.status.success());
+}
+
+#[tokio::test]
+async fn listening_beyond_loopback_without_auth_is_refused_unless_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+    let data_dir = dir.path().to_str().unwrap();
+    let listen = format!("0.0.0.0:{port}");
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_store-server"))
+        .args(["--listen", &listen, "--data-dir", data_dir])
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("without authentication") && stderr.contains("--auth-file"),
+        "{stderr}"
+    );
+
+    let mut allowed = tokio::process::Command::new(env!("CARGO_BIN_EXE_store-server"))
+        .args(["--listen", &listen, "--data-dir", data_dir, "--insecure-no-auth"])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut ready = false;
+    for _ in 0..200 {
+        if reqwest::get(format!("http://127.0.0.1:{port}/health/live")).await.is_ok() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(ready, "--insecure-no-auth starts");
+    allowed.kill().await.unwrap();
+    let output = allowed.wait_with_output().await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("WITHOUT authentication"),
+        "a warning at start"
+    );
+}
