@@ -4,14 +4,20 @@
 use super::{ApiError, AppState};
 use crate::auth::Access;
 use crate::protocol::{Category, StreamName};
+use axum::extract::rejection::RawPathParamsRejection;
 use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 /// What the route (by template) needs, given its parameters.
-fn access(route: &str, method: &Method, params: &RawPathParams, public_metrics: bool) -> Access {
-    let param = |key: &str| params.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_owned());
+fn access(
+    route: &str,
+    method: &Method,
+    params: Option<&RawPathParams>,
+    public_metrics: bool,
+) -> Access {
+    let param = |key: &str| params?.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_owned());
     let stream = || param("stream").and_then(|s| StreamName::new(s).ok());
     let category = || param("category").and_then(|c| Category::new(c).ok());
     match (route, method) {
@@ -39,12 +45,14 @@ fn access(route: &str, method: &Method, params: &RawPathParams, public_metrics: 
 pub async fn authorize(
     State(state): State<AppState>,
     route: MatchedPath,
-    params: RawPathParams,
+    // A parameter that is not UTF-8 is the handler's 400 to give, as a problem document.
+    params: Result<RawPathParams, RawPathParamsRejection>,
     request: Request,
     next: Next,
 ) -> Response {
     let Some(tokens) = &state.auth else { return next.run(request).await };
-    let needed = access(route.as_str(), request.method(), &params, state.public_metrics);
+    let needed =
+        access(route.as_str(), request.method(), params.as_ref().ok(), state.public_metrics);
     if matches!(needed, Access::Public) {
         return next.run(request).await;
     }
