@@ -90,3 +90,28 @@ pub fn number(name: &str, value: &str) -> Result<u64, ApiError> {
     }
     value.parse().map_err(|_| ApiError::InvalidRequest(format!("{name} is too large")))
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn numbers_are_plain_digits_that_fit(value in "\\\\PC{0,25}|[0-9]{1,22}|[+-]?[0-9]{1,5}") {
+            let plain = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+            match number("from", &value) {
+                Ok(n) => prop_assert!(plain && n.to_string().trim_start_matches('0') == value.trim_start_matches('0')),
+                Err(_) => prop_assert!(!plain || value.parse::<u64>().is_err()),
+            }
+        }
+
+        #[test]
+        fn read_parameters_never_panic(pairs in proptest::collection::hash_map("from|limit|direction|types|x", "\\\\PC{0,12}", 0..5)) {
+            let query = Ok(axum::extract::Query(pairs.clone()));
+            if let Ok(params) = ReadParams::parse(query, 1000) {
+                prop_assert!(params.limit >= 1 && params.limit <= 1000);
+            }
+        }
+    }
+}

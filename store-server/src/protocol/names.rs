@@ -390,3 +390,37 @@ mod tests {
         assert!(!ExpectedRevision::Exact(StreamRevision(0)).admits(None));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn stream_names_follow_the_rules_exactly(name in ".{0,60}|[a-z$-]{0,3}|x{195,205}") {
+            let valid = !name.is_empty()
+                && name.len() <= NAME_BYTES_MAX
+                && !name.chars().any(char::is_control)
+                && !name.starts_with('$');
+            let parsed = StreamName::new(name.clone());
+            prop_assert_eq!(parsed.is_ok(), valid);
+            if let Ok(stream) = parsed {
+                let json = serde_json::to_string(&stream).unwrap();
+                prop_assert_eq!(serde_json::from_str::<StreamName>(&json).unwrap(), stream.clone());
+                prop_assert!(name.starts_with(stream.category()));
+                prop_assert!(!stream.category().contains('-'));
+            }
+        }
+
+        #[test]
+        fn expected_revisions_round_trip_and_nothing_else_parses(revision: u64, negative in i64::MIN..0, word in "[a-z_]{0,14}") {
+            let exact = ExpectedRevision::Exact(StreamRevision(revision));
+            let json = serde_json::to_string(&exact).unwrap();
+            prop_assert_eq!(serde_json::from_str::<ExpectedRevision>(&json).unwrap(), exact);
+            prop_assert!(serde_json::from_str::<ExpectedRevision>(&negative.to_string()).is_err());
+            let keyword = ["any", "no_stream", "stream_exists"].contains(&word.as_str());
+            prop_assert_eq!(serde_json::from_str::<ExpectedRevision>(&format!("{word:?}")).is_ok(), keyword);
+        }
+    }
+}

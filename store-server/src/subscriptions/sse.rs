@@ -88,3 +88,62 @@ mod tests {
         assert_eq!(data["data"], serde_json::json!({"a": 1, "b": 2}));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            "\\PC{0,12}|[\\n\\r\"\\\\]{0,3}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("\\PC{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn parse(bytes: Vec<u8>) -> Vec<eventsource_stream::Event> {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]);
+        futures::executor::block_on(body.eventsource().collect::<Vec<_>>())
+            .into_iter()
+            .map(|e| e.expect("well-formed"))
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn any_event_data_round_trips_through_an_sse_parser(data in json(), line_end in "\n|\r\n|\r", pretty: bool) {
+            let text = if pretty { serde_json::to_string_pretty(&data).unwrap() } else { serde_json::to_string(&data).unwrap() };
+            let text = text.replace('\n', &line_end);
+            let event: RecordedEvent = serde_json::from_value(serde_json::json!({
+                "position": 9, "stream": "s-1", "revision": 0,
+                "id": "5f0c6d0e-9a39-4c41-a9a0-1f6b0f0f6f11", "type": "T", "schema_version": 1,
+                "data": null, "metadata": null, "recorded_at": "2026-11-27T12:00:00.000001Z"
+            })).unwrap();
+            let event = RecordedEvent { data: serde_json::value::RawValue::from_string(text).unwrap(), ..event };
+            let mut out = Vec::new();
+            super::event(&mut out, &event);
+            out.extend_from_slice(KEEPALIVE);
+            let parsed = parse(out);
+            prop_assert_eq!(parsed.len(), 1);
+            prop_assert_eq!(&parsed[0].id, "9");
+            // The exact text comes back; only CR and CRLF whitespace become LF, as every SSE
+            // client joins continued data lines with LF.
+            let received: RecordedEvent = serde_json::from_str(&parsed[0].data).unwrap();
+            let expected = event.data.get().replace("\r\n", "\n").replace('\r', "\n");
+            prop_assert_eq!(received.data.get(), expected.as_str());
+        }
+    }
+}
