@@ -563,6 +563,16 @@ async fn bad_input_gets_a_problem_document_and_changes_nothing(server: &TestServ
             "invalid-request",
         ),
         (
+            "/streams/s-1".into(),
+            r#"{"events":[{"type":"E","data":1,"schema_version":2147483648}]}"#.into(),
+            "invalid-request",
+        ),
+        (
+            "/streams/s-1".into(),
+            r#"{"events":[{"type":"E","data":1,"schema_version":4294967295}]}"#.into(),
+            "invalid-request",
+        ),
+        (
             "/streams/%24reserved".into(),
             r#"{"events":[{"type":"E","data":1}]}"#.into(),
             "invalid-stream-name",
@@ -774,6 +784,8 @@ async fn consumers_store_positions_by_compare_and_set_and_never_move_back_silent
         (json!({"position": "1"}), "invalid-request"),
         (json!({}), "invalid-request"),
         (json!({"position": 1, "extra": true}), "invalid-request"),
+        (json!({"position": 9223372036854775808u64}), "invalid-request"),
+        (json!({"position": 1, "expected_position": 18446744073709551615u64}), "invalid-request"),
     ] {
         let (status, problem) = put_consumer(server, "balances", body).await;
         assert_problem(status, &problem, StatusCode::BAD_REQUEST, code);

@@ -45,6 +45,11 @@ pub async fn put(
     let name = name(path)?;
     let update: SetConsumer =
         json(&headers, body, state.http.request_body_bytes_max, "consumer position").await?;
+    // Positions are stored as 64-bit signed integers; the log never gets near that.
+    let in_range = |p: Position| i64::try_from(p.0).is_ok();
+    if !in_range(update.position) || !update.expected_position.is_none_or(in_range) {
+        return Err(ApiError::InvalidRequest(format!("positions must be at most {}", i64::MAX)));
+    }
     let stored = state.store.set_consumer(&name, &update, Timestamp::now()).await?;
     let stored = stored.map_err(|conflict| ApiError::ConsumerConflict { name, conflict })?;
     state.consumer_updates.notify_waiters();

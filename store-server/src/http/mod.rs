@@ -73,6 +73,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health/ready", get(ops::ready))
         .route("/info", get(ops::info))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
         // Route layers run after routing, so they see the route template. The last added
         // runs first: requests are counted (track) whether or not they were authorized.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize::authorize))

@@ -67,3 +67,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
+
+/// `GET /openapi.json`: the OpenAPI 3.1 document of this API, kept true by tests (and by
+/// schemathesis in CI).
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("../../openapi.json"))
+}

@@ -226,9 +226,12 @@ impl SchemaVersion {
     /// The version of an event that does not say.
     pub const FIRST: Self = Self(1);
 
-    /// A schema version; `None` for 0.
+    /// The highest schema version: what a 32-bit signed column holds (PostgreSQL's `int4`).
+    pub const MAX: u32 = i32::MAX as u32;
+
+    /// A schema version; `None` for 0 or above [`SchemaVersion::MAX`].
     pub fn new(version: u32) -> Option<Self> {
-        (version > 0).then_some(Self(version))
+        (1..=Self::MAX).contains(&version).then_some(Self(version))
     }
 
     /// The version number.
@@ -246,7 +249,9 @@ impl Default for SchemaVersion {
 impl<'de> Deserialize<'de> for SchemaVersion {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let version = u32::deserialize(deserializer)?;
-        Self::new(version).ok_or_else(|| de::Error::custom("schema_version must be at least 1"))
+        Self::new(version).ok_or_else(|| {
+            de::Error::custom(format!("schema_version must be from 1 to {}", Self::MAX))
+        })
     }
 }
 

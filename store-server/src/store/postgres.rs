@@ -384,7 +384,7 @@ async fn commit(
     let revisions: Vec<i64> = rows.iter().map(|r| to_i64(r.revision.0)).collect();
     let event_ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id.0).collect();
     let types: Vec<&str> = rows.iter().map(|r| r.event.event_type.as_str()).collect();
-    let versions: Vec<i32> = rows.iter().map(|r| r.event.schema_version.get() as i32).collect();
+    let versions: Vec<i32> = rows.iter().map(|r| schema_version(r.event.schema_version)).collect();
     let data: Vec<&str> = rows.iter().map(|r| r.event.data.get()).collect();
     let metadata: Vec<Option<&str>> =
         rows.iter().map(|r| r.event.metadata.as_ref().map(|m| m.get())).collect();
@@ -485,6 +485,11 @@ async fn consumer_row(
 fn consumer_from_row(row: &tokio_postgres::Row) -> Result<StoredConsumer, Error> {
     let at: time::OffsetDateTime = row.get(2);
     StoredConsumer::from_row(row.get(0), row.get(1), Some(at.into()))
+}
+
+/// A schema version as PostgreSQL's `int4`: `SchemaVersion` never exceeds `i32::MAX`.
+fn schema_version(version: crate::protocol::SchemaVersion) -> i32 {
+    i32::try_from(version.get()).expect("SchemaVersion::MAX fits an i32")
 }
 
 const LOG_HEAD_SQL: &str = "SELECT position FROM log_head";
