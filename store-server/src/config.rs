@@ -112,6 +112,30 @@ pub struct Cli {
     #[arg(long, env = "STORE_INSECURE_NO_AUTH", global = true)]
     pub insecure_no_auth: bool,
 
+    /// Serve HTTPS only, with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "STORE_TLS_CERT", requires = "tls_key", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "STORE_TLS_KEY", requires = "tls_cert", global = true)]
+    pub tls_key: Option<PathBuf>,
+
+    /// Most connections open at once; past it, new ones wait to be accepted.
+    #[arg(long, env = "STORE_CONNECTIONS_MAX", default_value_t = 10_000, value_parser = positive, global = true)]
+    pub connections_max: usize,
+
+    /// Largest request head (request line and headers), at least 8192; past it, 431.
+    #[arg(long, env = "STORE_HEADER_BYTES_MAX", default_value_t = 16_384, value_parser = header_bytes, global = true)]
+    pub header_bytes_max: usize,
+
+    /// How long a client may take to send a request's head.
+    #[arg(long, env = "STORE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = positive, global = true)]
+    pub header_read_timeout_ms: usize,
+
+    /// How long a request may take, subscriptions and consumer waits aside; past it, 503.
+    #[arg(long, env = "STORE_REQUEST_TIMEOUT_MS", default_value_t = 30_000, value_parser = positive, global = true)]
+    pub request_timeout_ms: usize,
+
     /// How long to wait for a storage connection before answering 503.
     #[arg(long, env = "STORE_STORAGE_TIMEOUT_MS", default_value_t = 5000, value_parser = positive, global = true)]
     pub storage_timeout_ms: usize,
@@ -159,6 +183,13 @@ fn millis(ms: usize) -> Duration {
     Duration::from_millis(ms as u64)
 }
 
+fn header_bytes(text: &str) -> Result<usize, String> {
+    match positive(text)? {
+        bytes if bytes < 8192 => Err("must be at least 8192 (hyper's smallest buffer)".into()),
+        bytes => Ok(bytes),
+    }
+}
+
 fn positive(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -190,6 +221,21 @@ pub struct HttpLimits {
     pub read_limit_max: usize,
     /// How long open requests may take to finish after the shutdown signal.
     pub shutdown_drain_timeout: Duration,
+    /// How long a request may take (subscriptions and consumer waits aside).
+    pub request_timeout: Duration,
+}
+
+/// How connections are accepted and held.
+#[derive(Debug, Clone)]
+pub struct TransportLimits {
+    /// HTTPS with this certificate chain and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Most connections at once.
+    pub connections_max: usize,
+    /// Largest request head.
+    pub header_bytes_max: usize,
+    /// Longest time to send a request head.
+    pub header_read_timeout: Duration,
 }
 
 /// Everything the server needs to run, validated.
@@ -205,6 +251,8 @@ pub struct Config {
     pub batch: BatchLimits,
     /// Subscriptions.
     pub subscriptions: crate::subscriptions::Limits,
+    /// Connections.
+    pub transport: TransportLimits,
     /// Who may do what; `None`: anyone (loopback only, unless `insecure_no_auth`).
     pub auth: Option<std::sync::Arc<crate::auth::Tokens>>,
     /// `/metrics` without a token.
@@ -262,6 +310,13 @@ impl Cli {
                 request_body_bytes_max: self.request_body_bytes_max,
                 read_limit_max: self.read_limit_max,
                 shutdown_drain_timeout: millis(self.shutdown_drain_timeout_ms),
+                request_timeout: millis(self.request_timeout_ms),
+            },
+            transport: TransportLimits {
+                tls: self.tls_cert.clone().zip(self.tls_key.clone()),
+                connections_max: self.connections_max,
+                header_bytes_max: self.header_bytes_max,
+                header_read_timeout: millis(self.header_read_timeout_ms),
             },
             append: RequestLimits {
                 append_events_max: self.append_events_max,

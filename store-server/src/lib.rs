@@ -10,6 +10,7 @@
 //! | [`protocol`] | the wire types of shared/API.md, shared with the SDK (no server dependencies) |
 //! | `config` | flags and environment variables, parsed once into a validated `Config` |
 //! | `server` | `run(listener, config, shutdown)`, the one entry point |
+//! | `listen` | the accept loop: TLS, connection and header limits, graceful shutdown |
 //! | `http` | the routes, one file per resource; `problem.rs` turns errors into problem documents |
 //! | `append` | the write path: validation, the writer's queue and group commit, `decide` |
 //! | `store` | the backend trait, `sqlite.rs`, `postgres.rs`, migrations |
@@ -33,6 +34,8 @@ pub mod auth;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod http;
+#[cfg(feature = "server")]
+pub mod listen;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]

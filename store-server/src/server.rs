@@ -7,7 +7,6 @@ use crate::http::{AppState, app};
 use crate::metrics::Metrics;
 use crate::subscriptions::Hub;
 use std::future::Future;
-use std::future::IntoFuture;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -23,6 +22,9 @@ pub enum Error {
     /// Serving failed.
     #[error("cannot serve")]
     Io(#[from] std::io::Error),
+    /// The TLS certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Refused to serve beyond loopback without an auth file.
     #[error(
         "refusing to listen on {0} without authentication: anyone who can reach it could read \
@@ -53,6 +55,16 @@ pub async fn run(
         }
         warn!(%address, "listening beyond loopback WITHOUT authentication (--insecure-no-auth): anyone who can connect may read and write");
     }
+    let limits = &config.transport;
+    let transport = crate::listen::Transport {
+        tls: match &limits.tls {
+            Some((cert, key)) => Some(crate::listen::tls(cert, key).map_err(Error::Tls)?),
+            None => None,
+        },
+        connections_max: limits.connections_max,
+        header_bytes_max: limits.header_bytes_max,
+        header_read_timeout: limits.header_read_timeout,
+    };
     let store = crate::store::open(&config.storage).await?;
     let metrics = Arc::new(Metrics::new()?);
     let head = store.head().await?;
@@ -85,6 +97,7 @@ pub async fn run(
     info!(
         %address,
         auth = config.auth.is_some(),
+        tls = config.transport.tls.is_some(),
         backend = state.store.backend().name(),
         %storage,
         request_body_bytes_max = config.http.request_body_bytes_max,
@@ -93,25 +106,20 @@ pub async fn run(
         read_limit_max = config.http.read_limit_max,
         "serving"
     );
-    let (signalled, drain) = tokio::sync::oneshot::channel();
     let signal = async move {
         shutdown.await;
         info!("shutting down: no new connections, finishing requests in flight");
         // Ends every subscription, so that their responses complete and serving can stop.
         let _ = stopping.send(true);
-        let _ = signalled.send(());
     };
-    let drain_timeout = config.http.shutdown_drain_timeout;
-    let drain_deadline = async move {
-        match drain.await {
-            Ok(()) => tokio::time::sleep(drain_timeout).await,
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        served = axum::serve(listener, app(state)).with_graceful_shutdown(signal).into_future() => served?,
-        () = drain_deadline => warn!(?drain_timeout, "drain timeout: closing the connections still open"),
-    }
+    crate::listen::serve(
+        listener,
+        app(state),
+        transport,
+        signal,
+        config.http.shutdown_drain_timeout,
+    )
+    .await;
     // Every handle to the writer went with the app: it drains what is queued, then ends.
     let _ = writer_task.await;
     let _ = tailer.await;

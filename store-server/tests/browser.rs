@@ -107,14 +107,16 @@ async fn a_browser_event_source_receives_events_and_resumes_after_a_restart() {
 <script>
 const store = "http://127.0.0.1:{port}";
 const source = new EventSource(store + "/streams/page-1/subscribe");
+// Reports go out one after another, so that they are stored in the order received.
+let reported = Promise.resolve();
 source.onmessage = (message) => {{
   const event = JSON.parse(message.data);
-  fetch(store + "/streams/browser-seen", {{
+  reported = reported.then(() => fetch(store + "/streams/browser-seen", {{
     method: "POST",
     headers: {{"content-type": "application/json"}},
     body: JSON.stringify({{events: [{{type: "Seen",
       data: {{position: event.position, last_event_id: message.lastEventId}}}}]}}),
-  }});
+  }}));
 }};
 </script>"#
         ),

@@ -20,7 +20,7 @@ use crate::subscriptions::Hub;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::sync::Arc;
 use tokio::sync::{Notify, Semaphore, watch};
@@ -76,11 +76,29 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(ops::openapi))
         // Route layers run after routing, so they see the route template. The last added
         // runs first: requests are counted (track) whether or not they were authorized.
+        .route_layer(axum::middleware::from_fn_with_state(state.http.request_timeout, deadline))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize::authorize))
         .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), track))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
+}
+
+/// Answers 503 when a request takes longer than `timeout`; subscriptions (endless by design)
+/// and consumer waits (bounded by their own `timeout_ms`) are left alone.
+async fn deadline(
+    State(timeout): State<std::time::Duration>,
+    route: MatchedPath,
+    request: Request,
+    next: Next,
+) -> Response {
+    if route.as_str().ends_with("/subscribe") || route.as_str().ends_with("/wait") {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::TimedOut(timeout).into_response(),
+    }
 }
 
 /// Counts and times each request by route template, and storage errors by kind.

@@ -76,6 +76,10 @@ pub enum ApiError {
     /// takes.
     #[error("the server has as many subscriptions as it takes, try again later")]
     TooManySubscriptions,
+    /// `503 unavailable`: the request took longer than the request timeout. An append may
+    /// still be committed: retry it with the same event ids.
+    #[error("the request took longer than {} ms", .0.as_millis())]
+    TimedOut(std::time::Duration),
     /// `503 unavailable`: storage failed or cannot be reached. Details go to the log only.
     #[error("storage is unavailable, try again")]
     Unavailable(#[source] Option<crate::store::Error>),
@@ -142,7 +146,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
             }
-            Self::Unavailable(_) | Self::TooManySubscriptions => {
+            Self::Unavailable(_) | Self::TooManySubscriptions | Self::TimedOut(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
             }
         }

@@ -89,13 +89,21 @@ async fn tail(
             _ = shutdown.wait_for(|stopping| *stopping) => return,
         }
         if batches.receiver_count() == 0 {
-            // Nobody listens: move along without reading events (subscribers catch up
-            // from storage anyway).
+            // Nobody listens: move along without reading events. Jump only if still nobody
+            // listens once the head is read: a subscriber that arrives after this check
+            // catches up from storage past that head, while one that arrived during the
+            // read must get what follows through the broadcast, from `last` on.
             match store.head().await {
-                Ok(head) => last = head.max(last),
-                Err(err) => warn!(cause = %crate::error_chain(&err), "tailer cannot read the head"),
+                Ok(head) if batches.receiver_count() == 0 => {
+                    last = head.max(last);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    warn!(cause = %crate::error_chain(&err), "tailer cannot read the head");
+                    continue;
+                }
             }
-            continue;
         }
         loop {
             let query = LogQuery {

@@ -1,0 +1,123 @@
+//! The accept loop: connections, TLS, per-connection limits and graceful shutdown. The HTTP
+//! of each connection is hyper's; the routes are `http::app`.
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tracing::{debug, warn};
+
+/// How connections are accepted and held.
+#[derive(Clone)]
+pub struct Transport {
+    /// HTTPS only, when set.
+    pub tls: Option<TlsAcceptor>,
+    /// Most connections open at once; past it, new ones wait to be accepted.
+    pub connections_max: usize,
+    /// Largest request head (request line and headers); past it, hyper answers 431.
+    pub header_bytes_max: usize,
+    /// How long a client may take to send a request's head (slow clients hold no slot).
+    pub header_read_timeout: Duration,
+}
+
+/// Loads a certificate chain and its private key (PEM) for HTTPS.
+///
+/// # Errors
+/// A file cannot be read or parsed, or the key does not fit the certificate.
+pub fn tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read the certificate {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read the private key {}: {e}", key.display()))?;
+    // One crypto provider, named here: ring.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| format!("cannot use the certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `app` until `shutdown` completes; then stops accepting, lets open requests finish
+/// for at most `drain_timeout`, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    transport: Transport,
+    shutdown: impl Future<Output = ()>,
+    drain_timeout: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(transport.connections_max));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the connection semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(err) => {
+                    // Out of file descriptors, say: wait a little rather than spin or stop.
+                    warn!(cause = %err, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (app, transport, watcher) = (app.clone(), transport.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            match &transport.tls {
+                None => connection(tcp, app, &transport, watcher).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => connection(tls, app, &transport, watcher).await,
+                        Ok(Err(err)) => debug!(cause = %err, "TLS handshake failed"),
+                        Err(_) => debug!("TLS handshake timed out"),
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(drain_timeout) => {
+            warn!(?drain_timeout, "drain timeout: closing the connections still open");
+        }
+    }
+}
+
+async fn connection<I>(io: I, app: Router, transport: &Transport, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(transport.header_read_timeout)
+        .max_buf_size(transport.header_bytes_max);
+    let connection = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    if let Err(err) = watcher.watch(connection).await {
+        debug!(cause = %err, "connection ended with an error");
+    }
+}
