@@ -79,6 +79,17 @@ impl Client {
         self
     }
 
+    /// Trusts the CA certificate `pem` (PEM) for HTTPS, besides the usual roots: for a
+    /// server with a certificate of your own CA, or a self-signed one.
+    ///
+    /// # Errors
+    /// [`Error::Http`] when `pem` is not a certificate.
+    pub fn with_ca_certificate(mut self, pem: &[u8]) -> Result<Self, Error> {
+        let certificate = reqwest::Certificate::from_pem(pem)?;
+        self.http = reqwest::Client::builder().add_root_certificate(certificate).build()?;
+        Ok(self)
+    }
+
     /// The server's base URL.
     pub fn base_url(&self) -> &str {
         &self.base_url

@@ -544,3 +544,34 @@ async fn the_client_sends_its_bearer_token_on_every_request() {
     assert!(matches!(first, Some(Err(projection_sdk::Error::Problem(p))) if p.status == 401));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_trusts_a_custom_ca_for_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let mut config = store_server::config::Config::sqlite(dir.path().join("data"));
+    config.transport.tls = Some((cert, key));
+    let server = start_server_with(config, "127.0.0.1:0").await;
+    let url = server.url.replace("http://127.0.0.1", "https://localhost");
+    let client = Client::new(&url).with_ca_certificate(certified.cert.pem().as_bytes()).unwrap();
+    let stream = StreamName::new("tls-1").unwrap();
+    let event = NewEvent::new(EventType::new("E").unwrap(), &json!(1)).unwrap();
+    let mut appended = None;
+    for _ in 0..50 {
+        if let Ok(result) = client.append(&stream, ExpectedRevision::Any, vec![event.clone()]).await
+        {
+            appended = Some(result);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(appended.expect("appended over HTTPS").last_position, Position(1));
+    assert!(
+        Client::new(&url).append(&stream, ExpectedRevision::Any, vec![event]).await.is_err(),
+        "untrusted without the CA"
+    );
+    server.stop().await;
+}

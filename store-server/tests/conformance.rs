@@ -666,6 +666,8 @@ async fn stream_names_with_any_characters_round_trip(server: &TestServer) {
         "slash/in/name-6",
         "space name-7",
         "percent%41-8",
+        "nul%00text-10",
+        "quote\"and'mixed\\-11",
         "x",
     ];
     for name in names {

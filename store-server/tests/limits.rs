@@ -1,0 +1,103 @@
+//! Connection-level limits: open connections, request head size, slow request heads.
+
+use std::time::Duration;
+use store_server::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn start(
+    adjust: impl FnOnce(&mut Config),
+) -> (u16, tokio::sync::oneshot::Sender<()>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::sqlite(dir.path());
+    adjust(&mut config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(store_server::server::run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    for _ in 0..100 {
+        if reqwest::get(format!("http://127.0.0.1:{port}/health/ready")).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (port, stop, dir)
+}
+
+/// Sends `request` on a new connection; the response head, or `None` if none comes in `wait`.
+async fn exchange(socket: &mut TcpStream, request: &[u8], wait: Duration) -> Option<String> {
+    socket.write_all(request).await.ok()?;
+    let mut buffer = vec![0u8; 4096];
+    let read = tokio::time::timeout(wait, socket.read(&mut buffer)).await.ok()?.ok()?;
+    (read > 0).then(|| String::from_utf8_lossy(&buffer[..read]).into_owned())
+}
+
+const GET_LIVE: &[u8] = b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_wait_for_a_free_slot() {
+    let (port, _stop, _dir) = start(|c| c.transport.connections_max = 2).await;
+    let mut first = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut second = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert!(
+        exchange(&mut first, GET_LIVE, Duration::from_secs(2))
+            .await
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(
+        exchange(&mut second, GET_LIVE, Duration::from_secs(2))
+            .await
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+    // Both kept alive: a third connection is not served...
+    let mut third = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(exchange(&mut third, GET_LIVE, Duration::from_millis(400)).await, None);
+    // ...until a slot frees up.
+    drop(first);
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(3), third.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_past_the_limit_is_refused_and_a_slow_one_is_cut() {
+    let (port, _stop, _dir) = start(|c| {
+        c.transport.header_bytes_max = 8192;
+        c.transport.header_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let big = format!(
+        "GET /health/live HTTP/1.1\r\nhost: x\r\nx-padding: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let answer =
+        exchange(&mut socket, big.as_bytes(), Duration::from_secs(2)).await.unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    // A client that never finishes its request head is disconnected.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    slow.write_all(b"GET /health/live HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let mut buffer = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(3), slow.read(&mut buffer)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_)) | Ok(Err(_))),
+        "the slow connection is closed or answered, not held"
+    );
+
+    // A normal request still works.
+    let mut normal = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert!(
+        exchange(&mut normal, GET_LIVE, Duration::from_secs(2))
+            .await
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+}
