@@ -1,5 +1,8 @@
 //! Connection-level limits: open connections, request head size, slow request heads.
 
+#[path = "support/postgres.rs"]
+mod postgres;
+
 use std::time::Duration;
 use store_server::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -100,4 +103,59 @@ async fn a_request_head_past_the_limit_is_refused_and_a_slow_one_is_cut() {
             .unwrap()
             .starts_with("HTTP/1.1 200")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_timeout_gets_503_and_a_retry_is_idempotent() {
+    let Some(url) = postgres::fresh_database().await else {
+        return postgres::skip("a_request_past_the_timeout_gets_503_and_a_retry_is_idempotent");
+    };
+    let mut config = Config::postgres(url.clone());
+    config.http.request_timeout = Duration::from_millis(300);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(store_server::server::run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    while client.get(format!("{base}/health/ready")).send().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Someone else holds the log head: the append waits behind it.
+    let (mut blocker, connection) =
+        tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let held = blocker.transaction().await.unwrap();
+    held.execute("SELECT position FROM log_head FOR UPDATE", &[]).await.unwrap();
+
+    let id = uuid::Uuid::now_v7().to_string();
+    let body = serde_json::json!({"events": [{"id": id, "type": "E", "data": 1}]});
+    let started = std::time::Instant::now();
+    let response = client.post(format!("{base}/streams/slow-1")).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/unavailable");
+    assert!(problem["detail"].as_str().unwrap().contains("took longer than 300 ms"), "{problem}");
+
+    // Once the lock goes, the queued append commits; a retry with its id is answered 200.
+    held.rollback().await.unwrap();
+    let mut retried = None;
+    for _ in 0..50 {
+        let response =
+            client.post(format!("{base}/streams/slow-1")).json(&body).send().await.unwrap();
+        if response.status().is_success() {
+            retried = Some(response.status());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        retried,
+        Some(reqwest::StatusCode::OK),
+        "the timed-out append was committed, and the retry is idempotent"
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }
