@@ -161,7 +161,13 @@ impl<P: Projection> Runner<P> {
                     self.position = position;
                 }
                 if through > self.position {
-                    self.commit(&[], through).await.map_err(Failure::into_run_error)?;
+                    self.commit(&[], through).await.map_err(|failure| match failure {
+                        Failure::Stop(err) => err,
+                        // No events, no handler: cannot happen, but say what it would mean.
+                        Failure::Handler { source } => {
+                            RunError::Handler { position: through, source }
+                        }
+                    })?;
                 }
             }
         }
@@ -207,7 +213,7 @@ impl<P: Projection> Runner<P> {
     async fn commit(&mut self, events: &[RecordedEvent], through: Position) -> Result<(), Failure> {
         let (name, version) = (self.projection.name().to_owned(), self.projection.version() as i32);
         let tx = self.db.transaction().await.map_err(Failure::database)?;
-        lock_checkpoint(&tx, &name, version, self.position).await?;
+        lock_checkpoint(&tx, &name, version, self.position).await.map_err(Failure::Stop)?;
         let envelopes = events
             .iter()
             .map(|event| envelope(&self.upcasters, event))
@@ -231,9 +237,7 @@ impl<P: Projection> Runner<P> {
         let (name, version) = (self.projection.name().to_owned(), self.projection.version() as i32);
         let json = serde_json::to_string(event).unwrap_or_default();
         let tx = self.db.transaction().await?;
-        lock_checkpoint(&tx, &name, version, self.position)
-            .await
-            .map_err(Failure::into_run_error)?;
+        lock_checkpoint(&tx, &name, version, self.position).await?;
         tx.execute(
             "INSERT INTO projection_dead_letters (projection, version, position, event, error)
              VALUES ($1, $2, $3, $4, $5)
@@ -304,9 +308,7 @@ impl<P: Projection> Runner<P> {
     pub async fn rebuild(&mut self) -> Result<(), RunError> {
         let (name, version) = (self.projection.name().to_owned(), self.projection.version() as i32);
         let tx = self.db.transaction().await?;
-        lock_checkpoint(&tx, &name, version, self.position)
-            .await
-            .map_err(Failure::into_run_error)?;
+        lock_checkpoint(&tx, &name, version, self.position).await?;
         self.projection.reset(&tx).await.map_err(RunError::Setup)?;
         tx.execute(
             "DELETE FROM projection_dead_letters WHERE projection = $1 AND version = $2",
@@ -359,13 +361,6 @@ impl Failure {
     fn database(err: tokio_postgres::Error) -> Self {
         Self::Stop(RunError::Database(err))
     }
-
-    fn into_run_error(self) -> RunError {
-        match self {
-            Self::Stop(err) => err,
-            Self::Handler { source } => RunError::Setup(source),
-        }
-    }
 }
 
 /// Locks the checkpoint row for this transaction and checks nobody else moved it.
@@ -374,7 +369,7 @@ async fn lock_checkpoint(
     name: &str,
     version: i32,
     expected: Position,
-) -> Result<(), Failure> {
+) -> Result<(), RunError> {
     // The row lock serialises runners of this projection; the compare stops the one that
     // is behind, instead of letting it apply events a second time.
     let row = tx
@@ -383,11 +378,10 @@ async fn lock_checkpoint(
              WHERE projection = $1 AND version = $2 FOR UPDATE",
             &[&name, &version],
         )
-        .await
-        .map_err(Failure::database)?;
+        .await?;
     let found = Position(row.get::<_, i64>(0).max(0) as u64);
     if found != expected {
-        return Err(Failure::Stop(RunError::AnotherRunner { expected, found }));
+        return Err(RunError::AnotherRunner { expected, found });
     }
     Ok(())
 }
