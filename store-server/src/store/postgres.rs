@@ -18,7 +18,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 use tracing::warn;
 
-/// The channel every commit notifies, with the new log head as payload.
+/// The channel every commit notifies, with the committing instance's id as payload.
 pub const NOTIFY_CHANNEL: &str = "eventstore_appended";
 
 /// Key of the advisory lock migrations run under ("evst" in ASCII).
@@ -42,6 +42,9 @@ pub struct Postgres {
     pool: Pool,
     /// For the LISTEN connection, which lives outside the pool.
     config: tokio_postgres::Config,
+    /// This instance's NOTIFY payload: its own commits already woke its tailer, so its
+    /// listener skips them and hears only other instances'.
+    instance: String,
 }
 
 impl Postgres {
@@ -82,7 +85,9 @@ impl Postgres {
         }
         migrate(&mut client).await?;
         drop(client);
-        Ok(Self { pool, config })
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|e| Error::Pool(e.to_string().into()))?;
+        Ok(Self { pool, config, instance: hex::encode(id) })
     }
 }
 
@@ -132,7 +137,7 @@ impl Store for Postgres {
         recorded_at: Timestamp,
     ) -> Result<Vec<Outcome>, Error> {
         let client = self.pool.get().await?;
-        let result = commit(&client, &batch, recorded_at).await;
+        let result = commit(&client, &batch, recorded_at, &self.instance).await;
         if result.is_err() {
             // Its transaction may still be open: this connection never goes back to the pool.
             let _ = deadpool_postgres::Object::take(client);
@@ -283,7 +288,7 @@ impl Store for Postgres {
     fn watch_commits(&self, commits: Arc<Notify>, shutdown: watch::Receiver<bool>) {
         let mut config = self.config.clone();
         config.application_name("store-server-listen");
-        tokio::spawn(listen(config, commits, shutdown));
+        tokio::spawn(listen(config, self.instance.clone(), commits, shutdown));
     }
 }
 
@@ -295,19 +300,22 @@ const LISTEN_RETRY: Duration = Duration::from_secs(1);
 /// notifies once: commits made while nobody listened are found by the read it triggers.
 async fn listen(
     config: tokio_postgres::Config,
+    instance: String,
     commits: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
-                let notified = commits.clone();
+                let (notified, own) = (commits.clone(), instance.clone());
                 let mut messages = tokio::spawn(async move {
                     while let Some(Ok(message)) =
                         std::future::poll_fn(|cx| connection.poll_message(cx)).await
                     {
-                        if let tokio_postgres::AsyncMessage::Notification(_) = message {
-                            notified.notify_one();
+                        if let tokio_postgres::AsyncMessage::Notification(notice) = message {
+                            if notice.payload() != own {
+                                notified.notify_one();
+                            }
                         }
                     }
                 });
@@ -343,6 +351,7 @@ async fn commit(
     client: &deadpool_postgres::Client,
     batch: &[Append],
     recorded_at: Timestamp,
+    instance: &str,
 ) -> Result<Vec<Outcome>, Error> {
     let statements = Statements::prepare(client).await?;
     let (streams, ids) = batch_keys(batch);
@@ -407,7 +416,7 @@ async fn commit(
     let heads_params: [&(dyn ToSql + Sync); 2] = [&head_names, &head_revisions];
     let log_head_params: [&(dyn ToSql + Sync); 1] = [&new_head];
     // One notification per group commit, not per event: NOTIFY serialises commits.
-    let notify_params: [&(dyn ToSql + Sync); 2] = [&NOTIFY_CHANNEL, &new_head];
+    let notify_params: [&(dyn ToSql + Sync); 2] = [&NOTIFY_CHANNEL, &instance];
     tokio::try_join!(
         client.execute(&statements.insert_events, &event_params),
         client.execute(&statements.upsert_stream_heads, &heads_params),
@@ -458,7 +467,7 @@ impl Statements {
                  ON CONFLICT (name) DO UPDATE SET revision = EXCLUDED.revision"
             ),
             client.prepare_cached("UPDATE log_head SET position = $1"),
-            client.prepare_cached("SELECT pg_notify($1, $2::bigint::text)"),
+            client.prepare_cached("SELECT pg_notify($1, $2)"),
         )?;
         Ok(Self {
             lock,
