@@ -196,7 +196,14 @@ async fn filtered_subscription_over_non_matching_events_emits_checkpoints(
     assert_eq!(checkpoints, vec![1000], "one checkpoint for the scanned backlog");
     // Live: more noise, then one matching event; a checkpoint comes at most once a second.
     append_many(&server, "noise-1", "Common", 200).await;
-    assert_eq!(subscriber.next(Duration::from_secs(3)).await, Some(Message::Checkpoint(1200)));
+    // At most one a second: under load an intermediate one may come first; they only advance.
+    let mut last = 1000;
+    while last < 1200 {
+        match subscriber.next(Duration::from_secs(3)).await {
+            Some(Message::Checkpoint(position)) if position > last => last = position,
+            other => panic!("expected checkpoints up to 1200, got {other:?} after {last}"),
+        }
+    }
     server.append("rare-1", json!("any"), json!([event("Rare", json!(1))])).await;
     match subscriber.next(WAIT).await {
         Some(Message::Event { event, .. }) => assert_eq!(event["position"], 1201),
