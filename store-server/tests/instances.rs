@@ -117,8 +117,8 @@ async fn an_instance_delivers_another_instances_events_live_even_without_listen(
     }
     let worst = latencies.iter().max().unwrap();
     assert!(
-        *worst < Duration::from_millis(500),
-        "delivered by LISTEN/NOTIFY, not by polling: {latencies:?}"
+        *worst < Duration::from_millis(800),
+        "delivered by LISTEN/NOTIFY, not by the 1 s poll: {latencies:?}"
     );
 
     // Cut every LISTEN connection: delivery goes on (polling, then the reconnected LISTEN).
