@@ -50,6 +50,7 @@ pub async fn authorize(
     request: Request,
     next: Next,
 ) -> Response {
+    // Installed only with an auth file (see `app`); without tokens there is nothing to check.
     let Some(tokens) = &state.auth else { return next.run(request).await };
     let needed =
         access(route.as_str(), request.method(), params.as_ref().ok(), state.public_metrics);
