@@ -2,14 +2,14 @@
 //! position (how a client reads its own write from a read model).
 
 use super::body::json;
-use super::params::{RawQuery, number, segment};
+use super::params::{self, RawQuery, number, segment};
 use super::{ApiError, AppState};
 use crate::protocol::{Consumer, ConsumerName, ConsumerWait, Position, SetConsumer, Timestamp};
 use crate::store::StoredConsumer;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -93,7 +93,7 @@ pub async fn wait(
     query: RawQuery,
 ) -> Result<Json<ConsumerWait>, ApiError> {
     let name = name(path)?;
-    let Query(query) = query.map_err(|r| ApiError::InvalidRequest(r.body_text()))?;
+    let query = params::query(query)?;
     let wanted = match query.get("position") {
         Some(value) => Position(number("position", value)?),
         None => return Err(ApiError::InvalidRequest("position is required".into())),

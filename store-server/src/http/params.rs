@@ -10,6 +10,12 @@ use std::collections::HashMap;
 /// The query string as name → value.
 pub type RawQuery = Result<Query<HashMap<String, String>>, QueryRejection>;
 
+/// The query string as name → value, or a 400 when it cannot be decoded.
+pub fn query(raw: RawQuery) -> Result<HashMap<String, String>, ApiError> {
+    raw.map(|Query(query)| query)
+        .map_err(|rejection| ApiError::InvalidRequest(rejection.body_text()))
+}
+
 /// The one path segment a route captures, percent-decoded.
 pub fn segment(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     path.map(|Path(segment)| segment)
@@ -31,8 +37,7 @@ pub struct ReadParams {
 impl ReadParams {
     /// Parses `query`, holding `limit` to `limit_max`.
     pub fn parse(query: RawQuery, limit_max: usize) -> Result<Self, ApiError> {
-        let Query(query) =
-            query.map_err(|rejection| ApiError::InvalidRequest(rejection.body_text()))?;
+        let query = self::query(query)?;
         let from = query.get("from").map(|v| number("from", v)).transpose()?;
         let limit = match query.get("limit") {
             None => 100.min(limit_max),

@@ -1,13 +1,13 @@
 //! `…/subscribe`: server-sent events, catch-up then live, resumable by position.
 
-use super::params::{RawQuery, number, segment, types};
+use super::params::{self, RawQuery, number, segment, types};
 use super::{ApiError, AppState};
 use crate::protocol::{Category, Position, StreamName};
 use crate::store::Filter;
 use crate::subscriptions::{Subscription, follow};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, header};
 use axum::response::{IntoResponse, Response};
 use std::convert::Infallible;
@@ -25,7 +25,7 @@ pub async fn all(
     headers: HeaderMap,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|r| ApiError::InvalidRequest(r.body_text()))?;
+    let query = params::query(query)?;
     let filter = Filter { types: types(&query)?, ..Filter::default() };
     subscribe(state, filter, &headers, &query).await
 }
@@ -38,7 +38,7 @@ pub async fn category(
     query: RawQuery,
 ) -> Result<Response, ApiError> {
     let category = Category::new(segment(path)?)?;
-    let Query(query) = query.map_err(|r| ApiError::InvalidRequest(r.body_text()))?;
+    let query = params::query(query)?;
     let filter = Filter { category: Some(category), types: types(&query)?, ..Filter::default() };
     subscribe(state, filter, &headers, &query).await
 }
@@ -51,7 +51,7 @@ pub async fn stream(
     query: RawQuery,
 ) -> Result<Response, ApiError> {
     let stream = StreamName::new(segment(path)?)?;
-    let Query(query) = query.map_err(|r| ApiError::InvalidRequest(r.body_text()))?;
+    let query = params::query(query)?;
     let filter = Filter { stream: Some(stream), ..Filter::default() };
     subscribe(state, filter, &headers, &query).await
 }
