@@ -2,7 +2,6 @@
 //! request to random streams of a few hundred categories, after a warm-up; how many
 //! requests each group commit carried is read from the server's own metrics.
 
-use crate::percentile_ms;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,19 +28,13 @@ pub struct Args {
 }
 
 /// Sum and count of the server's `eventstore_commit_requests` histogram.
-async fn commit_requests(client: &reqwest::Client, url: &str) -> Option<(f64, f64)> {
-    let text = client.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
-    let value = |name: &str| {
-        text.lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split_whitespace().last())
-            .and_then(|v| v.parse::<f64>().ok())
-    };
-    Some((value("eventstore_commit_requests_sum")?, value("eventstore_commit_requests_count")?))
+async fn commit_requests(http: &reqwest::Client, url: &str) -> Option<(f64, f64)> {
+    let sum = crate::metric(http, url, "eventstore_commit_requests_sum").await?;
+    Some((sum, crate::metric(http, url, "eventstore_commit_requests_count").await?))
 }
 
-/// Runs the scenario and prints its report.
-pub async fn run(url: &str, args: Args) {
+/// Runs the scenario and returns its report.
+pub async fn run(url: &str, args: Args) -> Value {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
         .build()
@@ -112,19 +105,14 @@ pub async fn run(url: &str, args: Args) {
         }
         _ => None,
     };
-    let report = json!({
+    json!({
         "clients": args.clients,
         "events_per_request": args.events_per_request,
         "seconds": elapsed,
         "requests_per_sec": (requests / elapsed).round(),
         "events_per_sec": (requests * args.events_per_request as f64 / elapsed).round(),
-        "latency_ms": {
-            "p50": percentile_ms(&latencies, 0.50),
-            "p99": percentile_ms(&latencies, 0.99),
-            "max": percentile_ms(&latencies, 1.0),
-        },
+        "latency_ms": crate::latency_report(&latencies),
         "errors": errors,
         "requests_per_commit": per_commit,
-    });
-    println!("{report}");
+    })
 }

@@ -1,14 +1,20 @@
-//! Load generator for the store server. Each scenario prints one JSON line.
+//! Load generator for the store server, and the raw baselines it is compared with. Each
+//! scenario prints one JSON line; `report` turns a file of them into tables and plots.
+//! `benches/compare` runs everything side by side (see benches/README.md).
 //!
 //! ```sh
 //! cargo run --release -p benches -- --url http://127.0.0.1:2114 appends --clients 64
-//! cargo run --release -p benches -- catchup --events 100000
-//! cargo run --release -p benches -- live --subscribers 10 --rate 1000
+//! cargo run --release -p benches -- catchup --events 1000000
+//! cargo run --release -p benches -- live --subscribers 100 --rate 5000
 //! cargo run --release -p benches -- projection --events 100000 --database-url postgres://…
 //! ```
 
 mod appends;
+mod contention;
 mod projection;
+mod raw;
+mod reads;
+mod report;
 mod subscribe;
 
 use clap::{Parser, Subcommand};
@@ -16,11 +22,14 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(about = "Load against a running store server")]
+#[command(about = "Load against a running store server, and raw baselines")]
 struct Cli {
     /// The server.
     #[arg(long, default_value = "http://127.0.0.1:2114", global = true)]
     url: String,
+    /// Names the system measured in the report line (e.g. `store-postgres`).
+    #[arg(long, default_value = "store", global = true)]
+    system: String,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -29,23 +38,47 @@ struct Cli {
 enum Scenario {
     /// Append throughput and latency.
     Appends(appends::Args),
+    /// Appends with exact expected revisions on a few hot streams.
+    Contention(contention::Args),
+    /// `/all` paging over the stored log.
+    Reads(reads::Args),
     /// SSE catch-up rate to one subscriber over the stored log.
     Catchup(subscribe::CatchupArgs),
     /// Append-to-receive latency of live subscribers at a steady append rate.
     Live(subscribe::LiveArgs),
     /// The SDK's projection runner into a PostgreSQL read model.
     Projection(projection::Args),
+    /// Baseline: inserts of the same rows straight into SQLite, no server.
+    SqliteInserts(raw::SqliteInsertArgs),
+    /// Baseline: one connection paging through the store's own `events` table.
+    RawReads(raw::ReadArgs),
+    /// Tables and PNG plots from a file of report lines.
+    Report(report::Args),
 }
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    match cli.scenario {
-        Scenario::Appends(args) => appends::run(&cli.url, args).await,
-        Scenario::Catchup(args) => subscribe::catchup(&cli.url, args).await,
-        Scenario::Live(args) => subscribe::live(&cli.url, args).await,
-        Scenario::Projection(args) => projection::run(&cli.url, args).await,
-    }
+    let (scenario, report) = match cli.scenario {
+        Scenario::Appends(args) => ("appends", appends::run(&cli.url, args).await),
+        Scenario::Contention(args) => ("contention", contention::run(&cli.url, args).await),
+        Scenario::Reads(args) => ("reads", reads::run(&cli.url, args).await),
+        Scenario::Catchup(args) => ("catchup", subscribe::catchup(&cli.url, args).await),
+        Scenario::Live(args) => ("live", subscribe::live(&cli.url, args).await),
+        Scenario::Projection(args) => ("projection", projection::run(&cli.url, args).await),
+        Scenario::SqliteInserts(args) => ("appends", raw::sqlite_inserts(args).await),
+        Scenario::RawReads(args) => ("reads", raw::reads(args).await),
+        Scenario::Report(args) => return report::run(args),
+    };
+    let mut line = json!({"system": cli.system, "scenario": scenario});
+    line.as_object_mut().expect("an object").extend(
+        report
+            .as_object()
+            .expect("reports are objects")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    println!("{line}");
 }
 
 /// About 200 bytes of JSON, as the benchmark issue specifies.
@@ -66,4 +99,22 @@ fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     }
     let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[index].as_secs_f64() * 1000.0
+}
+
+/// p50, p99 and max of sorted durations, in milliseconds.
+fn latency_report(sorted: &[Duration]) -> Value {
+    json!({
+        "p50": percentile_ms(sorted, 0.50),
+        "p99": percentile_ms(sorted, 0.99),
+        "max": percentile_ms(sorted, 1.0),
+    })
+}
+
+/// Reads one sample's value from the server's Prometheus text.
+async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+    let text = http.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find(|line| line.split([' ', '{']).next() == Some(name))
+        .and_then(|line| line.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
 }

@@ -1,7 +1,6 @@
 //! Subscriptions: how fast one subscriber catches up over the stored log, and how long live
 //! subscribers wait between an append and its delivery.
 
-use crate::percentile_ms;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 #[derive(Debug, clap::Args)]
 pub struct CatchupArgs {
     /// Events the log must hold; missing ones are appended first (100 per request).
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 1_000_000)]
     events: u64,
 }
 
@@ -21,10 +20,10 @@ pub struct CatchupArgs {
 #[derive(Debug, clap::Args)]
 pub struct LiveArgs {
     /// Live subscribers on `/all/subscribe`.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 100)]
     subscribers: usize,
     /// Single-event appends per second.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 5000)]
     rate: u64,
     /// Seconds measured.
     #[arg(long, default_value_t = 10)]
@@ -38,7 +37,7 @@ async fn head(http: &reqwest::Client, url: &str) -> u64 {
 }
 
 /// Fills the log up to `events` with 100-event appends from 8 clients.
-async fn fill(http: &reqwest::Client, url: &str, events: u64) {
+pub async fn fill(http: &reqwest::Client, url: &str, events: u64) {
     let missing = events.saturating_sub(head(http, url).await);
     let requests = missing.div_ceil(100);
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -64,10 +63,27 @@ async fn fill(http: &reqwest::Client, url: &str, events: u64) {
     }
 }
 
-/// Subscribes from 0 and counts events until `caught-up`.
-pub async fn catchup(url: &str, args: CatchupArgs) {
+/// Subscribes from 0 and counts the first `events` events, sampling the server's resident
+/// memory as it goes.
+pub async fn catchup(url: &str, args: CatchupArgs) -> Value {
     let http = reqwest::Client::new();
     fill(&http, url, args.events).await;
+    let rss = |http: reqwest::Client, url: String| async move {
+        crate::metric(&http, &url, "process_resident_memory_bytes").await.unwrap_or(0.0) / 1e6
+    };
+    let rss_before = rss(http.clone(), url.to_owned()).await;
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = tokio::spawn({
+        let (http, url, sampling) = (http.clone(), url.to_owned(), sampling.clone());
+        async move {
+            let mut peak = 0f64;
+            while sampling.load(Ordering::Relaxed) {
+                peak = peak.max(rss(http.clone(), url.clone()).await);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            peak
+        }
+    });
     let started = Instant::now();
     let response = http.get(format!("{url}/all/subscribe")).send().await.expect("subscribe");
     let mut messages = response.bytes_stream().eventsource();
@@ -82,20 +98,24 @@ pub async fn catchup(url: &str, args: CatchupArgs) {
                 let position: u64 = message.id.parse().expect("id is a position");
                 in_order &= position == last + 1;
                 last = position;
+                if events == args.events {
+                    break;
+                }
             }
             "caught-up" => break,
             _ => {}
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let report = json!({
-        "scenario": "catchup",
+    sampling.store(false, Ordering::Relaxed);
+    let rss_peak = sampler.await.expect("sampler");
+    json!({
         "events": events,
         "seconds": seconds,
         "events_per_sec": (events as f64 / seconds).round(),
         "in_order_without_gaps": in_order,
-    });
-    println!("{report}");
+        "server_rss_mb": {"before": rss_before, "peak": rss_peak},
+    })
 }
 
 fn now_micros() -> u64 {
@@ -104,7 +124,7 @@ fn now_micros() -> u64 {
 
 /// Appends at a steady rate; each event carries its send time, each subscriber measures
 /// how long it took to arrive.
-pub async fn live(url: &str, args: LiveArgs) {
+pub async fn live(url: &str, args: LiveArgs) -> Value {
     let http = reqwest::Client::new();
     let mut subscribers = Vec::new();
     for _ in 0..args.subscribers {
@@ -164,18 +184,12 @@ pub async fn live(url: &str, args: LiveArgs) {
         latencies.extend(subscriber.await.expect("subscriber"));
     }
     latencies.sort_unstable();
-    let report = json!({
-        "scenario": "live",
+    json!({
         "subscribers": args.subscribers,
         "appends": sent,
         "appends_per_sec": (sent as f64 / args.duration_secs as f64).round(),
         "deliveries": latencies.len(),
         "deliveries_expected": sent * args.subscribers as u64,
-        "append_to_receive_ms": {
-            "p50": percentile_ms(&latencies, 0.50),
-            "p99": percentile_ms(&latencies, 0.99),
-            "max": percentile_ms(&latencies, 1.0),
-        },
-    });
-    println!("{report}");
+        "append_to_receive_ms": crate::latency_report(&latencies),
+    })
 }
