@@ -15,6 +15,7 @@ mod projection;
 mod raw;
 mod reads;
 mod report;
+mod sse;
 mod subscribe;
 
 use clap::{Parser, Subcommand};

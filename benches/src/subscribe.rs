@@ -1,8 +1,7 @@
 //! Subscriptions: how fast one subscriber catches up over the stored log, and how long live
 //! subscribers wait between an append and its delivery.
 
-use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
+use crate::sse::{self, Messages};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -86,24 +85,22 @@ pub async fn catchup(url: &str, args: CatchupArgs) -> Value {
     });
     let started = Instant::now();
     let response = http.get(format!("{url}/all/subscribe")).send().await.expect("subscribe");
-    let mut messages = response.bytes_stream().eventsource();
+    let mut messages = Messages::new(response.bytes_stream());
     let mut events = 0u64;
     let mut last = 0u64;
     let mut in_order = true;
     while let Some(message) = messages.next().await {
-        let message = message.expect("well-formed stream");
-        match message.event.as_str() {
-            "message" => {
-                events += 1;
-                let position: u64 = message.id.parse().expect("id is a position");
-                in_order &= position == last + 1;
-                last = position;
-                if events == args.events {
-                    break;
-                }
+        if let Some(id) = sse::field(message, "id") {
+            events += 1;
+            let position: u64 =
+                std::str::from_utf8(id).ok().and_then(|id| id.parse().ok()).expect("a position");
+            in_order &= position == last + 1;
+            last = position;
+            if events == args.events {
+                break;
             }
-            "caught-up" => break,
-            _ => {}
+        } else if sse::field(message, "event") == Some(b"caught-up") {
+            break;
         }
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -130,24 +127,19 @@ pub async fn live(url: &str, args: LiveArgs) -> Value {
     for _ in 0..args.subscribers {
         let response =
             http.get(format!("{url}/all/subscribe?after=end")).send().await.expect("subscribe");
-        let mut messages = response.bytes_stream().eventsource();
+        let mut messages = Messages::new(response.bytes_stream());
         // Wait for `caught-up`, so that everything appended from here on is live.
         while let Some(message) = messages.next().await {
-            if message.expect("well-formed stream").event == "caught-up" {
+            if sse::field(message, "event") == Some(b"caught-up") {
                 break;
             }
         }
         subscribers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            while let Some(Ok(message)) = messages.next().await {
-                if message.event != "message" {
-                    continue;
-                }
-                let event: Value = serde_json::from_str(&message.data).expect("event");
-                if let Some(sent) = event["data"]["sent_us"].as_u64() {
+            while let Some(message) = messages.next().await {
+                if let Some(sent) = sse::number(message, "sent_us") {
                     latencies.push(Duration::from_micros(now_micros().saturating_sub(sent)));
-                }
-                if event["data"]["last"] == true {
+                } else if memchr::memmem::find(message, b"\"last\":true").is_some() {
                     break;
                 }
             }
@@ -166,15 +158,17 @@ pub async fn live(url: &str, args: LiveArgs) -> Value {
         let (http, url) = (http.clone(), url.to_owned());
         appends.push(tokio::spawn(async move {
             let event = json!({"type": "Tick", "data": {"sent_us": now_micros()}});
-            let _ = http
+            let response = http
                 .post(format!("{url}/streams/tick-{}", sent % 16))
                 .json(&json!({"events": [event]}))
                 .send()
                 .await;
+            response.is_ok_and(|r| r.status().is_success())
         }));
     }
+    let mut stored = 0u64;
     for append in appends {
-        let _ = append.await;
+        stored += u64::from(append.await.unwrap_or(false));
     }
     let last = json!({"events": [{"type": "Tick", "data": {"last": true}}]});
     http.post(format!("{url}/streams/tick-end")).json(&last).send().await.expect("last");
@@ -188,8 +182,9 @@ pub async fn live(url: &str, args: LiveArgs) -> Value {
         "subscribers": args.subscribers,
         "appends": sent,
         "appends_per_sec": (sent as f64 / args.duration_secs as f64).round(),
+        "errors": sent - stored,
         "deliveries": latencies.len(),
-        "deliveries_expected": sent * args.subscribers as u64,
+        "deliveries_expected": stored * args.subscribers as u64,
         "append_to_receive_ms": crate::latency_report(&latencies),
     })
 }

@@ -73,7 +73,7 @@ pub async fn run(
     let (stopping, stop) = watch::channel(false);
     let (hub, tailer) = Hub::start(store.clone(), config.subscriptions, head, stop.clone());
     let (writer, writer_task) =
-        Writer::start(store.clone(), config.batch, metrics.clone(), hub.commits());
+        Writer::start(store.clone(), config.batch, metrics.clone(), hub.committed());
     let state = AppState {
         store,
         writer,

@@ -7,12 +7,14 @@ pub mod decide;
 pub use decide::Outcome;
 
 use crate::metrics::Metrics;
-use crate::protocol::{AppendRequest, EventId, ExpectedRevision, NewEvent, StreamName, Timestamp};
+use crate::protocol::{
+    AppendRequest, EventId, ExpectedRevision, NewEvent, Position, StreamName, Timestamp,
+};
 use crate::store::Store;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::error;
 
 /// An append ready to commit: validated, with every event's id settled.
@@ -149,16 +151,16 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task over `store`; it notifies `commits` after every commit that
-    /// wrote something.
+    /// Starts the writer task over `store`; after every commit that wrote something, it
+    /// publishes the new head on `committed`.
     pub fn start(
         store: Arc<dyn Store>,
         limits: BatchLimits,
         metrics: Arc<Metrics>,
-        commits: Arc<Notify>,
+        committed: watch::Sender<Position>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (queue, requests) = mpsc::channel(limits.queue_requests_max);
-        let task = tokio::spawn(run(store, requests, limits, metrics, commits));
+        let task = tokio::spawn(run(store, requests, limits, metrics, committed));
         (Self { queue }, task)
     }
 
@@ -178,7 +180,7 @@ async fn run(
     mut requests: mpsc::Receiver<Pending>,
     limits: BatchLimits,
     metrics: Arc<Metrics>,
-    commits: Arc<Notify>,
+    committed: watch::Sender<Position>,
 ) {
     let mut carried: Option<Pending> = None;
     loop {
@@ -202,14 +204,14 @@ async fn run(
             }
             batch.push(next);
         }
-        if commit(&*store, batch, &metrics).await {
-            commits.notify_one();
+        if let Some(head) = commit(&*store, batch, &metrics).await {
+            committed.send_replace(head);
         }
     }
 }
 
-/// Commits `batch` and answers each request; says whether anything was written.
-async fn commit(store: &dyn Store, batch: Vec<Pending>, metrics: &Metrics) -> bool {
+/// Commits `batch` and answers each request; answers the new head if anything was written.
+async fn commit(store: &dyn Store, batch: Vec<Pending>, metrics: &Metrics) -> Option<Position> {
     let (appends, replies): (Vec<Append>, Vec<_>) =
         batch.into_iter().map(|p| (p.append, p.reply)).unzip();
     let requests = appends.len();
@@ -220,15 +222,16 @@ async fn commit(store: &dyn Store, batch: Vec<Pending>, metrics: &Metrics) -> bo
     match result {
         Ok(outcomes) => {
             assert_eq!(outcomes.len(), replies.len(), "one outcome per request");
-            let wrote = outcomes.iter().any(|o| matches!(o, Outcome::Created(_)));
+            let mut head = None;
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 if let Outcome::Created(result) = &outcome {
                     metrics.head_position.set(crate::store::to_i64(result.last_position.0));
+                    head = head.max(Some(result.last_position));
                 }
                 // The client may have gone; its append stands all the same.
                 let _ = reply.send(Ok(outcome));
             }
-            wrote
+            head
         }
         Err(err) => {
             error!(requests, cause = %crate::error_chain(&err), "group commit failed");
@@ -236,7 +239,7 @@ async fn commit(store: &dyn Store, batch: Vec<Pending>, metrics: &Metrics) -> bo
             for reply in replies {
                 let _ = reply.send(Err(Error::Unavailable));
             }
-            false
+            None
         }
     }
 }

@@ -134,13 +134,20 @@ impl Store for Sqlite {
         recorded_at: Timestamp,
     ) -> Result<Vec<Outcome>, Error> {
         let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || {
+        let run = move || {
             // A panic mid-commit rolled its transaction back as it unwound; the connection
             // is fine to use again.
             let mut connection = writer.lock().unwrap_or_else(PoisonError::into_inner);
             commit(&mut connection, &batch, recorded_at)
-        })
-        .await?
+        };
+        // Measured: handing each commit to a blocking thread and back cost about 130 µs of
+        // thread wake-ups (one client's p50 went from 0.73 to 0.60 ms without). On the
+        // multi-threaded runtime the commit runs on this worker instead, while tokio hands
+        // its other tasks to another thread.
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+            _ => tokio::task::spawn_blocking(run).await?,
+        }
     }
 
     async fn read_stream(&self, query: StreamQuery) -> Result<Option<Page<StreamRevision>>, Error> {

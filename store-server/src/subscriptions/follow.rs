@@ -1,7 +1,7 @@
 //! One subscription: catch up from storage, turn live on the broadcast, and go back to
 //! storage whenever the broadcast cannot be trusted to be complete (lagged, or a gap).
 
-use super::{Batch, Hub, sse};
+use super::{Batch, Encoded, Hub, sse};
 use crate::metrics::Metrics;
 use crate::protocol::{Position, RecordedEvent};
 use crate::store::{Direction, Filter, LogQuery, Store};
@@ -162,7 +162,7 @@ impl Follower {
             };
             match wake {
                 Wake::Batch(Ok(batch)) => {
-                    for event in batch.iter() {
+                    for Encoded { event, message } in batch.iter() {
                         if event.position <= self.scanned {
                             continue; // already read from storage
                         }
@@ -171,7 +171,8 @@ impl Follower {
                             return Ok(()); // a gap: never skip, read storage
                         }
                         if self.filter.matches(event) {
-                            self.deliver(event);
+                            self.pending.extend_from_slice(message);
+                            self.delivered(event.position);
                         } else {
                             self.scanned = event.position;
                         }
@@ -189,9 +190,13 @@ impl Follower {
 
     fn deliver(&mut self, event: &RecordedEvent) {
         sse::event(&mut self.pending, event);
+        self.delivered(event.position);
+    }
+
+    fn delivered(&mut self, position: Position) {
         self.pending_events += 1;
-        self.scanned = event.position;
-        self.delivered = event.position;
+        self.scanned = position;
+        self.delivered = position;
     }
 
     /// When a `checkpoint` is owed: a filtered subscription scanned past events it did not
