@@ -154,7 +154,11 @@ fn targets(results: &Results, page: &mut String) {
         1.0,
     );
     let ordering = |ordered: bool| {
-        let matching = [("ordered", Value::from(ordered)), ("clients", 1.into())];
+        let matching = [
+            ("ordered", Value::from(ordered)),
+            ("clients", 1.into()),
+            ("events_per_request", 30.into()),
+        ];
         results.find("postgres-raw", "ordering", &matching)?["events_per_sec"].as_f64()
     };
     ratio_row(
@@ -343,6 +347,7 @@ fn plot(
     path: &Path,
     caption: &str,
     y_desc: &str,
+    legend: SeriesLabelPosition,
     series: Vec<(String, Vec<(f64, f64)>)>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (mut low, mut high) = (f64::MAX, f64::MIN);
@@ -368,7 +373,7 @@ fn plot(
         .x_desc("concurrent clients")
         .y_desc(y_desc)
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.1}"))
+        .y_label_formatter(&|y| if *y >= 100.0 { format!("{y:.0}") } else { format!("{y:.2}") })
         .label_style(("sans-serif", 14))
         .draw()?;
     for (index, (name, points)) in series.into_iter().enumerate() {
@@ -381,7 +386,7 @@ fn plot(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(legend)
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
@@ -405,31 +410,32 @@ fn plot_throughput(results: &Results, batch: u64, out: &Path) {
         .collect();
     let caption = format!("Appends of {batch} event(s) per request: events/s");
     let path = out.join(format!("appends-{batch}.png"));
-    if let Err(e) = plot(&path, &caption, "events/s (log)", series) {
+    if let Err(e) = plot(&path, &caption, "events/s (log)", SeriesLabelPosition::LowerRight, series)
+    {
         eprintln!("cannot draw {}: {e}", path.display());
     }
 }
 
 fn plot_latency(results: &Results, out: &Path) {
-    let mut series = Vec::new();
-    for system in SYSTEMS {
-        for quantile in ["p50", "p99"] {
-            let points: Vec<_> = CLIENTS
-                .iter()
-                .filter_map(|&c| {
-                    Some((
-                        c as f64,
-                        results.appends(system, c, 1)?["latency_ms"][quantile].as_f64()?,
-                    ))
-                })
-                .collect();
-            if !points.is_empty() {
-                series.push((format!("{system} {quantile}"), points));
-            }
+    for quantile in ["p50", "p99"] {
+        let series = SYSTEMS
+            .iter()
+            .map(|system| {
+                let points = CLIENTS
+                    .iter()
+                    .filter_map(|&c| {
+                        let line = results.appends(system, c, 1)?;
+                        Some((c as f64, line["latency_ms"][quantile].as_f64()?))
+                    })
+                    .collect::<Vec<_>>();
+                (system.to_string(), points)
+            })
+            .filter(|(_, points)| !points.is_empty())
+            .collect();
+        let path = out.join(format!("latency-{quantile}.png"));
+        let caption = format!("Single-event appends: {quantile} latency");
+        if let Err(e) = plot(&path, &caption, "ms (log)", SeriesLabelPosition::UpperLeft, series) {
+            eprintln!("cannot draw {}: {e}", path.display());
         }
-    }
-    let path = out.join("latency-1.png");
-    if let Err(e) = plot(&path, "Single-event appends: latency percentiles", "ms (log)", series) {
-        eprintln!("cannot draw {}: {e}", path.display());
     }
 }

@@ -74,7 +74,7 @@ fn every_scenario_runs_for_a_moment() {
     let page = std::fs::read_to_string(out.path().join("results.md")).expect("results.md");
     assert!(page.contains("## Targets") && page.contains("| store-postgres | 8 | 10 |"), "{page}");
     if Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").is_file() {
-        for plot in ["appends-1.png", "appends-10.png", "latency-1.png"] {
+        for plot in ["appends-1.png", "appends-10.png", "latency-p50.png", "latency-p99.png"] {
             let png = std::fs::read(out.path().join(plot)).expect(plot);
             assert!(png.starts_with(b"\x89PNG"), "{plot} is a PNG");
         }
