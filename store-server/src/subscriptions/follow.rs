@@ -1,7 +1,7 @@
 //! One subscription: catch up from storage, turn live on the broadcast, and go back to
 //! storage whenever the broadcast cannot be trusted to be complete (lagged, or a gap).
 
-use super::{Batch, Encoded, Hub, sse};
+use super::{Batch, Hub, sse};
 use crate::metrics::Metrics;
 use crate::protocol::{Position, RecordedEvent};
 use crate::store::{Direction, Filter, LogQuery, Store};
@@ -162,7 +162,8 @@ impl Follower {
             };
             match wake {
                 Wake::Batch(Ok(batch)) => {
-                    for Encoded { event, message } in batch.iter() {
+                    for encoded in batch.iter() {
+                        let event = &encoded.event;
                         if event.position <= self.scanned {
                             continue; // already read from storage
                         }
@@ -171,7 +172,7 @@ impl Follower {
                             return Ok(()); // a gap: never skip, read storage
                         }
                         if self.filter.matches(event) {
-                            self.pending.extend_from_slice(message);
+                            self.pending.extend_from_slice(encoded.message());
                             self.delivered(event.position);
                         } else {
                             self.scanned = event.position;
