@@ -3,9 +3,7 @@
 //! requests each group commit carried is read from the server's own metrics.
 
 use serde_json::{Value, json};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Append load: C clients, B events per request.
 #[derive(Debug, clap::Args)]
@@ -16,12 +14,8 @@ pub struct Args {
     /// Events per append request.
     #[arg(long, default_value_t = 1)]
     events_per_request: usize,
-    /// Seconds of load before measuring.
-    #[arg(long, default_value_t = 2)]
-    warmup_secs: u64,
-    /// Seconds measured.
-    #[arg(long, default_value_t = 10)]
-    duration_secs: u64,
+    #[command(flatten)]
+    window: crate::Window,
     /// Distinct categories the streams are spread over.
     #[arg(long, default_value_t = 300)]
     categories: usize,
@@ -39,12 +33,11 @@ pub async fn run(url: &str, args: Args) -> Value {
         .pool_max_idle_per_host(args.clients)
         .build()
         .expect("HTTP client");
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
+    let phase = crate::Phase::default();
     let workers: Vec<_> = (0..args.clients)
         .map(|client| {
             let (http, url) = (http.clone(), url.to_owned());
-            let (measuring, stop) = (measuring.clone(), stop.clone());
+            let phase = phase.clone();
             let (batch, categories) = (args.events_per_request, args.categories);
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
@@ -56,7 +49,7 @@ pub async fn run(url: &str, args: Args) -> Value {
                     .map(|i| json!({"type": "Deposited", "data": crate::payload(client, i)}))
                     .collect();
                 let body = json!({"events": events}).to_string();
-                while !stop.load(Ordering::Relaxed) {
+                while !phase.stopped() {
                     n += 1;
                     let stream =
                         format!("cat{}-{client}-{}", (client * 31 + n) % categories, n % 50);
@@ -71,7 +64,7 @@ pub async fn run(url: &str, args: Args) -> Value {
                         Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
                         Err(_) => false,
                     };
-                    if measuring.load(Ordering::Relaxed) {
+                    if phase.measuring() {
                         if ok {
                             latencies.push(started.elapsed());
                         } else {
@@ -84,15 +77,11 @@ pub async fn run(url: &str, args: Args) -> Value {
         })
         .collect();
 
-    tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
+    phase.warm_up(args.window).await;
     let before = commit_requests(&http, url).await;
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = phase.measure(args.window).await;
     let after = commit_requests(&http, url).await;
-    stop.store(true, Ordering::Relaxed);
+    phase.stop();
 
     let mut latencies = Vec::new();
     let mut errors = 0;

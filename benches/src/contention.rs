@@ -4,8 +4,6 @@
 
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Contended appends.
@@ -17,12 +15,8 @@ pub struct Args {
     /// Streams they share.
     #[arg(long, default_value_t = 16)]
     streams: usize,
-    /// Seconds of load before measuring.
-    #[arg(long, default_value_t = 2)]
-    warmup_secs: u64,
-    /// Seconds measured.
-    #[arg(long, default_value_t = 10)]
-    duration_secs: u64,
+    #[command(flatten)]
+    window: crate::Window,
 }
 
 #[derive(Default)]
@@ -40,17 +34,16 @@ pub async fn run(url: &str, args: Args) -> Value {
         .expect("HTTP client");
     // Fresh streams per run, so a second run against the same store starts uncontended.
     let run = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_millis();
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
+    let phase = crate::Phase::default();
     let workers: Vec<_> = (0..args.clients)
         .map(|client| {
             let (http, url) = (http.clone(), url.to_owned());
-            let (measuring, stop, streams) = (measuring.clone(), stop.clone(), args.streams);
+            let (phase, streams) = (phase.clone(), args.streams);
             tokio::spawn(async move {
                 let mut seen: HashMap<usize, Value> = HashMap::new();
                 let mut tally = Tally::default();
                 let mut n = 0usize;
-                while !stop.load(Ordering::Relaxed) {
+                while !phase.stopped() {
                     n += 1;
                     let hot = (client + n) % streams;
                     let body = json!({"type": "Deposited", "data": crate::payload(client, n)});
@@ -73,7 +66,7 @@ pub async fn run(url: &str, args: Args) -> Value {
                                 seen.insert(hot, answer["last_revision"].clone());
                                 break true;
                             }
-                            409 if !stop.load(Ordering::Relaxed) => {
+                            409 if !phase.stopped() => {
                                 conflicts += 1;
                                 match answer.get("current_revision") {
                                     Some(Value::Number(r)) => seen.insert(hot, json!(r)),
@@ -83,7 +76,7 @@ pub async fn run(url: &str, args: Args) -> Value {
                             _ => break false,
                         }
                     };
-                    if measuring.load(Ordering::Relaxed) {
+                    if phase.measuring() {
                         tally.conflicts += conflicts;
                         if ok {
                             tally.latencies.push(started.elapsed());
@@ -97,13 +90,9 @@ pub async fn run(url: &str, args: Args) -> Value {
         })
         .collect();
 
-    tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
+    phase.warm_up(args.window).await;
+    let elapsed = phase.measure(args.window).await;
+    phase.stop();
 
     let mut total = Tally::default();
     for worker in workers {

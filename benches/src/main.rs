@@ -20,6 +20,8 @@ mod subscribe;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
@@ -80,6 +82,51 @@ async fn main() {
             .map(|(k, v)| (k.clone(), v.clone())),
     );
     println!("{line}");
+}
+
+/// The measured window of a load scenario.
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct Window {
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+}
+
+/// What a load loop asks: is this request counted, and is it time to stop.
+#[derive(Clone, Default)]
+struct Phase {
+    measuring: Arc<AtomicBool>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Phase {
+    fn measuring(&self) -> bool {
+        self.measuring.load(Ordering::Relaxed)
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
+    async fn warm_up(&self, window: Window) {
+        tokio::time::sleep(Duration::from_secs(window.warmup_secs)).await;
+    }
+
+    /// Counts the load for the window; answers the seconds it counted.
+    async fn measure(&self, window: Window) -> f64 {
+        self.measuring.store(true, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(window.duration_secs)).await;
+        self.measuring.store(false, Ordering::Relaxed);
+        started.elapsed().as_secs_f64()
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
 }
 
 /// About 200 bytes of JSON, as the benchmark issue specifies.

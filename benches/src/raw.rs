@@ -3,8 +3,6 @@
 //! rate a subscriber's catch-up is compared with).
 
 use serde_json::{Value, json};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Inserts into a fresh SQLite file with the store's schema, WAL and `synchronous=FULL`.
@@ -19,12 +17,8 @@ pub struct SqliteInsertArgs {
     /// Rows per transaction.
     #[arg(long, default_value_t = 1)]
     events_per_request: usize,
-    /// Seconds of load before measuring.
-    #[arg(long, default_value_t = 2)]
-    warmup_secs: u64,
-    /// Seconds measured.
-    #[arg(long, default_value_t = 10)]
-    duration_secs: u64,
+    #[command(flatten)]
+    window: crate::Window,
 }
 
 const SQLITE_SCHEMA: &str = include_str!("../../migrations/sqlite/0001_initial.sql");
@@ -44,17 +38,16 @@ pub async fn sqlite_inserts(args: SqliteInsertArgs) -> Value {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
     sqlite_connection(&path).execute_batch(SQLITE_SCHEMA).expect("schema");
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
+    let phase = crate::Phase::default();
     let writers: Vec<_> = (0..args.clients)
         .map(|client| {
-            let (path, measuring, stop) = (path.clone(), measuring.clone(), stop.clone());
+            let (path, phase) = (path.clone(), phase.clone());
             let batch = args.events_per_request;
             std::thread::spawn(move || {
                 let mut db = sqlite_connection(&path);
                 let mut latencies = Vec::new();
                 let mut n = 0usize;
-                while !stop.load(Ordering::Relaxed) {
+                while !phase.stopped() {
                     n += 1;
                     let started = Instant::now();
                     let tx = db
@@ -83,7 +76,7 @@ pub async fn sqlite_inserts(args: SqliteInsertArgs) -> Value {
                         }
                     }
                     tx.commit().expect("commit");
-                    if measuring.load(Ordering::Relaxed) {
+                    if phase.measuring() {
                         latencies.push(started.elapsed());
                     }
                 }
@@ -91,13 +84,9 @@ pub async fn sqlite_inserts(args: SqliteInsertArgs) -> Value {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
+    phase.warm_up(args.window).await;
+    let elapsed = phase.measure(args.window).await;
+    phase.stop();
     let mut latencies = Vec::new();
     for writer in writers {
         latencies.extend(writer.join().expect("writer"));
