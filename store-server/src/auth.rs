@@ -40,8 +40,36 @@ pub struct Roles {
     pub read: bool,
     /// Appends.
     pub write: bool,
+    /// Deletion, retention and erasure.
+    pub delete: bool,
     /// Everything, consumer positions included.
     pub admin: bool,
+}
+
+/// One role a route needs (shared/API.md, "Access").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Reads and subscriptions.
+    Read,
+    /// Appends.
+    Write,
+    /// Deletion, retention and erasure.
+    Delete,
+    /// Everything else.
+    Admin,
+}
+
+/// What part of the store a request reaches, checked against a token's stream scopes.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// One stream.
+    Stream(&'a StreamName),
+    /// Every stream of one category.
+    Category(&'a Category),
+    /// The whole store: only an unscoped token reaches it.
+    Everything,
+    /// Whatever is in the token's scope: the handler answers only that.
+    InScope,
 }
 
 /// One configured token.
@@ -55,41 +83,25 @@ pub struct Token {
     streams: Option<Vec<String>>,
 }
 
-/// What a request needs.
-#[derive(Debug, Clone)]
-pub enum Access {
-    /// Nothing: health checks, the API document.
-    Public,
-    /// Any valid token.
-    Authenticated,
-    /// Read one stream.
-    ReadStream(StreamName),
-    /// Read one category.
-    ReadCategory(Category),
-    /// Read everything: the whole log (only an unscoped token).
-    ReadAll,
-    /// Read consumer positions.
-    ReadConsumers,
-    /// Append to one stream.
-    Write(StreamName),
-    /// Change consumer positions.
-    Admin,
-}
-
 impl Token {
-    /// Whether this token may do `access`.
-    pub fn may(&self, access: &Access) -> bool {
-        let Roles { read, write, admin } = self.roles;
-        match access {
-            Access::Public | Access::Authenticated => true,
-            _ if admin => true,
-            Access::ReadStream(stream) => read && self.covers_stream(stream),
-            Access::ReadCategory(category) => read && self.covers_category(category),
-            Access::ReadAll => read && self.streams.is_none(),
-            Access::ReadConsumers => read,
-            Access::Write(stream) => write && self.covers_stream(stream),
-            Access::Admin => false,
-        }
+    /// Whether this token may act as `role` on `scope`. `admin` may do everything.
+    pub fn may(&self, role: Role, scope: Scope<'_>) -> bool {
+        let Roles { read, write, delete, admin } = self.roles;
+        let has_role = admin
+            || match role {
+                Role::Read => read,
+                Role::Write => write,
+                Role::Delete => delete,
+                Role::Admin => false,
+            };
+        has_role
+            && (admin
+                || match scope {
+                    Scope::Stream(stream) => self.covers_stream(stream),
+                    Scope::Category(category) => self.covers_category(category),
+                    Scope::Everything => self.streams.is_none(),
+                    Scope::InScope => true,
+                })
     }
 
     fn covers_stream(&self, stream: &StreamName) -> bool {
@@ -181,8 +193,9 @@ fn token(entry: Entry) -> Result<Token, Error> {
         match role.as_str() {
             "read" => roles.read = true,
             "write" => roles.write = true,
+            "delete" => roles.delete = true,
             "admin" => roles.admin = true,
-            _ => return Err(fail(&format!("unknown role {role:?} (read, write, admin)"))),
+            _ => return Err(fail(&format!("unknown role {role:?} (read, write, delete, admin)"))),
         }
     }
     if let Some(patterns) = &entry.streams {
@@ -241,28 +254,35 @@ mod tests {
 
     #[test]
     fn roles_and_scopes() {
+        use Role::*;
         let s = |n: &str| StreamName::new(n).unwrap();
         let c = |n: &str| Category::new(n).unwrap();
+        let (account_1, account, order_1) = (s("account-1"), s("account"), s("order-1"));
         let scoped = token_with(&["read", "write"], Some(&["account-*"]));
-        assert!(scoped.may(&Access::Write(s("account-1"))));
-        assert!(!scoped.may(&Access::Write(s("account"))), "account-* is not the stream account");
-        assert!(!scoped.may(&Access::Write(s("order-1"))));
-        assert!(scoped.may(&Access::ReadCategory(c("account"))));
-        assert!(!scoped.may(&Access::ReadCategory(c("accounting"))));
-        assert!(!scoped.may(&Access::ReadAll));
-        assert!(!scoped.may(&Access::Admin));
+        assert!(scoped.may(Write, Scope::Stream(&account_1)));
+        assert!(!scoped.may(Write, Scope::Stream(&account)), "account-* is not the stream account");
+        assert!(!scoped.may(Write, Scope::Stream(&order_1)));
+        assert!(scoped.may(Read, Scope::Category(&c("account"))));
+        assert!(!scoped.may(Read, Scope::Category(&c("accounting"))));
+        assert!(!scoped.may(Read, Scope::Everything));
+        assert!(scoped.may(Read, Scope::InScope));
+        assert!(!scoped.may(Delete, Scope::Stream(&account_1)), "delete is a role of its own");
+        assert!(!scoped.may(Admin, Scope::InScope));
         let reader = token_with(&["read"], None);
-        assert!(reader.may(&Access::ReadAll) && !reader.may(&Access::Write(s("x"))));
+        assert!(reader.may(Read, Scope::Everything) && !reader.may(Write, Scope::Stream(&s("x"))));
+        let deleter = token_with(&["delete"], Some(&["account-*"]));
+        assert!(deleter.may(Delete, Scope::Stream(&account_1)));
+        assert!(!deleter.may(Delete, Scope::Everything) && !deleter.may(Read, Scope::InScope));
         let admin = token_with(&["admin"], None);
         assert!(
-            admin.may(&Access::Admin)
-                && admin.may(&Access::Write(s("x")))
-                && admin.may(&Access::ReadAll)
+            admin.may(Admin, Scope::Everything)
+                && admin.may(Write, Scope::Stream(&s("x")))
+                && admin.may(Delete, Scope::Everything)
         );
         let exact = token_with(&["read"], Some(&["order-7"]));
         assert!(
-            exact.may(&Access::ReadStream(s("order-7")))
-                && !exact.may(&Access::ReadCategory(c("order")))
+            exact.may(Read, Scope::Stream(&s("order-7")))
+                && !exact.may(Read, Scope::Category(&c("order")))
         );
     }
 

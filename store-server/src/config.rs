@@ -1,8 +1,10 @@
 //! Configuration: command-line flags, each with an environment variable, parsed once into
 //! a validated [`Config`].
 
-use crate::append::{BatchLimits, RequestLimits};
+use crate::append::BatchLimits;
+use crate::decide::RequestLimits;
 use crate::store::PostgresOptions;
+use crate::{append, decide, http, listen, store, subscriptions};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,65 +37,65 @@ pub struct Cli {
     pub unsafe_allow_async_commit: bool,
 
     /// Largest request body; a larger declared Content-Length is refused unread (413).
-    #[arg(long, env = "STORE_REQUEST_BODY_BYTES_MAX", default_value_t = 4 << 20, value_parser = positive, global = true)]
+    #[arg(long, env = "STORE_REQUEST_BODY_BYTES_MAX", default_value_t = http::REQUEST_BODY_BYTES_MAX, value_parser = positive, global = true)]
     pub request_body_bytes_max: usize,
 
     /// Most events in one append request (413 beyond).
-    #[arg(long, env = "STORE_APPEND_EVENTS_MAX", default_value_t = 1000, value_parser = positive, global = true)]
+    #[arg(long, env = "STORE_APPEND_EVENTS_MAX", default_value_t = decide::APPEND_EVENTS_MAX, value_parser = positive, global = true)]
     pub append_events_max: usize,
 
     /// Most bytes of data plus metadata in one event (413 beyond).
-    #[arg(long, env = "STORE_EVENT_BYTES_MAX", default_value_t = 1 << 20, value_parser = positive, global = true)]
+    #[arg(long, env = "STORE_EVENT_BYTES_MAX", default_value_t = decide::EVENT_BYTES_MAX, value_parser = positive, global = true)]
     pub event_bytes_max: usize,
 
     /// Largest `limit` a read may ask for (400 beyond).
-    #[arg(long, env = "STORE_READ_LIMIT_MAX", default_value_t = 1000, value_parser = positive, global = true)]
+    #[arg(long, env = "STORE_READ_LIMIT_MAX", default_value_t = http::READ_LIMIT_MAX, value_parser = positive, global = true)]
     pub read_limit_max: usize,
 
     /// Append requests that may wait for the writer; past it, requests wait for room.
-    #[arg(long, env = "STORE_APPEND_QUEUE_REQUESTS_MAX", default_value_t = 4096, value_parser = positive, global = true)]
+    #[arg(long, env = "STORE_APPEND_QUEUE_REQUESTS_MAX", default_value_t = append::QUEUE_REQUESTS_MAX, value_parser = positive, global = true)]
     pub append_queue_requests_max: usize,
 
     /// Most append requests committed together in one transaction.
-    #[arg(long, env = "STORE_COMMIT_REQUESTS_MAX", default_value_t = 1000, value_parser = positive, global = true)]
+    #[arg(long, env = "STORE_COMMIT_REQUESTS_MAX", default_value_t = append::COMMIT_REQUESTS_MAX, value_parser = positive, global = true)]
     pub commit_requests_max: usize,
 
     /// Most events committed together in one transaction.
-    #[arg(long, env = "STORE_COMMIT_EVENTS_MAX", default_value_t = 10_000, value_parser = positive, global = true)]
+    #[arg(long, env = "STORE_COMMIT_EVENTS_MAX", default_value_t = append::COMMIT_EVENTS_MAX, value_parser = positive, global = true)]
     pub commit_events_max: usize,
 
     /// Most PostgreSQL connections (reads and the writer share them).
-    #[arg(long, env = "STORE_POSTGRES_POOL_CONNECTIONS_MAX", default_value_t = 16, value_parser = positive, global = true)]
+    #[arg(long, env = "STORE_POSTGRES_POOL_CONNECTIONS_MAX", default_value_t = store::POSTGRES_POOL_CONNECTIONS_MAX, value_parser = positive, global = true)]
     pub postgres_pool_connections_max: usize,
 
     /// Most SQLite read connections.
-    #[arg(long, env = "STORE_SQLITE_READ_CONNECTIONS_MAX", default_value_t = 8, value_parser = positive, global = true)]
+    #[arg(long, env = "STORE_SQLITE_READ_CONNECTIONS_MAX", default_value_t = store::SQLITE_READ_CONNECTIONS_MAX, value_parser = positive, global = true)]
     pub sqlite_read_connections_max: usize,
 
     /// Most subscriptions at once; past it, 503 with Retry-After.
-    #[arg(long, env = "STORE_SUBSCRIPTIONS_MAX", default_value_t = 1000, value_parser = positive, global = true)]
+    #[arg(long, env = "STORE_SUBSCRIPTIONS_MAX", default_value_t = subscriptions::SUBSCRIPTIONS_MAX, value_parser = positive, global = true)]
     pub subscriptions_max: usize,
 
     /// Events a subscription reads from storage at once: the bound on its memory.
-    #[arg(long, env = "STORE_SUBSCRIPTION_BUFFER_EVENTS_MAX", default_value_t = 500, value_parser = positive, global = true)]
+    #[arg(long, env = "STORE_SUBSCRIPTION_BUFFER_EVENTS_MAX", default_value_t = subscriptions::BUFFER_EVENTS_MAX, value_parser = positive, global = true)]
     pub subscription_buffer_events_max: usize,
 
     /// Batches of new events kept for subscribers that are behind; past it, they read storage.
-    #[arg(long, env = "STORE_SUBSCRIPTION_BROADCAST_BATCHES_MAX", default_value_t = 256, value_parser = positive, global = true)]
+    #[arg(long, env = "STORE_SUBSCRIPTION_BROADCAST_BATCHES_MAX", default_value_t = subscriptions::BROADCAST_BATCHES_MAX, value_parser = positive, global = true)]
     pub subscription_broadcast_batches_max: usize,
 
     /// How often to look for commits nobody announced (other instances, lost notifications).
-    #[arg(long, env = "STORE_SUBSCRIPTION_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = positive, global = true)]
-    pub subscription_poll_interval_ms: usize,
+    #[arg(long, env = "STORE_SUBSCRIPTION_POLL_INTERVAL_MS", default_value_t = subscriptions::POLL_INTERVAL_MS, value_parser = millis_positive, global = true)]
+    pub subscription_poll_interval_ms: u64,
 
     /// Idle time between `: keepalive` comments on subscriptions.
-    #[arg(long, env = "STORE_SSE_KEEP_ALIVE_INTERVAL_MS", default_value_t = 15_000, value_parser = positive, global = true)]
-    pub sse_keep_alive_interval_ms: usize,
+    #[arg(long, env = "STORE_SSE_KEEP_ALIVE_INTERVAL_MS", default_value_t = subscriptions::KEEP_ALIVE_INTERVAL_MS, value_parser = millis_positive, global = true)]
+    pub sse_keep_alive_interval_ms: u64,
 
     /// After SIGTERM or Ctrl-C, how long open requests may take to finish before their
     /// connections are closed (queued appends are answered all the same).
-    #[arg(long, env = "STORE_SHUTDOWN_DRAIN_TIMEOUT_MS", default_value_t = 10_000, value_parser = positive, global = true)]
-    pub shutdown_drain_timeout_ms: usize,
+    #[arg(long, env = "STORE_SHUTDOWN_DRAIN_TIMEOUT_MS", default_value_t = http::SHUTDOWN_DRAIN_TIMEOUT_MS, value_parser = millis_positive, global = true)]
+    pub shutdown_drain_timeout_ms: u64,
 
     /// Log lines as text or as JSON objects; RUST_LOG filters them (default: info).
     #[arg(long, env = "STORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -121,24 +123,24 @@ pub struct Cli {
     pub tls_key: Option<PathBuf>,
 
     /// Most connections open at once; past it, new ones wait to be accepted.
-    #[arg(long, env = "STORE_CONNECTIONS_MAX", default_value_t = 10_000, value_parser = positive, global = true)]
+    #[arg(long, env = "STORE_CONNECTIONS_MAX", default_value_t = listen::CONNECTIONS_MAX, value_parser = positive, global = true)]
     pub connections_max: usize,
 
     /// Largest request head (request line and headers), at least 8192; past it, 431.
-    #[arg(long, env = "STORE_HEADER_BYTES_MAX", default_value_t = 16_384, value_parser = header_bytes, global = true)]
+    #[arg(long, env = "STORE_HEADER_BYTES_MAX", default_value_t = listen::HEADER_BYTES_MAX, value_parser = header_bytes, global = true)]
     pub header_bytes_max: usize,
 
     /// How long a client may take to send a request's head.
-    #[arg(long, env = "STORE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = positive, global = true)]
-    pub header_read_timeout_ms: usize,
+    #[arg(long, env = "STORE_HEADER_READ_TIMEOUT_MS", default_value_t = listen::HEADER_READ_TIMEOUT_MS, value_parser = millis_positive, global = true)]
+    pub header_read_timeout_ms: u64,
 
     /// How long a request may take, subscriptions and consumer waits aside; past it, 503.
-    #[arg(long, env = "STORE_REQUEST_TIMEOUT_MS", default_value_t = 30_000, value_parser = positive, global = true)]
-    pub request_timeout_ms: usize,
+    #[arg(long, env = "STORE_REQUEST_TIMEOUT_MS", default_value_t = http::REQUEST_TIMEOUT_MS, value_parser = millis_positive, global = true)]
+    pub request_timeout_ms: u64,
 
     /// How long to wait for a storage connection before answering 503.
-    #[arg(long, env = "STORE_STORAGE_TIMEOUT_MS", default_value_t = 5000, value_parser = positive, global = true)]
-    pub storage_timeout_ms: usize,
+    #[arg(long, env = "STORE_STORAGE_TIMEOUT_MS", default_value_t = store::POSTGRES_CONNECT_TIMEOUT_MS, value_parser = millis_positive, global = true)]
+    pub storage_timeout_ms: u64,
 }
 
 /// How log lines look.
@@ -170,7 +172,7 @@ pub enum TokenCommand {
         /// The token's name, for logs.
         #[arg(long)]
         name: String,
-        /// Its roles: read, write, admin.
+        /// Its roles: read, write, delete, admin.
         #[arg(long, value_delimiter = ',', required = true)]
         roles: Vec<String>,
         /// Limit it to these streams: names, or prefixes ending in * (`account-*`).
@@ -179,8 +181,12 @@ pub enum TokenCommand {
     },
 }
 
-fn millis(ms: usize) -> Duration {
-    Duration::from_millis(ms as u64)
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+fn millis_positive(text: &str) -> Result<u64, String> {
+    positive(text).map(|ms| ms as u64)
 }
 
 fn header_bytes(text: &str) -> Result<usize, String> {
@@ -198,61 +204,21 @@ fn positive(text: &str) -> Result<usize, String> {
     }
 }
 
-/// Where events are kept.
-#[derive(Debug, Clone)]
-pub enum Storage {
-    /// An SQLite file under `data_dir`.
-    Sqlite {
-        /// The folder.
-        data_dir: PathBuf,
-        /// Most pooled read connections.
-        read_connections_max: usize,
-    },
-    /// A PostgreSQL database.
-    Postgres(PostgresOptions),
-}
-
-/// Limits HTTP requests are held to.
-#[derive(Debug, Clone, Copy)]
-pub struct HttpLimits {
-    /// Largest request body.
-    pub request_body_bytes_max: usize,
-    /// Largest read `limit`.
-    pub read_limit_max: usize,
-    /// How long open requests may take to finish after the shutdown signal.
-    pub shutdown_drain_timeout: Duration,
-    /// How long a request may take (subscriptions and consumer waits aside).
-    pub request_timeout: Duration,
-}
-
-/// How connections are accepted and held.
-#[derive(Debug, Clone)]
-pub struct TransportLimits {
-    /// HTTPS with this certificate chain and key (PEM files).
-    pub tls: Option<(PathBuf, PathBuf)>,
-    /// Most connections at once.
-    pub connections_max: usize,
-    /// Largest request head.
-    pub header_bytes_max: usize,
-    /// Longest time to send a request head.
-    pub header_read_timeout: Duration,
-}
-
 /// Everything the server needs to run, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where events are kept.
-    pub storage: Storage,
+    pub storage: store::Options,
     /// Request limits at the HTTP edge.
-    pub http: HttpLimits,
+    pub http: http::Limits,
     /// Limits on one append request.
     pub append: RequestLimits,
     /// How the writer batches.
     pub batch: BatchLimits,
     /// Subscriptions.
-    pub subscriptions: crate::subscriptions::Limits,
+    pub subscriptions: subscriptions::Limits,
     /// Connections.
-    pub transport: TransportLimits,
+    pub transport: listen::Transport,
     /// Who may do what; `None`: anyone (loopback only, unless `insecure_no_auth`).
     pub auth: Option<std::sync::Arc<crate::auth::Tokens>>,
     /// `/metrics` without a token.
@@ -262,19 +228,30 @@ pub struct Config {
 }
 
 impl Config {
-    /// The defaults, over SQLite in `data_dir`: what `store-server` with no flags runs.
+    /// The defaults over `storage`: what `store-server` with no other flag runs. Reads no
+    /// environment variable, so tests get the same configuration everywhere.
+    pub fn new(storage: store::Options) -> Self {
+        Self {
+            storage,
+            http: http::Limits::default(),
+            append: RequestLimits::default(),
+            batch: BatchLimits::default(),
+            subscriptions: subscriptions::Limits::default(),
+            transport: listen::Transport::default(),
+            auth: None,
+            public_metrics: false,
+            insecure_no_auth: false,
+        }
+    }
+
+    /// The defaults, over SQLite in `data_dir`.
     pub fn sqlite(data_dir: impl Into<PathBuf>) -> Self {
-        let mut cli = Cli::parse_from(["store-server"]);
-        cli.data_dir = data_dir.into();
-        cli.database_url = None;
-        cli.config_without_auth()
+        Self::new(store::Options::sqlite(data_dir))
     }
 
     /// The defaults, over PostgreSQL at `url`.
     pub fn postgres(url: impl Into<String>) -> Self {
-        let mut cli = Cli::parse_from(["store-server"]);
-        cli.database_url = Some(url.into());
-        cli.config_without_auth()
+        Self::new(store::Options::postgres(url))
     }
 }
 
@@ -293,26 +270,26 @@ impl Cli {
 
     fn config_without_auth(&self) -> Config {
         let storage = match &self.database_url {
-            Some(url) => Storage::Postgres(PostgresOptions {
+            Some(url) => store::Options::Postgres(PostgresOptions {
                 url: url.clone(),
                 pool_connections_max: self.postgres_pool_connections_max,
                 connect_timeout: millis(self.storage_timeout_ms),
                 allow_async_commit: self.unsafe_allow_async_commit,
             }),
-            None => Storage::Sqlite {
+            None => store::Options::Sqlite {
                 data_dir: self.data_dir.clone(),
                 read_connections_max: self.sqlite_read_connections_max,
             },
         };
         Config {
             storage,
-            http: HttpLimits {
+            http: http::Limits {
                 request_body_bytes_max: self.request_body_bytes_max,
                 read_limit_max: self.read_limit_max,
                 shutdown_drain_timeout: millis(self.shutdown_drain_timeout_ms),
                 request_timeout: millis(self.request_timeout_ms),
             },
-            transport: TransportLimits {
+            transport: listen::Transport {
                 tls: self.tls_cert.clone().zip(self.tls_key.clone()),
                 connections_max: self.connections_max,
                 header_bytes_max: self.header_bytes_max,
@@ -327,7 +304,7 @@ impl Cli {
                 commit_requests_max: self.commit_requests_max,
                 commit_events_max: self.commit_events_max,
             },
-            subscriptions: crate::subscriptions::Limits {
+            subscriptions: subscriptions::Limits {
                 subscriptions_max: self.subscriptions_max,
                 buffer_events_max: self.subscription_buffer_events_max,
                 broadcast_batches_max: self.subscription_broadcast_batches_max,

@@ -11,16 +11,21 @@
 //! | `config` | flags and environment variables, parsed once into a validated `Config` |
 //! | `server` | `run(listener, config, shutdown)`, the one entry point |
 //! | `listen` | the accept loop: TLS, connection and header limits, graceful shutdown |
-//! | `http` | the routes, one file per resource; `problem.rs` turns errors into problem documents |
-//! | `append` | the write path: validation, the writer's queue and group commit, `decide` |
-//! | `store` | the backend trait, `sqlite.rs`, `postgres.rs`, migrations |
+//! | `http` | the routes and who may call each, one file per resource; `problem.rs` turns errors into problem documents |
+//! | `decide` | the decision model: an append request, and how a batch of them is decided (pure) |
+//! | `append` | the write path: the writer's queue and group commit |
+//! | `store` | the backend trait, `sqlite.rs`, `postgres/`, shared row checks and SQL, migrations |
 //! | `subscriptions` | live delivery: the tailer and its broadcast (`Hub`), one follower per SSE connection |
 //! | `metrics` | the Prometheus registry |
 //! | `auth` | bearer tokens from the auth file: roles and stream scopes |
 //!
 //! The write path, end to end: `http/streams.rs` (`append`) → `append::Writer::append`
 //! (queue) → the writer task batches → `Store::commit` (one transaction: lock, snapshot,
-//! `append::decide::decide`, insert) → each request gets its own outcome.
+//! `decide::decide`, insert) → each request gets its own outcome.
+//!
+//! Modules import downward only, in this order (a test keeps it so): `protocol`, `decide`,
+//! `store`, `metrics`, `append`, `subscriptions`, `auth`, `http`, `listen`, `server`,
+//! `config`.
 //!
 //! Build with `default-features = false` for [`protocol`] alone.
 
@@ -32,6 +37,8 @@ pub mod append;
 pub mod auth;
 #[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
+pub mod decide;
 #[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]

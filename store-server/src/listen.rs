@@ -6,7 +6,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -16,17 +16,42 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tracing::{debug, warn};
 
+/// `--connections-max` when not given.
+pub const CONNECTIONS_MAX: usize = 10_000;
+/// `--header-bytes-max` when not given.
+pub const HEADER_BYTES_MAX: usize = 16_384;
+/// `--header-read-timeout-ms` when not given.
+pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+
 /// How connections are accepted and held.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Transport {
-    /// HTTPS only, when set.
-    pub tls: Option<TlsAcceptor>,
+    /// HTTPS only, with this certificate chain and private key (PEM files), when set.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Most connections open at once; past it, new ones wait to be accepted.
     pub connections_max: usize,
     /// Largest request head (request line and headers); past it, hyper answers 431.
     pub header_bytes_max: usize,
     /// How long a client may take to send a request's head (slow clients hold no slot).
     pub header_read_timeout: Duration,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            connections_max: CONNECTIONS_MAX,
+            header_bytes_max: HEADER_BYTES_MAX,
+            header_read_timeout: Duration::from_millis(HEADER_READ_TIMEOUT_MS),
+        }
+    }
+}
+
+/// The HTTP settings of one connection.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    bytes_max: usize,
+    read_timeout: Duration,
 }
 
 /// Loads a certificate chain and its private key (PEM) for HTTPS.
@@ -54,12 +79,13 @@ pub fn tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `app` until `shutdown` completes; then stops accepting, lets open requests finish
-/// for at most `drain_timeout`, and returns.
+/// Serves `app` (over TLS with `tls`) until `shutdown` completes; then stops accepting,
+/// lets open requests finish for at most `drain_timeout`, and returns.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    transport: Transport,
+    transport: &Transport,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
 ) {
@@ -84,13 +110,17 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let (app, transport, watcher) = (app.clone(), transport.clone(), graceful.watcher());
+        let (app, tls, watcher) = (app.clone(), tls.clone(), graceful.watcher());
+        let head = Head {
+            bytes_max: transport.header_bytes_max,
+            read_timeout: transport.header_read_timeout,
+        };
         tokio::spawn(async move {
-            match &transport.tls {
-                None => connection(tcp, app, &transport, watcher).await,
+            match tls {
+                None => connection(tcp, app, head, watcher).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => connection(tls, app, &transport, watcher).await,
+                        Ok(Ok(tls)) => connection(tls, app, head, watcher).await,
                         Ok(Err(err)) => debug!(cause = %err, "TLS handshake failed"),
                         Err(_) => debug!("TLS handshake timed out"),
                     }
@@ -108,14 +138,14 @@ pub async fn serve(
     }
 }
 
-async fn connection<I>(io: I, app: Router, transport: &Transport, watcher: Watcher)
+async fn connection<I>(io: I, app: Router, head: Head, watcher: Watcher)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(transport.header_read_timeout)
-        .max_buf_size(transport.header_bytes_max);
+        .header_read_timeout(head.read_timeout)
+        .max_buf_size(head.bytes_max);
     let connection = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
     if let Err(err) = watcher.watch(connection).await {
         debug!(cause = %err, "connection ended with an error");

@@ -2,7 +2,7 @@
 //! port 0 and pass their own.
 
 use crate::append::Writer;
-use crate::config::{Config, Storage};
+use crate::config::Config;
 use crate::http::{AppState, app};
 use crate::metrics::Metrics;
 use crate::subscriptions::Hub;
@@ -37,34 +37,21 @@ pub enum Error {
     Metrics(#[from] prometheus::Error),
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then stops accepting, lets
-/// in-flight requests finish, answers every queued append, and returns.
+/// A server's state and background tasks, started but not yet serving: [`run`] serves it on a
+/// socket; tests can drive [`Started::app`] without one.
+pub struct Started {
+    /// What every handler shares.
+    pub state: AppState,
+    stopping: watch::Sender<bool>,
+    writer_task: tokio::task::JoinHandle<()>,
+    tailer: tokio::task::JoinHandle<()>,
+}
+
+/// Opens storage and starts the writer and the tailer.
 ///
 /// # Errors
-/// Storage cannot be opened (unreachable, migration refused, unsafe durability), or the
-/// listener fails.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    let address = listener.local_addr()?;
-    if config.auth.is_none() && !address.ip().is_loopback() {
-        if !config.insecure_no_auth {
-            return Err(Error::Insecure(address));
-        }
-        warn!(%address, "listening beyond loopback WITHOUT authentication (--insecure-no-auth): anyone who can connect may read and write");
-    }
-    let limits = &config.transport;
-    let transport = crate::listen::Transport {
-        tls: match &limits.tls {
-            Some((cert, key)) => Some(crate::listen::tls(cert, key).map_err(Error::Tls)?),
-            None => None,
-        },
-        connections_max: limits.connections_max,
-        header_bytes_max: limits.header_bytes_max,
-        header_read_timeout: limits.header_read_timeout,
-    };
+/// Storage cannot be opened (unreachable, migration refused, unsafe durability).
+pub async fn start(config: &Config) -> Result<Started, Error> {
     let store = crate::store::open(&config.storage).await?;
     let metrics = Arc::new(Metrics::new()?);
     let head = store.head().await?;
@@ -88,41 +75,72 @@ pub async fn run(
         auth: config.auth.clone(),
         public_metrics: config.public_metrics,
     };
-    let storage = match &config.storage {
-        Storage::Sqlite { data_dir, .. } => {
-            data_dir.join(crate::store::SQLITE_FILE_NAME).display().to_string()
+    Ok(Started { state, stopping, writer_task, tailer })
+}
+
+impl Started {
+    /// The API over this state, to serve or to call without a socket.
+    pub fn app(&self) -> axum::Router {
+        app(self.state.clone())
+    }
+
+    /// Ends every subscription, answers every queued append, and waits for the background
+    /// tasks. Every clone of the state (and of [`Started::app`]) must be gone by then.
+    pub async fn stop(self) {
+        let Self { state, stopping, writer_task, tailer } = self;
+        let _ = stopping.send(true);
+        // The writer ends once every handle to it is gone and its queue is drained.
+        drop(state);
+        let _ = writer_task.await;
+        let _ = tailer.await;
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then stops accepting, lets
+/// in-flight requests finish, answers every queued append, and returns.
+///
+/// # Errors
+/// Storage cannot be opened (unreachable, migration refused, unsafe durability), the TLS
+/// files cannot be used, or the listener fails.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let address = listener.local_addr()?;
+    if config.auth.is_none() && !address.ip().is_loopback() {
+        if !config.insecure_no_auth {
+            return Err(Error::Insecure(address));
         }
-        Storage::Postgres(_) => "postgres".into(),
+        warn!(%address, "listening beyond loopback WITHOUT authentication (--insecure-no-auth): anyone who can connect may read and write");
+    }
+    let tls = match &config.transport.tls {
+        Some((cert, key)) => Some(crate::listen::tls(cert, key).map_err(Error::Tls)?),
+        None => None,
     };
+    let started = start(&config).await?;
     info!(
         %address,
         auth = config.auth.is_some(),
-        tls = config.transport.tls.is_some(),
-        backend = state.store.backend().name(),
-        %storage,
+        tls = tls.is_some(),
+        backend = started.state.store.backend().name(),
+        storage = %config.storage.describe(),
         request_body_bytes_max = config.http.request_body_bytes_max,
         append_events_max = config.append.append_events_max,
         event_bytes_max = config.append.event_bytes_max,
         read_limit_max = config.http.read_limit_max,
         "serving"
     );
+    let stopping = started.stopping.clone();
     let signal = async move {
         shutdown.await;
         info!("shutting down: no new connections, finishing requests in flight");
         // Ends every subscription, so that their responses complete and serving can stop.
         let _ = stopping.send(true);
     };
-    crate::listen::serve(
-        listener,
-        app(state),
-        transport,
-        signal,
-        config.http.shutdown_drain_timeout,
-    )
-    .await;
-    // Every handle to the writer went with the app: it drains what is queued, then ends.
-    let _ = writer_task.await;
-    let _ = tailer.await;
+    let drain = config.http.shutdown_drain_timeout;
+    crate::listen::serve(listener, started.app(), &config.transport, tls, signal, drain).await;
+    started.stop().await;
     info!("stopped");
     Ok(())
 }

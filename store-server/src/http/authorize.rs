@@ -1,60 +1,85 @@
-//! The bearer-token check in front of every route: 401 without a known token, 403 without
-//! the right for this route and this stream.
+//! Who may call a route, and the bearer-token check in front of every route: 401 without a
+//! known token, 403 without the right for this route and this stream.
+//!
+//! Each route declares its [`Access`] where it is registered ([`super::Routes`]); a route
+//! the table does not know is admin-only, so access is never granted by default.
 
-use super::{ApiError, AppState};
-use crate::auth::Access;
+use super::ApiError;
+use crate::auth::{Role, Scope, Tokens};
 use crate::protocol::{Category, StreamName};
 use axum::extract::rejection::RawPathParamsRejection;
 use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
 
-/// What the route (by template) needs, given its parameters.
-fn access(
-    route: &str,
-    method: &Method,
-    params: Option<&RawPathParams>,
-    public_metrics: bool,
-) -> Access {
-    let param = |key: &str| params?.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_owned());
-    let stream = || param("stream").and_then(|s| StreamName::new(s).ok());
-    let category = || param("category").and_then(|c| Category::new(c).ok());
-    match (route, method) {
-        ("/health/live" | "/health/ready" | "/openapi.json", _) => Access::Public,
-        ("/metrics", _) if public_metrics => Access::Public,
-        ("/streams/{stream}", &Method::POST) => {
-            stream().map_or(Access::Authenticated, Access::Write)
-        }
-        ("/streams/{stream}" | "/streams/{stream}/subscribe", _) => {
-            stream().map_or(Access::Authenticated, Access::ReadStream)
-        }
-        ("/categories/{category}" | "/categories/{category}/subscribe", _) => {
-            category().map_or(Access::Authenticated, Access::ReadCategory)
-        }
-        ("/all" | "/all/subscribe", _) => Access::ReadAll,
-        ("/consumers/{name}", &Method::PUT | &Method::DELETE) => Access::Admin,
-        ("/consumers" | "/consumers/{name}" | "/consumers/{name}/wait", _) => Access::ReadConsumers,
-        // /info, /metrics, and whatever comes next: a valid token at least.
-        _ => Access::Authenticated,
+/// Who may call a route (shared/API.md, "Access").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a token.
+    Public,
+    /// Any valid token.
+    Authenticated,
+    /// `role`, on the stream the route names (`{stream}`).
+    Stream(Role),
+    /// `role`, on the category the route names (`{category}`).
+    Category(Role),
+    /// `role` with an unscoped token: the route reaches the whole store.
+    Everything(Role),
+    /// `role` with any scope: the handler answers only what is in the token's scope.
+    InScope(Role),
+}
+
+impl Access {
+    /// What a route needs when nobody said: admin.
+    pub const ADMIN: Self = Self::Everything(Role::Admin);
+}
+
+/// The access of every route, by method and template, built with the router.
+#[derive(Debug, Clone, Default)]
+pub struct Table(HashMap<(Method, &'static str), Access>);
+
+impl Table {
+    pub(super) fn declare(&mut self, method: Method, path: &'static str, access: Access) {
+        let previous = self.0.insert((method.clone(), path), access);
+        assert!(previous.is_none(), "{method} {path} is declared twice");
+    }
+
+    /// What `method` on the route `template` needs: admin where nothing was declared.
+    pub fn access(&self, method: &Method, template: &str) -> Access {
+        // axum answers HEAD with the GET handler: it needs what GET needs.
+        let method = if method == Method::HEAD { &Method::GET } else { method };
+        self.0.get(&(method.clone(), template)).copied().unwrap_or(Access::ADMIN)
+    }
+
+    /// Every declared route, for tests and documentation.
+    pub fn routes(&self) -> impl Iterator<Item = (&Method, &'static str, Access)> {
+        self.0.iter().map(|((method, path), access)| (method, *path, *access))
     }
 }
 
-/// Lets the request through if its token may do what its route needs. An invalid name in
-/// the path only needs a valid token: the handler answers it 400.
+/// What the check needs: the tokens, and what each route needs.
+#[derive(Clone)]
+pub struct Guard {
+    /// The auth file's tokens.
+    pub tokens: std::sync::Arc<Tokens>,
+    /// The declared access of every route.
+    pub table: std::sync::Arc<Table>,
+}
+
+/// Lets the request through if its token may do what its route needs. A path parameter that
+/// is not a valid name needs the role only: the handler answers it 400.
 pub async fn authorize(
-    State(state): State<AppState>,
+    State(guard): State<Guard>,
     route: MatchedPath,
     // A parameter that is not UTF-8 is the handler's 400 to give, as a problem document.
     params: Result<RawPathParams, RawPathParamsRejection>,
     request: Request,
     next: Next,
 ) -> Response {
-    // Installed only with an auth file (see `app`); without tokens there is nothing to check.
-    let Some(tokens) = &state.auth else { return next.run(request).await };
-    let needed =
-        access(route.as_str(), request.method(), params.as_ref().ok(), state.public_metrics);
-    if matches!(needed, Access::Public) {
+    let needed = guard.table.access(request.method(), route.as_str());
+    if needed == Access::Public {
         return next.run(request).await;
     }
     let presented = request
@@ -62,10 +87,27 @@ pub async fn authorize(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = presented.and_then(|p| tokens.find(p.trim())) else {
+    let Some(token) = presented.and_then(|p| guard.tokens.find(p.trim())) else {
         return ApiError::Unauthorized.into_response();
     };
-    if !token.may(&needed) {
+    let param = |key: &str| {
+        let params = params.as_ref().ok()?;
+        params.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_owned())
+    };
+    let allowed = match needed {
+        Access::Public | Access::Authenticated => true,
+        Access::Stream(role) => match param("stream").and_then(|s| StreamName::new(s).ok()) {
+            Some(stream) => token.may(role, Scope::Stream(&stream)),
+            None => token.may(role, Scope::InScope),
+        },
+        Access::Category(role) => match param("category").and_then(|c| Category::new(c).ok()) {
+            Some(category) => token.may(role, Scope::Category(&category)),
+            None => token.may(role, Scope::InScope),
+        },
+        Access::Everything(role) => token.may(role, Scope::Everything),
+        Access::InScope(role) => token.may(role, Scope::InScope),
+    };
+    if !allowed {
         tracing::info!(token = %token.name, route = route.as_str(), "forbidden");
         return ApiError::Forbidden(token.name.clone()).into_response();
     }

@@ -10,20 +10,57 @@ mod problem;
 mod streams;
 mod subscribe;
 
+pub use authorize::{Access, Table};
 pub use problem::ApiError;
 
-use crate::append::{RequestLimits, Writer};
-use crate::config::HttpLimits;
+use crate::append::Writer;
+use crate::auth::Role::{Admin, Read, Write};
+use crate::decide::RequestLimits;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::subscriptions::Hub;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
+use axum::handler::Handler;
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
+
+/// `--request-body-bytes-max` when not given.
+pub const REQUEST_BODY_BYTES_MAX: usize = 4 << 20;
+/// `--read-limit-max` when not given.
+pub const READ_LIMIT_MAX: usize = 1000;
+/// `--shutdown-drain-timeout-ms` when not given.
+pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 10_000;
+/// `--request-timeout-ms` when not given.
+pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+
+/// Limits HTTP requests are held to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body.
+    pub request_body_bytes_max: usize,
+    /// Largest read `limit`.
+    pub read_limit_max: usize,
+    /// How long open requests may take to finish after the shutdown signal.
+    pub shutdown_drain_timeout: Duration,
+    /// How long a request may take (subscriptions and consumer waits aside).
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request_body_bytes_max: REQUEST_BODY_BYTES_MAX,
+            read_limit_max: READ_LIMIT_MAX,
+            shutdown_drain_timeout: Duration::from_millis(SHUTDOWN_DRAIN_TIMEOUT_MS),
+            request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
+        }
+    }
+}
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -33,7 +70,7 @@ pub struct AppState {
     /// Appends go through the writer's queue.
     pub writer: Writer,
     /// Request limits.
-    pub http: HttpLimits,
+    pub http: Limits,
     /// Append limits.
     pub append: RequestLimits,
     /// The metrics registry.
@@ -54,36 +91,74 @@ pub struct AppState {
     pub public_metrics: bool,
 }
 
+/// Routes and the access each declares, built together: a route cannot be added without
+/// saying who may call it.
+struct Routes {
+    router: Router<AppState>,
+    table: Table,
+}
+
+impl Routes {
+    /// Registers `handler` for `method` on `path`, callable as `access` says.
+    fn route<H, T>(mut self, method: Method, path: &'static str, access: Access, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = axum::routing::MethodFilter::try_from(method.clone())
+            .expect("routes use the standard methods");
+        self.table.declare(method, path, access);
+        self.router = self.router.route(path, axum::routing::on(filter, handler));
+        self
+    }
+}
+
+/// Every route of the API with its access (shared/API.md, "Access"). Handlers are in the
+/// module of their resource.
+fn routes(public_metrics: bool) -> Routes {
+    use Access::{Authenticated, Category, Everything, InScope, Public, Stream};
+    let metrics = if public_metrics { Public } else { Authenticated };
+    Routes { router: Router::new(), table: Table::default() }
+        .route(Method::POST, "/streams/{stream}", Stream(Write), streams::append)
+        .route(Method::GET, "/streams/{stream}", Stream(Read), streams::read)
+        .route(Method::GET, "/streams/{stream}/subscribe", Stream(Read), subscribe::stream)
+        .route(Method::GET, "/categories/{category}", Category(Read), log::read_category)
+        .route(Method::GET, "/categories/{category}/subscribe", Category(Read), subscribe::category)
+        .route(Method::GET, "/all", Everything(Read), log::read_all)
+        .route(Method::GET, "/all/subscribe", Everything(Read), subscribe::all)
+        .route(Method::GET, "/consumers", InScope(Read), consumers::list)
+        .route(Method::GET, "/consumers/{name}", InScope(Read), consumers::get)
+        .route(Method::PUT, "/consumers/{name}", Everything(Admin), consumers::put)
+        .route(Method::DELETE, "/consumers/{name}", Everything(Admin), consumers::delete)
+        .route(Method::GET, "/consumers/{name}/wait", InScope(Read), consumers::wait)
+        .route(Method::GET, "/health/live", Public, ops::live)
+        .route(Method::GET, "/health/ready", Public, ops::ready)
+        .route(Method::GET, "/info", Authenticated, ops::info)
+        .route(Method::GET, "/metrics", metrics, ops::metrics)
+        .route(Method::GET, "/openapi.json", Public, ops::openapi)
+}
+
+/// What each route needs, as `app` declares it; with `public_metrics`, `/metrics` is public.
+pub fn access_table(public_metrics: bool) -> Table {
+    routes(public_metrics).table
+}
+
 /// The whole API as one service; tests and `server::run` both serve it.
 pub fn app(state: AppState) -> Router {
-    let routes = Router::new()
-        .route("/streams/{stream}", post(streams::append).get(streams::read))
-        .route("/streams/{stream}/subscribe", get(subscribe::stream))
-        .route("/categories/{category}", get(log::read_category))
-        .route("/categories/{category}/subscribe", get(subscribe::category))
-        .route("/all", get(log::read_all))
-        .route("/all/subscribe", get(subscribe::all))
-        .route("/consumers", get(consumers::list))
-        .route(
-            "/consumers/{name}",
-            get(consumers::get).put(consumers::put).delete(consumers::delete),
-        )
-        .route("/consumers/{name}/wait", get(consumers::wait))
-        .route("/health/live", get(ops::live))
-        .route("/health/ready", get(ops::ready))
-        .route("/info", get(ops::info))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
-        // Route layers run after routing, so they see the route template. The last added
-        // runs first: requests are counted (track) whether or not they were authorized.
+    let Routes { router, table } = routes(state.public_metrics);
+    // Route layers run after routing, so they see the route template. The last added runs
+    // first: requests are counted (track) whether or not they were authorized.
+    let router = router
         .route_layer(axum::middleware::from_fn_with_state(state.http.request_timeout, deadline));
     // Without an auth file there is nothing to check: no layer, no work per request.
-    let routes = match state.auth {
-        Some(_) => routes
-            .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize::authorize)),
-        None => routes,
+    let router = match &state.auth {
+        Some(tokens) => {
+            let guard = authorize::Guard { tokens: tokens.clone(), table: Arc::new(table) };
+            router.route_layer(axum::middleware::from_fn_with_state(guard, authorize::authorize))
+        }
+        None => router,
     };
-    routes
+    router
         .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), track))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -1,9 +1,9 @@
 //! Errors at the HTTP edge, and the one place they become RFC 9457 problem documents.
 
-use crate::append;
 use crate::protocol::{
     EventId, ExpectedRevision, InvalidName, Problem, StreamName, StreamRevision,
 };
+use crate::{append, decide};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -85,10 +85,10 @@ pub enum ApiError {
     Unavailable(#[source] Option<crate::store::Error>),
 }
 
-impl From<append::Invalid> for ApiError {
-    fn from(invalid: append::Invalid) -> Self {
+impl From<decide::Invalid> for ApiError {
+    fn from(invalid: decide::Invalid) -> Self {
         match invalid {
-            append::Invalid::TooManyEvents { .. } | append::Invalid::EventTooLarge { .. } => {
+            decide::Invalid::TooManyEvents { .. } | decide::Invalid::EventTooLarge { .. } => {
                 Self::PayloadTooLarge(invalid.to_string())
             }
             _ => Self::InvalidRequest(invalid.to_string()),

@@ -3,7 +3,7 @@
 use super::body::json;
 use super::params::{RawQuery, ReadParams, segment};
 use super::{ApiError, AppState};
-use crate::append::{Append, Outcome};
+use crate::decide::{Append, Outcome};
 use crate::protocol::{AppendRequest, StreamName, StreamRevision};
 use crate::store::StreamQuery;
 use axum::Json;

@@ -1,17 +1,24 @@
 //! Storage: the small trait both backends implement, one file each.
 //!
 //! A backend executes a batch of appends as one transaction (deciding it with
-//! [`crate::append::decide`] under its write lock) and answers reads. Batching, validation
-//! and fan-out live above it, shared.
+//! [`crate::decide::decide`] under its write lock) and answers reads. Batching, validation
+//! and fan-out live above it, shared. This file is the contract; `rows.rs` checks what both
+//! backends read, `sql.rs` writes the filtered log read for both.
 
 mod migrations;
 mod postgres;
+mod rows;
+mod sql;
 mod sqlite;
 
-pub use postgres::{Postgres, PostgresOptions};
+pub use postgres::{
+    CONNECT_TIMEOUT_MS as POSTGRES_CONNECT_TIMEOUT_MS,
+    POOL_CONNECTIONS_MAX as POSTGRES_POOL_CONNECTIONS_MAX, Postgres, PostgresOptions,
+};
+pub use rows::to_i64;
 pub use sqlite::{FILE_NAME as SQLITE_FILE_NAME, Sqlite};
 
-use crate::append::{Append, Outcome};
+use crate::decide::{Append, Outcome};
 use crate::protocol::{
     Category, ConsumerConflict, ConsumerName, EventType, Page, Position, SetConsumer, StreamName,
     StreamRevision, Timestamp,
@@ -187,29 +194,57 @@ pub struct StoredConsumer {
     pub updated_at: Timestamp,
 }
 
-impl StoredConsumer {
-    fn from_row(name: String, position: i64, updated_at: Option<Timestamp>) -> Result<Self, Error> {
-        let corrupt = |why: String| Error::Corrupt { position, why };
-        Ok(Self {
-            name: ConsumerName::new(name).map_err(|e| corrupt(e.to_string()))?,
-            position: Position(to_u64(position, position, "consumer position")?),
-            updated_at: updated_at.ok_or_else(|| corrupt("consumer updated_at".into()))?,
-        })
+/// `--sqlite-read-connections-max` when not given.
+pub const SQLITE_READ_CONNECTIONS_MAX: usize = 8;
+
+/// Where events are kept, and how the backend is reached.
+#[derive(Debug, Clone)]
+pub enum Options {
+    /// An SQLite file under `data_dir`.
+    Sqlite {
+        /// The folder.
+        data_dir: std::path::PathBuf,
+        /// Most pooled read connections.
+        read_connections_max: usize,
+    },
+    /// A PostgreSQL database.
+    Postgres(PostgresOptions),
+}
+
+impl Options {
+    /// SQLite in `data_dir`, with the default limits.
+    pub fn sqlite(data_dir: impl Into<std::path::PathBuf>) -> Self {
+        Self::Sqlite {
+            data_dir: data_dir.into(),
+            read_connections_max: SQLITE_READ_CONNECTIONS_MAX,
+        }
+    }
+
+    /// PostgreSQL at `url`, with the default limits.
+    pub fn postgres(url: impl Into<String>) -> Self {
+        Self::Postgres(PostgresOptions::new(url))
+    }
+
+    /// Where the data is, for the start-up log line (never a password).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite { data_dir, .. } => data_dir.join(SQLITE_FILE_NAME).display().to_string(),
+            Self::Postgres(_) => "postgres".into(),
+        }
     }
 }
 
-/// Opens the store a configuration names, applying migrations first.
+/// Opens the store `options` name, applying migrations first.
 ///
 /// # Errors
 /// The database cannot be opened or reached, a migration fails or was changed after it
 /// was applied, or PostgreSQL does not commit durably.
-pub async fn open(storage: &crate::config::Storage) -> Result<Arc<dyn Store>, Error> {
-    use crate::config::Storage;
-    Ok(match storage {
-        Storage::Sqlite { data_dir, read_connections_max } => {
+pub async fn open(options: &Options) -> Result<Arc<dyn Store>, Error> {
+    Ok(match options {
+        Options::Sqlite { data_dir, read_connections_max } => {
             Arc::new(Sqlite::open(data_dir, *read_connections_max).await?)
         }
-        Storage::Postgres(options) => Arc::new(Postgres::open(options).await?),
+        Options::Postgres(options) => Arc::new(Postgres::open(options).await?),
     })
 }
 
@@ -285,129 +320,4 @@ impl<E: std::error::Error + Send + Sync + 'static> From<deadpool::managed::PoolE
     fn from(error: deadpool::managed::PoolError<E>) -> Self {
         Self::Pool(Box::new(error))
     }
-}
-
-/// Converts a count or number kept as `i64` in SQL to ours, refusing negatives.
-fn to_u64(value: i64, position: i64, column: &str) -> Result<u64, Error> {
-    u64::try_from(value)
-        .map_err(|_| Error::Corrupt { position, why: format!("{column} is negative") })
-}
-
-/// Converts one of our numbers to SQL's `i64`. Positions and revisions stay far below
-/// `i64::MAX` (9.2e18 events), so saturating never happens in practice.
-pub(crate) fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-/// An event row as both backends read it, before its columns are checked.
-struct EventRow {
-    position: i64,
-    stream: String,
-    revision: i64,
-    id: uuid::Uuid,
-    event_type: String,
-    schema_version: i64,
-    data: String,
-    metadata: Option<String>,
-    recorded_at: Option<Timestamp>,
-}
-
-/// The columns of an [`EventRow`], in order, for every `SELECT` of events.
-const EVENT_COLUMNS: &str =
-    "position, stream, revision, id, type, schema_version, data, metadata, recorded_at";
-
-impl EventRow {
-    fn into_recorded(self) -> Result<crate::protocol::RecordedEvent, Error> {
-        use crate::protocol::{EventId, RecordedEvent, SchemaVersion};
-        use serde_json::value::RawValue;
-        let position = self.position;
-        let corrupt = |why: String| Error::Corrupt { position, why };
-        let schema_version = u32::try_from(self.schema_version)
-            .ok()
-            .and_then(SchemaVersion::new)
-            .ok_or_else(|| corrupt("schema_version is out of range".into()))?;
-        let metadata = match self.metadata {
-            Some(text) => {
-                Some(RawValue::from_string(text).map_err(|e| corrupt(format!("metadata: {e}")))?)
-            }
-            None => None,
-        };
-        Ok(RecordedEvent {
-            position: Position(to_u64(position, position, "position")?),
-            stream: StreamName::new(self.stream).map_err(|e| corrupt(e.to_string()))?,
-            revision: StreamRevision(to_u64(self.revision, position, "revision")?),
-            id: EventId(self.id),
-            event_type: EventType::new(self.event_type).map_err(|e| corrupt(e.to_string()))?,
-            schema_version,
-            data: RawValue::from_string(self.data).map_err(|e| corrupt(format!("data: {e}")))?,
-            metadata,
-            recorded_at: self.recorded_at.ok_or_else(|| corrupt("recorded_at".into()))?,
-        })
-    }
-}
-
-/// Turns `limit + 1` rows into a page: the extra row, if any, is where the next page starts.
-/// `head_read_first` must have been read before the rows (or in the same snapshot).
-fn page<C>(
-    rows: Vec<EventRow>,
-    limit: usize,
-    head_read_first: i64,
-    cursor: impl Fn(&crate::protocol::RecordedEvent) -> C,
-) -> Result<Page<C>, Error> {
-    let mut events =
-        rows.into_iter().map(EventRow::into_recorded).collect::<Result<Vec<_>, _>>()?;
-    let next = (events.len() > limit).then(|| events.pop()).flatten().map(|e| cursor(&e));
-    // The head is read before the events, so events committed in between can pass it.
-    let seen = events.iter().map(|e| e.position).max().unwrap_or_default();
-    let head = seen.max(Position(to_u64(head_read_first, 0, "log head")?));
-    Ok(Page { events, next, head })
-}
-
-/// What a batch's decisions need looked up: the distinct streams it appends to, and the
-/// client-chosen ids it carries.
-fn batch_keys(batch: &[Append]) -> (Vec<&StreamName>, Vec<uuid::Uuid>) {
-    let mut streams: Vec<&StreamName> = batch.iter().map(|a| &a.stream).collect();
-    streams.sort_unstable();
-    streams.dedup();
-    let ids = batch
-        .iter()
-        .filter(|a| a.ids_from_client)
-        .flat_map(|a| a.events.iter().map(|(id, _)| id.0))
-        .collect();
-    (streams, ids)
-}
-
-/// Builds the snapshot a batch is decided against from what the backend looked up:
-/// the log head, `(stream, revision)` of the streams that exist, and
-/// `(id, stream, revision, position)` of the ids already stored.
-fn snapshot(
-    head: i64,
-    streams: Vec<(String, i64)>,
-    ids: Vec<(uuid::Uuid, String, i64, i64)>,
-) -> Result<crate::append::decide::Snapshot, Error> {
-    use crate::append::decide::{Snapshot, StoredId};
-    use crate::protocol::EventId;
-    let name = |name: String, position| {
-        StreamName::new(name).map_err(|e| Error::Corrupt { position, why: e.to_string() })
-    };
-    Ok(Snapshot {
-        head: Position(to_u64(head, 0, "log head")?),
-        streams: streams
-            .into_iter()
-            .map(|(stream, revision)| {
-                Ok((name(stream, 0)?, StreamRevision(to_u64(revision, 0, "stream revision")?)))
-            })
-            .collect::<Result<_, Error>>()?,
-        ids: ids
-            .into_iter()
-            .map(|(id, stream, revision, position)| {
-                let stored = StoredId {
-                    stream: name(stream, position)?,
-                    revision: StreamRevision(to_u64(revision, position, "revision")?),
-                    position: Position(to_u64(position, position, "position")?),
-                };
-                Ok((EventId(id), stored))
-            })
-            .collect::<Result<_, Error>>()?,
-    })
 }

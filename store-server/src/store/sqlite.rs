@@ -3,14 +3,14 @@
 //! a pool of read-only connections for reads. SQLite calls block, so they run on
 //! tokio's blocking threads.
 
-use super::{
-    Backend, Direction, EVENT_COLUMNS, Error, EventRow, LogQuery, Store, StoredConsumer,
-    StreamQuery, batch_keys, migrations, page, snapshot, to_i64,
-};
-use crate::append::{Append, Outcome};
+use super::rows::{EVENT_COLUMNS, EventRow, batch_keys, page, snapshot, to_i64, to_u64};
+use super::sql::Param;
+use super::{Backend, Direction, Error, LogQuery, Store, StoredConsumer, StreamQuery, migrations};
+use crate::decide::{Append, Outcome};
 use crate::protocol::{
     ConsumerConflict, ConsumerName, Page, Position, SetConsumer, StreamRevision, Timestamp,
 };
+use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -186,39 +186,14 @@ impl Store for Sqlite {
     async fn read_log(&self, query: LogQuery) -> Result<Page<Position>, Error> {
         self.read(move |connection| {
             let tx = connection.transaction()?;
-            let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE ");
-            let mut values: Vec<rusqlite::types::Value> = Vec::new();
-            match (query.direction, query.from) {
-                (Direction::Forward, from) => {
-                    sql.push_str("position >= ?");
-                    values.push(to_i64(from.unwrap_or_default().0).into());
-                }
-                (Direction::Backward, from) => {
-                    sql.push_str("position <= ?");
-                    values.push(from.map_or(i64::MAX, |p| to_i64(p.0)).into());
-                }
-            }
-            let filter = &query.filter;
-            if let Some(stream) = &filter.stream {
-                sql.push_str(" AND stream = ?");
-                values.push(stream.as_str().to_owned().into());
-            }
-            if let Some(category) = &filter.category {
-                sql.push_str(" AND category = ?");
-                values.push(category.as_str().to_owned().into());
-            }
-            if !filter.types.is_empty() {
-                let marks = vec!["?"; filter.types.len()].join(", ");
-                sql.push_str(&format!(" AND type IN ({marks})"));
-                values.extend(filter.types.iter().map(|t| t.as_str().to_owned().into()));
-            }
-            sql.push_str(match query.direction {
-                Direction::Forward => " ORDER BY position LIMIT ?",
-                Direction::Backward => " ORDER BY position DESC LIMIT ?",
+            let sql = super::sql::read_log(&query, super::sql::Dialect::Sqlite);
+            let values = sql.params.into_iter().map(|param| match param {
+                Param::Int(value) => Value::Integer(value),
+                Param::Text(text) => Value::Text(text.to_owned()),
+                Param::Texts(_) => unreachable!("the SQLite dialect binds one value per mark"),
             });
-            values.push(to_i64(query.limit as u64 + 1).into());
             let rows = tx
-                .prepare_cached(&sql)?
+                .prepare_cached(&sql.text)?
                 .query_map(rusqlite::params_from_iter(values), event_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             let head = log_head(&tx)?;
@@ -303,7 +278,7 @@ impl Store for Sqlite {
 
     async fn head(&self) -> Result<Position, Error> {
         let head = self.read(|connection| log_head(connection)).await?;
-        Ok(Position(super::to_u64(head, 0, "log head")?))
+        Ok(Position(to_u64(head, 0, "log head")?))
     }
 }
 
@@ -370,7 +345,7 @@ fn commit(
     }
     drop((revision, stored));
     let snapshot = snapshot(log_head(&tx)?, heads, stored_ids)?;
-    let decision = crate::append::decide::decide(batch, snapshot);
+    let decision = crate::decide::decide(batch, snapshot);
     if !decision.rows.is_empty() {
         let mut insert = tx.prepare_cached(
             "INSERT INTO events (position, stream, category, revision, id, type, schema_version,

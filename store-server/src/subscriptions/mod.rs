@@ -46,6 +46,17 @@ impl Encoded {
     }
 }
 
+/// `--subscriptions-max` when not given.
+pub const SUBSCRIPTIONS_MAX: usize = 1000;
+/// `--subscription-buffer-events-max` when not given.
+pub const BUFFER_EVENTS_MAX: usize = 500;
+/// `--subscription-broadcast-batches-max` when not given.
+pub const BROADCAST_BATCHES_MAX: usize = 256;
+/// `--subscription-poll-interval-ms` when not given.
+pub const POLL_INTERVAL_MS: u64 = 1000;
+/// `--sse-keep-alive-interval-ms` when not given.
+pub const KEEP_ALIVE_INTERVAL_MS: u64 = 15_000;
+
 /// Limits and timings of subscriptions.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -60,6 +71,18 @@ pub struct Limits {
     pub poll_interval: Duration,
     /// Idle time between `: keepalive` comments.
     pub keep_alive_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            subscriptions_max: SUBSCRIPTIONS_MAX,
+            buffer_events_max: BUFFER_EVENTS_MAX,
+            broadcast_batches_max: BROADCAST_BATCHES_MAX,
+            poll_interval: Duration::from_millis(POLL_INTERVAL_MS),
+            keep_alive_interval: Duration::from_millis(KEEP_ALIVE_INTERVAL_MS),
+        }
+    }
 }
 
 /// The tailer's side of live delivery: where subscriptions get the broadcast from, and

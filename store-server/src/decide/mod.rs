@@ -1,8 +1,13 @@
-//! Deciding a batch of appends: which request is written, which is an idempotent retry,
-//! which conflicts. Pure: the backend loads a [`Snapshot`] under its write lock, calls
-//! [`decide`], and writes the [`Decision`]. Both backends share it, so they cannot disagree.
+//! The decision model: what an append request is ([`Append`]), and how a batch of them is
+//! decided: which request is written, which is an idempotent retry, which conflicts. Pure:
+//! the backend loads a [`Snapshot`] under its write lock, calls [`decide`], and writes the
+//! [`Decision`]. Both backends share it, so they cannot disagree. A leaf: it depends on
+//! `protocol` only, so the backends and the writer both build on it.
 
-use super::Append;
+mod request;
+
+pub use request::{APPEND_EVENTS_MAX, Append, EVENT_BYTES_MAX, Invalid, RequestLimits};
+
 use crate::protocol::{AppendResult, EventId, NewEvent, Position, StreamName, StreamRevision};
 use std::collections::HashMap;
 

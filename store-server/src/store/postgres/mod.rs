@@ -1,0 +1,254 @@
+//! The PostgreSQL backend, for shared use: several server instances may append to one
+//! database. Writers from every instance are serialised by the `log_head` row lock, so
+//! positions stay gap-free and commit-ordered across all of them.
+//!
+//! `commit.rs` is the write path, `read.rs` the reads, `listen.rs` the LISTEN connection.
+
+mod commit;
+mod listen;
+mod read;
+
+use super::rows::{to_i64, to_u64};
+use super::{Backend, Error, LogQuery, Store, StoredConsumer, StreamQuery, migrations};
+use crate::decide::{Append, Outcome};
+use crate::protocol::{
+    ConsumerConflict, ConsumerName, Page, Position, SetConsumer, StreamRevision, Timestamp,
+};
+use deadpool_postgres::{GenericClient, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio_postgres::NoTls;
+
+/// The channel every commit notifies, with the committing instance's id as payload.
+const NOTIFY_CHANNEL: &str = "eventstore_appended";
+
+/// Key of the advisory lock migrations run under ("evst" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x6576_7374;
+
+/// `--postgres-pool-connections-max` when not given.
+pub const POOL_CONNECTIONS_MAX: usize = 16;
+
+/// `--storage-timeout-ms` when not given.
+pub const CONNECT_TIMEOUT_MS: u64 = 5000;
+
+/// How to reach and use the database.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// A libpq-style URL or key=value string.
+    pub url: String,
+    /// Most connections in the pool (reads and the writer share it).
+    pub pool_connections_max: usize,
+    /// How long to wait for a connection: to connect, or for a free one in the pool.
+    pub connect_timeout: Duration,
+    /// Serve even if the database may acknowledge commits before they are durable.
+    pub allow_async_commit: bool,
+}
+
+impl PostgresOptions {
+    /// The database at `url`, with the default limits.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            pool_connections_max: POOL_CONNECTIONS_MAX,
+            connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS),
+            allow_async_commit: false,
+        }
+    }
+}
+
+/// A store in a PostgreSQL database.
+pub struct Postgres {
+    pool: Pool,
+    /// For the LISTEN connection, which lives outside the pool.
+    config: tokio_postgres::Config,
+    /// This instance's NOTIFY payload: its own commits already woke its tailer, so its
+    /// listener skips them and hears only other instances'.
+    instance: String,
+}
+
+impl Postgres {
+    /// Connects, checks that commits are durable, and applies migrations.
+    ///
+    /// # Errors
+    /// The URL is malformed, the database cannot be reached, it has `fsync` or
+    /// `synchronous_commit` off (without `allow_async_commit`), or a migration fails.
+    pub async fn open(options: &PostgresOptions) -> Result<Self, Error> {
+        let mut config: tokio_postgres::Config = options.url.parse()?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(options.connect_timeout);
+        }
+        config.application_name("store-server");
+        // Fast recycling only checks the socket is open: a connection killed by a database
+        // restart fails one statement, then the pool replaces it.
+        let manager = deadpool_postgres::Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_connections_max)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .build()
+            .map_err(|e| Error::Pool(Box::new(e)))?;
+        let mut client = pool.get().await?;
+        if !options.allow_async_commit {
+            for setting in ["fsync", "synchronous_commit"] {
+                let value: String = client.query_one(&format!("SHOW {setting}"), &[]).await?.get(0);
+                if value == "off" {
+                    return Err(Error::AsyncCommit { setting });
+                }
+            }
+        }
+        migrate(&mut client).await?;
+        drop(client);
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|e| Error::Pool(e.to_string().into()))?;
+        Ok(Self { pool, config, instance: hex::encode(id) })
+    }
+}
+
+async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), Error> {
+    // A session-level advisory lock: instances starting together take turns, and if this
+    // process dies mid-run the lock goes with its session.
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+    let result = apply_pending(client).await;
+    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY]).await;
+    result?;
+    unlocked?;
+    Ok(())
+}
+
+async fn apply_pending(client: &mut deadpool_postgres::Client) -> Result<(), Error> {
+    client.batch_execute(migrations::LEDGER_SQL).await?;
+    let applied: Vec<(i64, String)> = client
+        .query("SELECT version, checksum FROM schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let all = migrations::postgres();
+    for migration in migrations::pending(&all, &applied)? {
+        let tx = client.transaction().await?;
+        tx.batch_execute(migration.sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, checksum, applied_at)
+             VALUES ($1, $2, $3, now()::text)",
+            &[&migration.version, &migration.name, &migration.checksum()],
+        )
+        .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Store for Postgres {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn commit(
+        &self,
+        batch: Arc<[Append]>,
+        recorded_at: Timestamp,
+    ) -> Result<Vec<Outcome>, Error> {
+        let client = self.pool.get().await?;
+        let result = commit::commit(&client, &batch, recorded_at, &self.instance).await;
+        if result.is_err() {
+            // Its transaction may still be open: this connection never goes back to the pool.
+            let _ = deadpool_postgres::Object::take(client);
+        }
+        result
+    }
+
+    async fn read_stream(&self, query: StreamQuery) -> Result<Option<Page<StreamRevision>>, Error> {
+        read::stream(&self.pool.get().await?, query).await
+    }
+
+    async fn read_log(&self, query: LogQuery) -> Result<Page<Position>, Error> {
+        read::log(&self.pool.get().await?, query).await
+    }
+
+    async fn head(&self) -> Result<Position, Error> {
+        let client = self.pool.get().await?;
+        let head = read::log_head(&client).await?;
+        Ok(Position(to_u64(head, 0, "log head")?))
+    }
+
+    async fn consumers(&self) -> Result<Vec<StoredConsumer>, Error> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached("SELECT name, position, updated_at FROM consumers ORDER BY name")
+            .await?;
+        let rows = client.query(&stmt, &[]).await?;
+        rows.iter().map(consumer_from_row).collect()
+    }
+
+    async fn consumer(&self, name: &ConsumerName) -> Result<Option<StoredConsumer>, Error> {
+        let client = self.pool.get().await?;
+        consumer_row(&client, name).await
+    }
+
+    async fn set_consumer(
+        &self,
+        name: &ConsumerName,
+        update: &SetConsumer,
+        at: Timestamp,
+    ) -> Result<Result<StoredConsumer, ConsumerConflict>, Error> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // Serialises updates of this one consumer, across instances, even before its row
+        // exists (a row lock could not): the compare and the set are one step.
+        tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&name.as_str()])
+            .await?;
+        let current = consumer_row(&tx, name).await?.map(|c| c.position);
+        if let Err(conflict) = update.check(current) {
+            return Ok(Err(conflict));
+        }
+        tx.execute(
+            "INSERT INTO consumers (name, position, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE
+             SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at",
+            &[&name.as_str(), &to_i64(update.position.0), &at.to_offset_date_time()],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(StoredConsumer { name: name.clone(), position: update.position, updated_at: at }))
+    }
+
+    async fn delete_consumer(&self, name: &ConsumerName) -> Result<bool, Error> {
+        let client = self.pool.get().await?;
+        let deleted =
+            client.execute("DELETE FROM consumers WHERE name = $1", &[&name.as_str()]).await?;
+        Ok(deleted > 0)
+    }
+
+    fn pool_connections(&self) -> super::PoolConnections {
+        super::PoolConnections::of(self.pool.status())
+    }
+
+    fn watch_commits(&self, commits: Arc<Notify>, shutdown: watch::Receiver<bool>) {
+        let mut config = self.config.clone();
+        config.application_name("store-server-listen");
+        tokio::spawn(listen::listen(config, self.instance.clone(), commits, shutdown));
+    }
+}
+
+async fn consumer_row(
+    client: &impl GenericClient,
+    name: &ConsumerName,
+) -> Result<Option<StoredConsumer>, Error> {
+    let stmt = client
+        .prepare_cached("SELECT name, position, updated_at FROM consumers WHERE name = $1")
+        .await?;
+    client.query_opt(&stmt, &[&name.as_str()]).await?.as_ref().map(consumer_from_row).transpose()
+}
+
+fn consumer_from_row(row: &tokio_postgres::Row) -> Result<StoredConsumer, Error> {
+    let at: time::OffsetDateTime = row.get(2);
+    StoredConsumer::from_row(row.get(0), row.get(1), Some(at.into()))
+}

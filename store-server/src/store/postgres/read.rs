@@ -1,0 +1,90 @@
+//! Reads on PostgreSQL. Each pipelines the log head before its events, so the page's head
+//! covers every event the read could see.
+
+use crate::protocol::{Page, Position, StreamRevision};
+use crate::store::rows::{EVENT_COLUMNS, EventRow, page, to_i64};
+use crate::store::sql::{self, Dialect, Param};
+use crate::store::{Direction, Error, LogQuery, StreamQuery};
+use deadpool_postgres::{Client, GenericClient};
+use tokio_postgres::types::ToSql;
+
+/// One stream by revision; `None` when it does not exist.
+pub(super) async fn stream(
+    client: &Client,
+    query: StreamQuery,
+) -> Result<Option<Page<StreamRevision>>, Error> {
+    let (condition, from) = match query.direction {
+        Direction::Forward => {
+            ("revision >= $2 ORDER BY revision", query.from.map_or(0, |r| to_i64(r.0)))
+        }
+        Direction::Backward => {
+            ("revision <= $2 ORDER BY revision DESC", query.from.map_or(i64::MAX, |r| to_i64(r.0)))
+        }
+    };
+    let sql =
+        format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 AND {condition} LIMIT $3");
+    let limit = to_i64(query.limit as u64 + 1);
+    let name = query.stream.as_str();
+    let (head_stmt, exists_stmt, events_stmt) = tokio::try_join!(
+        client.prepare_cached(LOG_HEAD_SQL),
+        client.prepare_cached("SELECT 1 FROM streams WHERE name = $1"),
+        client.prepare_cached(&sql),
+    )?;
+    let exists_params: [&(dyn ToSql + Sync); 1] = [&name];
+    let events_params: [&(dyn ToSql + Sync); 3] = [&name, &from, &limit];
+    // Pipelined, sent in this order: the head is read before the events (see `page`).
+    let (head, exists, events) = tokio::try_join!(
+        client.query_one(&head_stmt, &[]),
+        client.query_opt(&exists_stmt, &exists_params),
+        client.query(&events_stmt, &events_params),
+    )?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let rows = events.iter().map(event_row).collect();
+    page(rows, query.limit, head.get(0), |e| e.revision).map(Some)
+}
+
+/// The log by position, filtered.
+pub(super) async fn log(client: &Client, query: LogQuery) -> Result<Page<Position>, Error> {
+    let sql = sql::read_log(&query, Dialect::Postgres);
+    let params: Vec<&(dyn ToSql + Sync)> = sql
+        .params
+        .iter()
+        .map(|param| match param {
+            Param::Int(value) => value as &(dyn ToSql + Sync),
+            Param::Text(text) => text,
+            Param::Texts(texts) => texts,
+        })
+        .collect();
+    let (head_stmt, events_stmt) =
+        tokio::try_join!(client.prepare_cached(LOG_HEAD_SQL), client.prepare_cached(&sql.text))?;
+    // Pipelined, sent in this order: the head is read before the events (see `page`).
+    let (head, events) =
+        tokio::try_join!(client.query_one(&head_stmt, &[]), client.query(&events_stmt, &params),)?;
+    let rows = events.iter().map(event_row).collect();
+    page(rows, query.limit, head.get(0), |e| e.position)
+}
+
+const LOG_HEAD_SQL: &str = "SELECT position FROM log_head";
+
+/// The last position in the log.
+pub(super) async fn log_head(client: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
+    let stmt = client.prepare_cached(LOG_HEAD_SQL).await?;
+    Ok(client.query_one(&stmt, &[]).await?.get(0))
+}
+
+fn event_row(row: &tokio_postgres::Row) -> EventRow {
+    let recorded_at: time::OffsetDateTime = row.get(8);
+    EventRow {
+        position: row.get(0),
+        stream: row.get(1),
+        revision: row.get(2),
+        id: row.get(3),
+        event_type: row.get(4),
+        schema_version: i64::from(row.get::<_, i32>(5)),
+        data: row.get(6),
+        metadata: row.get(7),
+        recorded_at: Some(recorded_at.into()),
+    }
+}
