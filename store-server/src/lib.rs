@@ -24,8 +24,8 @@
 //! `decide::decide`, insert) → each request gets its own outcome.
 //!
 //! Modules import downward only, in this order (a test keeps it so): `protocol`, `decide`,
-//! `store`, `metrics`, `append`, `subscriptions`, `auth`, `http`, `listen`, `server`,
-//! `config`.
+//! `store`, `metrics`, `append`, `subscriptions`, `auth`, `http`, `listen`, `config`,
+//! `server`.
 //!
 //! Build with `default-features = false` for [`protocol`] alone.
 

@@ -5,9 +5,11 @@ mod support;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use store_server::auth::{Tokens, new_token};
+use store_server::auth::{Role, Tokens, new_token};
 use store_server::config::Config;
+use store_server::http::Access;
 use support::TestServer;
 
 struct Keys {
@@ -237,4 +239,172 @@ async fn listening_beyond_loopback_without_auth_is_refused_unless_insecure() {
         String::from_utf8_lossy(&output.stderr).contains("WITHOUT authentication"),
         "a warning at start"
     );
+}
+
+/// Who a probe is made as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Nobody,
+    UnknownToken,
+    /// A token with one role, unscoped or scoped to `account-*`.
+    Role(Role, bool),
+    Admin,
+}
+
+/// What API.md's "Access" table says `caller` gets from a route needing `access`, on a path
+/// inside `account-*` or not.
+fn expected(access: Access, caller: Caller, in_scope: bool) -> StatusCode {
+    let granted = |needed: Role, scope_ok: bool| match caller {
+        Caller::Nobody | Caller::UnknownToken => StatusCode::UNAUTHORIZED,
+        Caller::Admin => StatusCode::OK,
+        Caller::Role(role, scoped) if role == needed && (!scoped || scope_ok) => StatusCode::OK,
+        Caller::Role(..) => StatusCode::FORBIDDEN,
+    };
+    match access {
+        Access::Public => StatusCode::OK,
+        Access::Authenticated => match caller {
+            Caller::Nobody | Caller::UnknownToken => StatusCode::UNAUTHORIZED,
+            Caller::Role(..) | Caller::Admin => StatusCode::OK,
+        },
+        Access::Stream(role) | Access::Category(role) => granted(role, in_scope),
+        Access::Everything(role) => granted(role, false),
+        Access::InScope(role) => granted(role, true),
+    }
+}
+
+/// The "Access" table of shared/API.md, for the routes that exist.
+fn api_access_table() -> Vec<(Method, &'static str, Access)> {
+    use Access::*;
+    use Role::*;
+    vec![
+        (Method::POST, "/streams/{stream}", Stream(Write)),
+        (Method::GET, "/streams/{stream}", Stream(Read)),
+        (Method::GET, "/streams/{stream}/subscribe", Stream(Read)),
+        (Method::GET, "/categories/{category}", Category(Read)),
+        (Method::GET, "/categories/{category}/subscribe", Category(Read)),
+        (Method::GET, "/all", Everything(Read)),
+        (Method::GET, "/all/subscribe", Everything(Read)),
+        (Method::GET, "/consumers", InScope(Read)),
+        (Method::GET, "/consumers/{name}", InScope(Read)),
+        (Method::GET, "/consumers/{name}/wait", InScope(Read)),
+        (Method::PUT, "/consumers/{name}", Everything(Admin)),
+        (Method::DELETE, "/consumers/{name}", Everything(Admin)),
+        (Method::GET, "/health/live", Public),
+        (Method::GET, "/health/ready", Public),
+        (Method::GET, "/openapi.json", Public),
+        (Method::GET, "/info", Authenticated),
+        (Method::GET, "/metrics", Authenticated),
+    ]
+}
+
+/// Concrete paths for a template: one inside `account-*`, one outside (where it names one).
+fn paths(template: &str) -> Vec<(String, bool)> {
+    let fill = |stream: &str, category: &str| {
+        template.replace("{stream}", stream).replace("{category}", category).replace("{name}", "c")
+    };
+    let wait = |path: String| match path.ends_with("/wait") {
+        true => path + "?position=0&timeout_ms=1",
+        false => path,
+    };
+    if template.contains("{stream}") || template.contains("{category}") {
+        vec![(fill("account-1", "account"), true), (fill("order-1", "order"), false)]
+    } else {
+        vec![(wait(fill("", "")), true)]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_each_token_as_the_access_table_says() {
+    use axum::body::Body;
+    use tower::ServiceExt;
+    // The router declares exactly the routes of the table, each with its access.
+    let declared: BTreeMap<(String, &str), Access> = store_server::http::access_table(false)
+        .routes()
+        .map(|(method, path, access)| ((method.to_string(), path), access))
+        .collect();
+    let documented: BTreeMap<(String, &str), Access> = api_access_table()
+        .into_iter()
+        .map(|(method, path, access)| ((method.to_string(), path), access))
+        .collect();
+    assert_eq!(declared, documented, "every route declares the access API.md gives it");
+
+    let mut file = String::new();
+    let mut callers = vec![(Caller::Nobody, None), (Caller::UnknownToken, Some("x".repeat(64)))];
+    let roles = [("read", Role::Read), ("write", Role::Write), ("delete", Role::Delete)];
+    for (name, role) in roles {
+        for scoped in [false, true] {
+            let streams = scoped.then(|| vec!["account-*".to_string()]);
+            let (token, entry) =
+                new_token(&format!("{name}-{scoped}"), &[name.into()], streams.as_deref()).unwrap();
+            file.push_str(&entry);
+            callers.push((Caller::Role(role, scoped), Some(token)));
+        }
+    }
+    let (admin, entry) = new_token("admin", &["admin".into()], None).unwrap();
+    file.push_str(&entry);
+    callers.push((Caller::Admin, Some(admin.clone())));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::sqlite(dir.path());
+    config.auth = Some(Arc::new(Tokens::parse(&file).unwrap()));
+    let started = store_server::server::start(&config).await.unwrap();
+    let call = |method: Method, path: &str, token: Option<&str>| {
+        let mut request = axum::http::Request::builder().method(method.clone()).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let body = match method {
+            Method::POST => json!({"events": [{"type": "E", "data": 1}]}).to_string(),
+            Method::PUT => json!({"position": 1}).to_string(),
+            _ => String::new(),
+        };
+        started.app().oneshot(request.body(Body::from(body)).unwrap())
+    };
+    // What the probes read must exist: two streams, one consumer.
+    for (method, path) in [
+        (Method::POST, "/streams/account-1"),
+        (Method::POST, "/streams/order-1"),
+        (Method::PUT, "/consumers/c"),
+    ] {
+        assert!(call(method, path, Some(&admin)).await.unwrap().status().is_success());
+    }
+    let mut wrong = Vec::new();
+    for (method, template, access) in api_access_table() {
+        for (path, in_scope) in paths(template) {
+            for (caller, token) in &callers {
+                if method == Method::DELETE {
+                    // Something to delete.
+                    call(Method::PUT, "/consumers/c", Some(&admin)).await.unwrap();
+                }
+                let status = call(method.clone(), &path, token.as_deref()).await.unwrap().status();
+                let want = expected(access, *caller, in_scope);
+                let got = match status {
+                    s if s.is_success() => StatusCode::OK,
+                    s => s,
+                };
+                if got != want {
+                    wrong.push(format!("{method} {path} as {caller:?}: {status}, not {want}"));
+                }
+            }
+        }
+    }
+    // Every other method on these paths is no route at all: the router knows nothing the
+    // table does not.
+    let methods = [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH];
+    for template in declared.keys().map(|(_, template)| *template).collect::<BTreeSet<_>>() {
+        for method in methods.iter().filter(|m| !declared.contains_key(&(m.to_string(), template)))
+        {
+            for (path, _) in paths(template) {
+                let status = call(method.clone(), &path, Some(&admin)).await.unwrap().status();
+                assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            }
+        }
+    }
+    // A route nobody declared is admin-only.
+    let table = store_server::http::access_table(false);
+    assert_eq!(table.access(&Method::PATCH, "/streams/{stream}"), Access::ADMIN);
+    assert_eq!(table.access(&Method::GET, "/not-declared"), Access::ADMIN);
+    assert_eq!(table.access(&Method::HEAD, "/all"), table.access(&Method::GET, "/all"));
+    assert!(wrong.is_empty(), "answers that break the access table:\n{}", wrong.join("\n"));
+    started.stop().await;
 }
