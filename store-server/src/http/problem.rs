@@ -1,7 +1,7 @@
 //! Errors at the HTTP edge, and the one place they become RFC 9457 problem documents.
 
 use crate::protocol::{
-    EventId, ExpectedRevision, InvalidName, Problem, StreamName, StreamRevision,
+    EventId, ExpectedRevision, InvalidName, Problem, ProblemType, StreamName, StreamRevision,
 };
 use crate::{append, decide};
 use axum::http::{StatusCode, header};
@@ -110,44 +110,30 @@ impl From<crate::store::Error> for ApiError {
 }
 
 impl ApiError {
-    fn status_and_code(&self) -> (StatusCode, &'static str, &'static str) {
+    /// The problem type this error is answered as.
+    pub fn kind(&self) -> ProblemType {
+        use crate::protocol::ConsumerConflict;
         match self {
-            Self::InvalidRequest(_) => {
-                (StatusCode::BAD_REQUEST, "invalid-request", "Invalid request")
-            }
-            Self::InvalidStreamName(_) => {
-                (StatusCode::BAD_REQUEST, "invalid-stream-name", "Invalid stream name")
-            }
-            Self::StreamNotFound(_) => {
-                (StatusCode::NOT_FOUND, "stream-not-found", "Stream not found")
-            }
-            Self::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
-            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
-            Self::ConsumerNotFound(_) => {
-                (StatusCode::NOT_FOUND, "consumer-not-found", "Consumer not found")
-            }
+            Self::InvalidRequest(_) => ProblemType::InvalidRequest,
+            Self::InvalidStreamName(_) => ProblemType::InvalidStreamName,
+            Self::StreamNotFound(_) => ProblemType::StreamNotFound,
+            Self::NotFound => ProblemType::NotFound,
+            Self::Unauthorized => ProblemType::Unauthorized,
+            Self::Forbidden(_) => ProblemType::Forbidden,
+            Self::ConsumerNotFound(_) => ProblemType::ConsumerNotFound,
             Self::ConsumerConflict {
-                conflict: crate::protocol::ConsumerConflict::WrongExpectedPosition { .. },
+                conflict: ConsumerConflict::WrongExpectedPosition { .. },
                 ..
-            } => (StatusCode::CONFLICT, "wrong-expected-position", "Wrong expected position"),
-            Self::ConsumerConflict { .. } => {
-                (StatusCode::CONFLICT, "position-moves-backwards", "Position moves backwards")
-            }
-            Self::MethodNotAllowed => {
-                (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
-            }
-            Self::WrongExpectedRevision { .. } => {
-                (StatusCode::CONFLICT, "wrong-expected-revision", "Wrong expected revision")
-            }
-            Self::DuplicateEventId { .. } => {
-                (StatusCode::CONFLICT, "duplicate-event-id", "Duplicate event id")
-            }
-            Self::PayloadTooLarge(_) => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
-            }
+            } => ProblemType::WrongExpectedPosition,
+            Self::ConsumerConflict {
+                conflict: ConsumerConflict::MovesBackwards { .. }, ..
+            } => ProblemType::PositionMovesBackwards,
+            Self::MethodNotAllowed => ProblemType::MethodNotAllowed,
+            Self::WrongExpectedRevision { .. } => ProblemType::WrongExpectedRevision,
+            Self::DuplicateEventId { .. } => ProblemType::DuplicateEventId,
+            Self::PayloadTooLarge(_) => ProblemType::PayloadTooLarge,
             Self::Unavailable(_) | Self::TooManySubscriptions | Self::TimedOut(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
+                ProblemType::Unavailable
             }
         }
     }
@@ -155,7 +141,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code, title) = self.status_and_code();
+        let kind = self.kind();
+        let status = StatusCode::from_u16(kind.status()).expect("problem statuses are valid");
+        let code = kind.code();
         let mut extensions = serde_json::Map::new();
         match &self {
             Self::StreamNotFound(stream) => {
@@ -198,14 +186,8 @@ impl IntoResponse for ApiError {
         } else {
             info!(status = status.as_u16(), code, detail = %self, "request refused");
         }
-        let problem = Problem {
-            problem_type: format!("/problems/{code}"),
-            title: title.into(),
-            status: status.as_u16(),
-            // The Display of a 5xx variant is a fixed sentence: no internals reach the client.
-            detail: Some(self.to_string()),
-            extensions,
-        };
+        // The Display of a 5xx variant is a fixed sentence: no internals reach the client.
+        let problem = Problem { extensions, ..Problem::new(kind, self.to_string()) };
         let body = serde_json::to_string(&problem).unwrap_or_default();
         let mut response =
             (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();

@@ -185,31 +185,6 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
-/// An RFC 9457 problem document, as every error response carries.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Problem {
-    /// `/problems/<code>`, with a stable code such as `wrong-expected-revision`.
-    #[serde(rename = "type")]
-    pub problem_type: String,
-    /// A short summary of the kind of problem.
-    pub title: String,
-    /// The HTTP status code.
-    pub status: u16,
-    /// What went wrong with this request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// Fields particular to the problem type, such as `current_revision`.
-    #[serde(flatten)]
-    pub extensions: serde_json::Map<String, serde_json::Value>,
-}
-
-impl Problem {
-    /// The stable code: `type` without its `/problems/` prefix.
-    pub fn code(&self) -> &str {
-        self.problem_type.strip_prefix("/problems/").unwrap_or(&self.problem_type)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

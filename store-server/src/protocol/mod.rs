@@ -4,10 +4,12 @@
 mod consumers;
 mod events;
 mod names;
+mod problems;
 
 pub use consumers::{Consumer, ConsumerConflict, ConsumerName, ConsumerWait, SetConsumer};
-pub use events::{AppendRequest, AppendResult, NewEvent, Page, Problem, RecordedEvent, Timestamp};
+pub use events::{AppendRequest, AppendResult, NewEvent, Page, RecordedEvent, Timestamp};
 pub use names::{
     Category, EventId, EventType, ExpectedRevision, InvalidName, NAME_BYTES_MAX, Position,
     SchemaVersion, StreamName, StreamRevision,
 };
+pub use problems::{Problem, ProblemType};
