@@ -3,7 +3,7 @@
 
 use bank_account::{AccountEvent, Balances, upcasters};
 use projection_sdk::protocol::{ExpectedRevision, Position};
-use projection_sdk::{Client, Options, Runner};
+use projection_sdk::{Client, LogRead, Runner, RunnerOptions};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,10 @@ async fn account_events(client: &Client) -> u64 {
     let category = projection_sdk::protocol::Category::new("account").expect("a category");
     let (mut from, mut count) = (Position(1), 0);
     loop {
-        let page = client.read_category(&category, from, 1000).await.expect("read");
+        let page = client
+            .read_category(&category, &LogRead::forward().from(from).limit(1000))
+            .await
+            .expect("read");
         count += page.events.len() as u64;
         match page.next {
             Some(next) => from = next,
@@ -53,16 +56,13 @@ pub async fn run(url: &str, args: Args) -> Value {
         stored += 100;
         n += 1;
     }
-    let head = client.read_all(Position(0), 1).await.expect("read the head").head;
+    let head = client.read_all(&LogRead::forward().limit(1)).await.expect("read the head").head;
 
     let (db, connection) =
         tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(connection);
-    let options = Options {
-        batch_events_max: args.batch_events_max,
-        report_to_server: false,
-        ..Options::default()
-    };
+    let options =
+        RunnerOptions::default().batch_events_max(args.batch_events_max).report_to_server(false);
     let mut runner = Runner::new(Balances, client, db, upcasters(), options).await.expect("runner");
     assert_eq!(runner.checkpoint().await.expect("checkpoint"), Position(0), "a fresh read model");
     let (watcher, connection) =

@@ -1,12 +1,12 @@
 //! The aggregate helper: the seed's command handler. Load the stream, fold it into the
 //! aggregate, decide, append with the revision that was loaded, and on a conflict start over.
 
-use crate::client::{Client, Error};
+use crate::backoff::{Backoff, random_below};
+use crate::client::{Client, Error, StreamRead};
 use crate::events::{EventError, Upcasters};
 use crate::protocol::{AppendResult, EventId, ExpectedRevision, StreamName, StreamRevision};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,8 +89,9 @@ pub struct CommandHandler {
 /// How many times [`CommandHandler::execute`] tries by default before giving up on conflicts.
 pub const ATTEMPTS_DEFAULT: u32 = 20;
 
-/// How many times a transient store failure is retried (same request, same event ids).
-const TRANSIENT_RETRIES: u32 = 3;
+/// Retries of a transient store failure (same request, same event ids): 100, 200, 400 ms.
+const TRANSIENT: Backoff =
+    Backoff::new(Duration::from_millis(100), Duration::from_millis(400)).retries(3);
 
 impl CommandHandler {
     /// A handler over `client`, decoding stored events with `upcasters`.
@@ -116,7 +117,9 @@ impl CommandHandler {
         let mut aggregate = A::default();
         let mut revision = None;
         let mut from = StreamRevision(0);
-        while let Some(page) = self.client.read_stream(stream, from, 1000).await? {
+        while let Some(page) =
+            self.client.read_stream(stream, &StreamRead::forward().from(from).limit(1000)).await?
+        {
             for event in &page.events {
                 aggregate.apply(&self.upcasters.decode(event)?);
                 revision = Some(event.revision);
@@ -155,14 +158,15 @@ impl CommandHandler {
                 new_events.push(new_event);
             }
             let expected = revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
-            let mut retries = 0;
+            let mut retries = TRANSIENT.start();
             loop {
                 match self.client.append(stream, expected, new_events.clone()).await {
                     Ok(result) => return Ok(Some(result)),
                     Err(Error::WrongExpectedRevision { .. }) => break,
-                    Err(err) if err.is_transient() && retries < TRANSIENT_RETRIES => {
-                        retries += 1;
-                        tokio::time::sleep(Duration::from_millis(50 << retries)).await;
+                    Err(err) if err.is_transient() => {
+                        if !retries.wait().await {
+                            return Err(err.into());
+                        }
                     }
                     Err(err) => return Err(err.into()),
                 }
@@ -177,7 +181,6 @@ impl CommandHandler {
 
 /// A random pause that grows with the attempt (at most 2 ms per attempt, 50 ms in all).
 fn jitter(attempt: u32) -> Duration {
-    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
     let ceiling_us = (u64::from(attempt) + 1).saturating_mul(2_000).min(50_000);
-    Duration::from_micros(random % ceiling_us)
+    random_below(Duration::from_micros(ceiling_us))
 }

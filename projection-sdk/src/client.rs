@@ -1,8 +1,9 @@
 //! [`Client`]: the store server's HTTP API, typed.
 
 use crate::protocol::{
-    AppendRequest, AppendResult, Category, Consumer, ConsumerName, ConsumerWait, ExpectedRevision,
-    NewEvent, Page, Position, Problem, SetConsumer, StreamName, StreamRevision,
+    AppendRequest, AppendResult, Category, Consumer, ConsumerConflict, ConsumerName, ConsumerWait,
+    Direction, EventId, EventType, ExpectedRevision, NewEvent, Page, Position, Problem,
+    ProblemType, SetConsumer, StreamName, StreamRevision,
 };
 use crate::subscription::{Subscription, Target};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -21,10 +22,32 @@ pub enum Error {
         /// Its last revision; `None` when it does not exist.
         current: Option<StreamRevision>,
     },
-    /// The server answered with another problem document (4xx or 5xx).
+    /// Some event ids of the append are stored already, but not as this request stored
+    /// them: it is not a retry (409 `duplicate-event-id`).
+    #[error("event id {id} is already stored in another append than this one")]
+    DuplicateEventId {
+        /// The stream appended to.
+        stream: StreamName,
+        /// The first such id.
+        id: EventId,
+    },
+    /// The stream does not exist (404 `stream-not-found`), where its absence is an error.
+    #[error("stream {0} does not exist")]
+    StreamNotFound(StreamName),
+    /// A consumer's position was not stored (409 `wrong-expected-position` or
+    /// `position-moves-backwards`).
+    #[error("consumer {name}: {conflict}")]
+    ConsumerConflict {
+        /// The consumer.
+        name: ConsumerName,
+        /// Why.
+        conflict: ConsumerConflict,
+    },
+    /// The server answered with another problem document (4xx or 5xx);
+    /// [`Problem::kind`] tells which.
     #[error("the store answered {}: {}", .0.status, .0.detail.as_deref().unwrap_or(&.0.title))]
     Problem(Problem),
-    /// The server could not be reached, or the connection broke.
+    /// The server could not be reached, the connection broke, or the request timed out.
     #[error("cannot reach the store")]
     Http(#[from] reqwest::Error),
     /// An answer or an event could not be decoded.
@@ -42,6 +65,193 @@ impl Error {
             _ => false,
         }
     }
+
+    /// The problem type the server answered, if it answered one.
+    pub fn problem_type(&self) -> Option<ProblemType> {
+        match self {
+            Self::WrongExpectedRevision { .. } => Some(ProblemType::WrongExpectedRevision),
+            Self::DuplicateEventId { .. } => Some(ProblemType::DuplicateEventId),
+            Self::StreamNotFound(_) => Some(ProblemType::StreamNotFound),
+            Self::ConsumerConflict {
+                conflict: ConsumerConflict::WrongExpectedPosition { .. },
+                ..
+            } => Some(ProblemType::WrongExpectedPosition),
+            Self::ConsumerConflict {
+                conflict: ConsumerConflict::MovesBackwards { .. }, ..
+            } => Some(ProblemType::PositionMovesBackwards),
+            Self::Problem(problem) => problem.kind(),
+            Self::Http(_) | Self::Decode(_) => None,
+        }
+    }
+
+    /// The typed error a problem document stands for; [`Error::Problem`] when it carries
+    /// no more than its document (or lacks the fields its type promises).
+    pub(crate) fn from_problem(problem: Problem) -> Self {
+        let field = |key: &str| problem.extensions.get(key);
+        let position = |key: &str| field(key).and_then(|v| v.as_u64()).map(Position);
+        let stream =
+            || field("stream").and_then(|v| v.as_str()).and_then(|s| StreamName::new(s).ok());
+        let consumer =
+            || field("consumer").and_then(|v| v.as_str()).and_then(|s| ConsumerName::new(s).ok());
+        let typed = match problem.kind() {
+            Some(ProblemType::WrongExpectedRevision) => stream().map(|stream| {
+                let current = field("current_revision").and_then(|v| v.as_u64());
+                Self::WrongExpectedRevision { stream, current: current.map(StreamRevision) }
+            }),
+            Some(ProblemType::DuplicateEventId) => stream()
+                .zip(field("event_id").and_then(|v| serde_json::from_value(v.clone()).ok()))
+                .map(|(stream, id)| Self::DuplicateEventId { stream, id }),
+            Some(ProblemType::StreamNotFound) => stream().map(Self::StreamNotFound),
+            Some(ProblemType::WrongExpectedPosition) => consumer()
+                .zip(position("expected_position").zip(position("current_position")))
+                .map(|(name, (expected, current))| Self::ConsumerConflict {
+                    name,
+                    conflict: ConsumerConflict::WrongExpectedPosition { expected, current },
+                }),
+            Some(ProblemType::PositionMovesBackwards) => consumer()
+                .zip(position("requested_position").zip(position("current_position")))
+                .map(|(name, (requested, current))| Self::ConsumerConflict {
+                    name,
+                    conflict: ConsumerConflict::MovesBackwards { requested, current },
+                }),
+            _ => None,
+        };
+        typed.unwrap_or(Self::Problem(problem))
+    }
+}
+
+/// How long a request may take when the client does not say ([`Client::with_timeout`]).
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
+/// How long connecting may take, subscriptions included.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A read of one stream: from which revision, how many, which way. Forward from the start,
+/// 100 events, unless set.
+///
+/// ```
+/// use projection_sdk::StreamRead;
+/// use projection_sdk::protocol::StreamRevision;
+///
+/// let last_ten = StreamRead::backward().limit(10);
+/// let from_five = StreamRead::forward().from(StreamRevision(5));
+/// # let _ = (last_ten, from_five);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct StreamRead {
+    from: Option<StreamRevision>,
+    limit: Option<usize>,
+    direction: Direction,
+}
+
+impl StreamRead {
+    /// Oldest first.
+    pub fn forward() -> Self {
+        Self::default()
+    }
+
+    /// Newest first, from the end unless [`StreamRead::from`] says otherwise.
+    pub fn backward() -> Self {
+        Self { direction: Direction::Backward, ..Self::default() }
+    }
+
+    /// Starts at `revision` (inclusive).
+    pub fn from(mut self, revision: StreamRevision) -> Self {
+        self.from = Some(revision);
+        self
+    }
+
+    /// At most `limit` events (the server caps it).
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// The query string, raw.
+    fn query(&self) -> String {
+        let mut query = format!("direction={}", self.direction.as_str());
+        if let Some(from) = self.from {
+            query.push_str(&format!("&from={from}"));
+        }
+        if let Some(limit) = self.limit {
+            query.push_str(&format!("&limit={limit}"));
+        }
+        query
+    }
+}
+
+/// A read of the log or a category by position: from where, how many, which way, which
+/// event types. Forward from the start, 100 events, every type, unless set.
+///
+/// ```
+/// use projection_sdk::LogRead;
+/// use projection_sdk::protocol::{EventType, Position};
+///
+/// let deposits = LogRead::forward()
+///     .from(Position(1))
+///     .limit(500)
+///     .types([EventType::new("Deposited").unwrap()]);
+/// # let _ = deposits;
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct LogRead {
+    from: Option<Position>,
+    limit: Option<usize>,
+    direction: Direction,
+    types: Vec<EventType>,
+}
+
+impl LogRead {
+    /// Oldest first.
+    pub fn forward() -> Self {
+        Self::default()
+    }
+
+    /// Newest first, from the end unless [`LogRead::from`] says otherwise (the whole log
+    /// only: categories read forward).
+    pub fn backward() -> Self {
+        Self { direction: Direction::Backward, ..Self::default() }
+    }
+
+    /// Starts at `position` (inclusive).
+    pub fn from(mut self, position: Position) -> Self {
+        self.from = Some(position);
+        self
+    }
+
+    /// At most `limit` events (the server caps it).
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Only events of these types.
+    pub fn types(mut self, types: impl IntoIterator<Item = EventType>) -> Self {
+        self.types = types.into_iter().collect();
+        self
+    }
+
+    /// The query string, raw.
+    fn query(&self) -> String {
+        let mut query = format!("direction={}", self.direction.as_str());
+        if let Some(from) = self.from {
+            query.push_str(&format!("&from={from}"));
+        }
+        if let Some(limit) = self.limit {
+            query.push_str(&format!("&limit={limit}"));
+        }
+        if !self.types.is_empty() {
+            query.push_str(&format!("&types={}", join_types(&self.types)));
+        }
+        query
+    }
+}
+
+/// `types` as the API takes it, raw: each type percent-encoded (a comma inside one is
+/// `%2C`), joined by commas.
+pub(crate) fn join_types(types: &[EventType]) -> String {
+    let names: Vec<String> = types.iter().map(|t| encode(t.as_str())).collect();
+    names.join(",")
 }
 
 /// A client of one store server. Cheap to clone: clones share connections.
@@ -64,18 +274,27 @@ pub struct Client {
     http: reqwest::Client,
     base_url: String,
     token: Option<String>,
+    timeout: Duration,
 }
 
 impl Client {
     /// A client of the server at `base_url` (`http://host:port`).
     pub fn new(base_url: impl Into<String>) -> Self {
         let base_url = base_url.into().trim_end_matches('/').to_owned();
-        Self { http: reqwest::Client::new(), base_url, token: None }
+        Self { http: http_client(None), base_url, token: None, timeout: REQUEST_TIMEOUT_DEFAULT }
     }
 
     /// Sends `token` as `Authorization: Bearer` on every request.
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Gives up on a request (not a subscription) after `timeout` (default
+    /// [`REQUEST_TIMEOUT_DEFAULT`]) with [`Error::Http`]. A consumer wait may take its own
+    /// timeout on top.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
         self
     }
 
@@ -86,7 +305,7 @@ impl Client {
     /// [`Error::Http`] when `pem` is not a certificate.
     pub fn with_ca_certificate(mut self, pem: &[u8]) -> Result<Self, Error> {
         let certificate = reqwest::Certificate::from_pem(pem)?;
-        self.http = reqwest::Client::builder().add_root_certificate(certificate).build()?;
+        self.http = http_client(Some(certificate));
         Ok(self)
     }
 
@@ -95,7 +314,8 @@ impl Client {
         &self.base_url
     }
 
-    pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
+    /// A request that may take as long as it needs: subscriptions.
+    pub(crate) fn endless_request(&self, method: Method, path: &str) -> RequestBuilder {
         let request = self.http.request(method, format!("{}{path}", self.base_url));
         match &self.token {
             Some(token) => request.bearer_auth(token),
@@ -103,12 +323,18 @@ impl Client {
         }
     }
 
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.endless_request(method, path).timeout(self.timeout)
+    }
+
     /// Appends `events` to `stream` if it is at `expected`. An idempotent retry (same event
     /// ids) answers the original result.
     ///
     /// # Errors
-    /// [`Error::WrongExpectedRevision`] on a concurrency conflict; [`Error::Problem`] for
-    /// other refusals; [`Error::Http`] when the outcome is unknown (retry with the same ids).
+    /// [`Error::WrongExpectedRevision`] on a concurrency conflict;
+    /// [`Error::DuplicateEventId`] when ids are stored by another append; [`Error::Problem`]
+    /// for other refusals; [`Error::Http`] when the outcome is unknown (retry with the same
+    /// ids).
     pub async fn append(
         &self,
         stream: &StreamName,
@@ -117,55 +343,43 @@ impl Client {
     ) -> Result<AppendResult, Error> {
         let body = AppendRequest { expected_revision: expected, events };
         let request = self.request(Method::POST, &format!("/streams/{}", encode(stream.as_str())));
-        match send::<AppendResult>(request.json(&body)).await {
-            Err(Error::Problem(problem)) if problem.code() == "wrong-expected-revision" => {
-                let current = problem.extensions.get("current_revision").and_then(|v| v.as_u64());
-                Err(Error::WrongExpectedRevision {
-                    stream: stream.clone(),
-                    current: current.map(StreamRevision),
-                })
-            }
-            other => other,
-        }
+        send(request.json(&body)).await
     }
 
-    /// Reads up to `limit` events of `stream` from revision `from`; `None` when the stream
-    /// does not exist.
+    /// Reads a page of `stream` as `read` says; `None` when the stream does not exist.
     ///
     /// # Errors
     /// [`Error::Problem`] or [`Error::Http`].
     pub async fn read_stream(
         &self,
         stream: &StreamName,
-        from: StreamRevision,
-        limit: usize,
+        read: &StreamRead,
     ) -> Result<Option<Page<StreamRevision>>, Error> {
-        let path = format!("/streams/{}?from={from}&limit={limit}", encode(stream.as_str()));
+        let path = format!("/streams/{}?{}", encode(stream.as_str()), read.query());
         match send(self.request(Method::GET, &path)).await {
-            Err(Error::Problem(problem)) if problem.code() == "stream-not-found" => Ok(None),
+            Err(Error::StreamNotFound(_)) => Ok(None),
             other => other.map(Some),
         }
     }
 
-    /// Reads up to `limit` events of the whole log from position `from`.
+    /// Reads a page of the whole log as `read` says.
     ///
     /// # Errors
     /// [`Error::Problem`] or [`Error::Http`].
-    pub async fn read_all(&self, from: Position, limit: usize) -> Result<Page<Position>, Error> {
-        send(self.request(Method::GET, &format!("/all?from={from}&limit={limit}"))).await
+    pub async fn read_all(&self, read: &LogRead) -> Result<Page<Position>, Error> {
+        send(self.request(Method::GET, &format!("/all?{}", read.query()))).await
     }
 
-    /// Reads up to `limit` events of a category from position `from`.
+    /// Reads a page of a category as `read` says.
     ///
     /// # Errors
     /// [`Error::Problem`] or [`Error::Http`].
     pub async fn read_category(
         &self,
         category: &Category,
-        from: Position,
-        limit: usize,
+        read: &LogRead,
     ) -> Result<Page<Position>, Error> {
-        let path = format!("/categories/{}?from={from}&limit={limit}", encode(category.as_str()));
+        let path = format!("/categories/{}?{}", encode(category.as_str()), read.query());
         send(self.request(Method::GET, &path)).await
     }
 
@@ -178,8 +392,7 @@ impl Client {
     /// Stores a consumer's position (see [`SetConsumer`] for compare-and-set and reset).
     ///
     /// # Errors
-    /// [`Error::Problem`] with code `wrong-expected-position` or `position-moves-backwards`
-    /// when refused; [`Error::Http`].
+    /// [`Error::ConsumerConflict`] when refused; [`Error::Problem`]; [`Error::Http`].
     pub async fn set_consumer(
         &self,
         name: &ConsumerName,
@@ -196,7 +409,11 @@ impl Client {
     pub async fn consumer(&self, name: &ConsumerName) -> Result<Option<Consumer>, Error> {
         let path = format!("/consumers/{}", encode(name.as_str()));
         match send(self.request(Method::GET, &path)).await {
-            Err(Error::Problem(problem)) if problem.code() == "consumer-not-found" => Ok(None),
+            Err(Error::Problem(problem))
+                if problem.kind() == Some(ProblemType::ConsumerNotFound) =>
+            {
+                Ok(None)
+            }
             other => other.map(Some),
         }
     }
@@ -217,8 +434,19 @@ impl Client {
             encode(name.as_str()),
             timeout.as_millis()
         );
-        send(self.request(Method::GET, &path)).await
+        // The server answers once the wait is over: the request may take that long too.
+        send(self.request(Method::GET, &path).timeout(self.timeout + timeout)).await
     }
+}
+
+fn http_client(ca: Option<reqwest::Certificate>) -> reqwest::Client {
+    let builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+    let builder = match ca {
+        Some(certificate) => builder.add_root_certificate(certificate),
+        None => builder,
+    };
+    // Building fails only without a TLS backend, which this crate always compiles in.
+    builder.build().expect("an HTTP client with the compiled-in TLS backend")
 }
 
 /// Sends `request`; a 2xx body decodes as `T`, anything else becomes an [`Error`].
@@ -229,7 +457,7 @@ pub(crate) async fn send<T: DeserializeOwned>(request: RequestBuilder) -> Result
     if status.is_success() {
         return serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()));
     }
-    Err(Error::Problem(problem(status, &bytes)))
+    Err(Error::from_problem(problem(status, &bytes)))
 }
 
 /// The problem document of an error answer, or one made up from its status.

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 mod aggregate;
+mod backoff;
 mod client;
 pub mod events;
 mod projection;
@@ -12,10 +13,11 @@ mod subscription;
 pub use store_server::protocol;
 
 pub use aggregate::{ATTEMPTS_DEFAULT, Aggregate, CommandHandler, ExecuteError};
-pub use client::{Client, Error};
+pub use backoff::Backoff;
+pub use client::{Client, Error, LogRead, REQUEST_TIMEOUT_DEFAULT, StreamRead};
 pub use events::{EventError, UpcastError, Upcasters};
 pub use projection::{
-    DeadLetter, Envelope, Handler, HandlerError, OnFailure, Options, Projection, RunError, Runner,
-    ServerRunner,
+    BATCH_EVENTS_MAX_DEFAULT, DeadLetter, Envelope, HANDLER_RETRY_DEFAULT, Handler, HandlerError,
+    OnFailure, Projection, RunError, Runner, RunnerOptions, ServerRunner, ServerRunnerOptions,
 };
 pub use subscription::{Message, Subscription, Target};

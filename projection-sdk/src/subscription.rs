@@ -1,6 +1,7 @@
 //! [`Subscription`]: a stream of the log over server-sent events that survives disconnects.
 
-use crate::client::{Client, Error, encode, problem};
+use crate::backoff::Backoff;
+use crate::client::{Client, Error, encode, join_types, problem};
 use crate::protocol::{Category, EventType, Position, RecordedEvent, StreamName};
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
@@ -30,20 +31,18 @@ pub enum Target {
 }
 
 impl Target {
-    /// The subscription's path and its `types` parameter, if any.
-    fn path_and_types(&self) -> (String, Option<String>) {
-        let types = |types: &[EventType]| {
-            let names: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
-            (!names.is_empty()).then(|| names.join(","))
+    /// The subscription's path, with its `types` parameter if any.
+    fn path(&self) -> String {
+        let with_types = |path: String, types: &[EventType]| match types.is_empty() {
+            true => path,
+            false => format!("{path}?types={}", join_types(types)),
         };
         match self {
-            Self::All { types: t } => ("/all/subscribe".into(), types(t)),
-            Self::Category { category, types: t } => {
-                (format!("/categories/{}/subscribe", encode(category.as_str())), types(t))
+            Self::All { types } => with_types("/all/subscribe".into(), types),
+            Self::Category { category, types } => {
+                with_types(format!("/categories/{}/subscribe", encode(category.as_str())), types)
             }
-            Self::Stream(stream) => {
-                (format!("/streams/{}/subscribe", encode(stream.as_str())), None)
-            }
+            Self::Stream(stream) => format!("/streams/{}/subscribe", encode(stream.as_str())),
         }
     }
 }
@@ -63,10 +62,8 @@ pub enum Message {
 /// Messages read ahead of the consumer: what bounds a subscription's memory.
 pub const READY_MESSAGES_MAX: usize = 1000;
 
-/// The first wait before reconnecting; it doubles up to [`RECONNECT_MAX`].
-const RECONNECT_FIRST: Duration = Duration::from_millis(100);
-/// The longest wait between reconnects.
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Waits between reconnects: from 100 ms, doubling up to 5 s, without end.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// A stream of [`Message`]s. Drop it to unsubscribe.
 ///
@@ -107,17 +104,14 @@ async fn follow(
     mut after: Position,
     out: mpsc::Sender<Result<Message, Error>>,
 ) {
-    let (path, types) = target.path_and_types();
-    let mut backoff = RECONNECT_FIRST;
+    let path = target.path();
+    let mut reconnects = RECONNECT.start();
     loop {
-        let mut request =
-            client.request(Method::GET, &path).header("last-event-id", after.to_string());
-        if let Some(types) = &types {
-            request = request.query(&[("types", types)]);
-        }
+        let request =
+            client.endless_request(Method::GET, &path).header("last-event-id", after.to_string());
         match request.send().await {
             Ok(response) if response.status().is_success() => {
-                backoff = RECONNECT_FIRST;
+                reconnects.reset();
                 let mut messages = response.bytes_stream().eventsource();
                 while let Some(Ok(message)) = messages.next().await {
                     let message = match decode(&message) {
@@ -145,7 +139,7 @@ async fn follow(
             Ok(response) if response.status().is_client_error() => {
                 let status = response.status();
                 let body = response.bytes().await.unwrap_or_default();
-                let _ = out.send(Err(Error::Problem(problem(status, &body)))).await;
+                let _ = out.send(Err(Error::from_problem(problem(status, &body)))).await;
                 return;
             }
             Ok(response) => {
@@ -156,8 +150,7 @@ async fn follow(
         if out.is_closed() {
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(RECONNECT_MAX);
+        reconnects.wait().await;
     }
 }
 

@@ -7,11 +7,11 @@ mod postgres;
 use futures_util::StreamExt;
 use projection_sdk::protocol::{
     EventType, ExpectedRevision, NewEvent, Position, RecordedEvent, SchemaVersion, StreamName,
-    StreamRevision,
 };
 use projection_sdk::{
-    Aggregate, Client, CommandHandler, Envelope, ExecuteError, HandlerError, Message, OnFailure,
-    Options, Projection, RunError, Runner, Target, Upcasters,
+    Aggregate, Backoff, Client, CommandHandler, Envelope, ExecuteError, HandlerError, Message,
+    OnFailure, Projection, RunError, Runner, RunnerOptions, ServerRunnerOptions, StreamRead,
+    Target, Upcasters,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -319,8 +319,8 @@ async fn the_runner_projects_exactly_once_stops_or_dead_letters_and_replays() {
     let client = Client::new(&server.url);
     deposit(&client, "account-a", &[10, 20, 13, 30]).await; // positions 1..4, 13 at 3
     let fixed = Arc::new(AtomicBool::new(false));
-    let quick =
-        Options { retries: 2, retry_backoff: Duration::from_millis(5), ..Options::default() };
+    let quick = RunnerOptions::default()
+        .retry(Backoff::new(Duration::from_millis(5), Duration::from_millis(20)).retries(2));
 
     // Stop (the default): the runner stops on the poison event, its checkpoint before it.
     let mut runner = Runner::new(
@@ -344,7 +344,7 @@ async fn the_runner_projects_exactly_once_stops_or_dead_letters_and_replays() {
         client.clone(),
         connect(&db_url).await,
         upcasters(),
-        Options { on_failure: OnFailure::DeadLetter, ..quick.clone() },
+        quick.clone().on_failure(OnFailure::DeadLetter),
     )
     .await
     .unwrap();
@@ -390,7 +390,7 @@ async fn a_second_runner_of_the_same_projection_stops_instead_of_applying_twice(
     let server = start_server(dir.path(), "127.0.0.1:0").await;
     let client = Client::new(&server.url);
     let fixed = Arc::new(AtomicBool::new(true));
-    let options = Options { batch_events_max: 1, ..Options::default() };
+    let options = RunnerOptions::default().batch_events_max(1);
     let mut first = Runner::new(
         Balances { fixed: fixed.clone() },
         client.clone(),
@@ -468,8 +468,8 @@ async fn the_server_runner_keeps_its_position_on_the_server_by_compare_and_set()
     let server = start_server(dir.path(), "127.0.0.1:0").await;
     let client = Client::new(&server.url);
     deposit(&client, "account-a", &[1, 2, 3, 4]).await;
-    let quick =
-        Options { retries: 1, retry_backoff: Duration::from_millis(5), ..Options::default() };
+    let quick = ServerRunnerOptions::default()
+        .retry(Backoff::new(Duration::from_millis(5), Duration::from_millis(20)).retries(1));
 
     let mut runner =
         ServerRunner::new(Totals::default(), client.clone(), upcasters(), quick.clone())
@@ -533,7 +533,13 @@ async fn the_client_sends_its_bearer_token_on_every_request() {
     let client = Client::new(&server.url).with_token(token);
     client.append(&stream, ExpectedRevision::Any, event()).await.unwrap();
     assert_eq!(
-        client.read_stream(&stream, StreamRevision(0), 10).await.unwrap().unwrap().events.len(),
+        client
+            .read_stream(&stream, &StreamRead::forward().limit(10))
+            .await
+            .unwrap()
+            .unwrap()
+            .events
+            .len(),
         1
     );
     let mut subscription = client.subscribe(Target::Stream(stream), Position(0));

@@ -4,10 +4,8 @@
 #[path = "../../../store-server/tests/support/postgres.rs"]
 mod postgres;
 
-use projection_sdk::protocol::{
-    EventType, ExpectedRevision, NewEvent, SchemaVersion, StreamRevision,
-};
-use projection_sdk::{Client, Upcasters};
+use projection_sdk::protocol::{EventType, ExpectedRevision, NewEvent, SchemaVersion};
+use projection_sdk::{Client, StreamRead, Upcasters};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -114,7 +112,7 @@ async fn the_demo_reads_its_own_write_from_the_read_model() {
         assert_eq!(body["type"], format!("/problems/{code}"));
     }
     let history = Client::new(&store_url)
-        .read_stream(&bank_account::stream("acc1").unwrap(), StreamRevision(0), 100)
+        .read_stream(&bank_account::stream("acc1").unwrap(), &StreamRead::forward())
         .await;
     assert_eq!(history.unwrap().unwrap().events.len(), 2);
     store.stop().await;
@@ -128,7 +126,7 @@ async fn balances_in_the_store(client: &Client, accounts: usize) -> BTreeMap<Str
         let id = format!("a{n}");
         let mut balance = 0;
         if let Some(page) = client
-            .read_stream(&bank_account::stream(&id).unwrap(), StreamRevision(0), 1000)
+            .read_stream(&bank_account::stream(&id).unwrap(), &StreamRead::forward().limit(1000))
             .await
             .unwrap()
         {
@@ -227,7 +225,7 @@ async fn a_killed_projection_restarted_is_exact_even_with_the_store_restarted_me
     assert!(acknowledged >= DEPOSITS * 8 / 10, "most deposits landed ({acknowledged})");
 
     let truth = balances_in_the_store(&client, ACCOUNTS).await;
-    let head = client.read_all(projection_sdk::protocol::Position(0), 1).await.unwrap().head;
+    let head = client.read_all(&projection_sdk::LogRead::forward().limit(1)).await.unwrap().head;
     for (id, expected) in &truth {
         let url = format!("http://{balances}/balances/{id}?min_position={head}");
         let mut answer = Value::Null;

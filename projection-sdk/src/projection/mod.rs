@@ -10,6 +10,7 @@ mod server;
 pub use postgres::{DeadLetter, Runner};
 pub use server::{Handler, ServerRunner};
 
+use crate::backoff::Backoff;
 use crate::client::Error;
 use crate::events::{EventError, Upcasters};
 use crate::protocol::{EventId, Position, RecordedEvent, StreamName, StreamRevision, Timestamp};
@@ -115,31 +116,100 @@ pub enum OnFailure {
     DeadLetter,
 }
 
-/// How the runner batches and handles failures.
+/// Most events a runner applies at once when its options do not say.
+pub const BATCH_EVENTS_MAX_DEFAULT: usize = 500;
+
+/// Retries of a failing event when a runner's options do not say: 3, from 100 ms.
+pub const HANDLER_RETRY_DEFAULT: Backoff =
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).retries(3);
+
+/// How a [`Runner`] batches and handles failures. Start from the default and change what
+/// you need:
+///
+/// ```
+/// use projection_sdk::{Backoff, OnFailure, RunnerOptions};
+/// use std::time::Duration;
+///
+/// let options = RunnerOptions::default()
+///     .batch_events_max(100)
+///     .retry(Backoff::new(Duration::from_millis(10), Duration::from_secs(1)).retries(5))
+///     .on_failure(OnFailure::DeadLetter);
+/// # let _ = options;
+/// ```
 #[derive(Debug, Clone)]
-pub struct Options {
-    /// Most events applied in one transaction.
-    pub batch_events_max: usize,
-    /// Retries of a failing event before [`OnFailure`] applies.
-    pub retries: u32,
-    /// The first wait before a retry; it doubles each time.
-    pub retry_backoff: Duration,
-    /// What happens when retries run out.
-    pub on_failure: OnFailure,
-    /// Report the position to the server's `/consumers` after each batch, so that lag is
-    /// visible there and clients can wait for this read model.
-    pub report_to_server: bool,
+pub struct RunnerOptions {
+    batch_events_max: usize,
+    retry: Backoff,
+    on_failure: OnFailure,
+    report_to_server: bool,
 }
 
-impl Default for Options {
+impl Default for RunnerOptions {
     fn default() -> Self {
         Self {
-            batch_events_max: 500,
-            retries: 3,
-            retry_backoff: Duration::from_millis(100),
+            batch_events_max: BATCH_EVENTS_MAX_DEFAULT,
+            retry: HANDLER_RETRY_DEFAULT,
             on_failure: OnFailure::Stop,
             report_to_server: true,
         }
+    }
+}
+
+impl RunnerOptions {
+    /// Most events applied in one transaction (default [`BATCH_EVENTS_MAX_DEFAULT`]).
+    pub fn batch_events_max(mut self, events: usize) -> Self {
+        self.batch_events_max = events.max(1);
+        self
+    }
+
+    /// How a failing event is retried before [`OnFailure`] applies (default
+    /// [`HANDLER_RETRY_DEFAULT`]).
+    pub fn retry(mut self, backoff: Backoff) -> Self {
+        self.retry = backoff;
+        self
+    }
+
+    /// What happens when retries run out (default [`OnFailure::Stop`]).
+    pub fn on_failure(mut self, on_failure: OnFailure) -> Self {
+        self.on_failure = on_failure;
+        self
+    }
+
+    /// Whether to report the position to the server's `/consumers` after each batch, so
+    /// that lag is visible there and clients can wait for this read model (default: yes).
+    pub fn report_to_server(mut self, report: bool) -> Self {
+        self.report_to_server = report;
+        self
+    }
+}
+
+/// How a [`ServerRunner`] batches and retries. Start from the default and change what you
+/// need.
+#[derive(Debug, Clone)]
+pub struct ServerRunnerOptions {
+    batch_events_max: usize,
+    retry: Backoff,
+}
+
+impl Default for ServerRunnerOptions {
+    fn default() -> Self {
+        Self { batch_events_max: BATCH_EVENTS_MAX_DEFAULT, retry: HANDLER_RETRY_DEFAULT }
+    }
+}
+
+impl ServerRunnerOptions {
+    /// Most events taken at once, between two position updates (default
+    /// [`BATCH_EVENTS_MAX_DEFAULT`]).
+    pub fn batch_events_max(mut self, events: usize) -> Self {
+        self.batch_events_max = events.max(1);
+        self
+    }
+
+    /// How a failing event is retried before the runner stops (default
+    /// [`HANDLER_RETRY_DEFAULT`]).
+    pub fn retry(mut self, backoff: Backoff) -> Self {
+        self.retry = backoff;
+        self
     }
 }
 
@@ -174,12 +244,56 @@ pub enum RunError {
     /// The read model's database failed.
     #[error("the read model's database failed")]
     Database(#[from] tokio_postgres::Error),
+    /// The read model's database holds a number this runner never writes (a negative
+    /// position), or a position or version does not fit its column.
+    #[error("out of range: {0}")]
+    OutOfRange(String),
+}
+
+/// What a runner does with each batch of events. The loop around it, [`run`], is shared by
+/// both runners.
+#[async_trait::async_trait]
+pub(crate) trait Batches: Send {
+    /// The position applied so far.
+    fn position(&self) -> Position;
+
+    /// Applies `events` and moves the position to `through` (past the events when a
+    /// checkpoint carried it further); `head` is the log head as last seen.
+    async fn apply(
+        &mut self,
+        events: Vec<RecordedEvent>,
+        through: Position,
+        head: Position,
+    ) -> Result<(), RunError>;
+}
+
+/// Follows `subscription` and hands `runner` batches of up to `batch_events_max` events,
+/// until `shutdown` completes (then `Ok`), the subscription ends, or `apply` fails.
+pub(crate) async fn run<B: Batches>(
+    runner: &mut B,
+    mut subscription: Subscription,
+    batch_events_max: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut head = runner.position();
+    loop {
+        let from = runner.position();
+        let batch = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            batch = next_batch(&mut subscription, batch_events_max, from, &mut head) => batch?,
+        };
+        let Some((events, through)) = batch else { return Ok(()) };
+        if through > from {
+            runner.apply(events, through, head.max(through)).await?;
+        }
+    }
 }
 
 /// Waits for the next message, then takes whatever else is ready, up to `max` events:
 /// answers the events and the position they (and any checkpoint) carry the reader to, or
 /// `None` when the subscription ended. Cancel-safe: it only waits for the first message.
-pub(crate) async fn next_batch(
+async fn next_batch(
     subscription: &mut Subscription,
     max: usize,
     from: Position,

@@ -1,7 +1,7 @@
 //! [`Runner`]: a read model in PostgreSQL, checkpointed in the same transaction as the
 //! handler's writes, so that a crash never applies an event twice.
 
-use super::{HandlerError, OnFailure, Options, Projection, RunError, envelope, next_batch};
+use super::{Batches, HandlerError, OnFailure, Projection, RunError, RunnerOptions, envelope};
 use crate::client::Client;
 use crate::events::Upcasters;
 use crate::protocol::{ConsumerName, Position, RecordedEvent, SetConsumer};
@@ -54,9 +54,10 @@ pub struct Runner<P: Projection> {
     store: Client,
     db: tokio_postgres::Client,
     upcasters: Arc<Upcasters>,
-    options: Options,
+    options: RunnerOptions,
+    /// The projection's version as its checkpoint column holds it.
+    version: i32,
     position: Position,
-    head: Position,
     metrics: Metrics,
 }
 
@@ -70,14 +71,16 @@ impl<P: Projection> Runner<P> {
         store: Client,
         mut db: tokio_postgres::Client,
         upcasters: Upcasters,
-        options: Options,
+        options: RunnerOptions,
     ) -> Result<Self, RunError> {
+        let version = i32::try_from(projection.version()).map_err(|_| {
+            RunError::OutOfRange(format!("version {} is past i32", projection.version()))
+        })?;
         let tx = db.transaction().await?;
         // Runners starting together must not race on CREATE TABLE IF NOT EXISTS.
         tx.execute("SELECT pg_advisory_xact_lock(hashtext('projection-sdk setup'))", &[]).await?;
         tx.batch_execute(SETUP_SQL).await?;
         projection.setup(&tx).await.map_err(RunError::Setup)?;
-        let version = projection.version() as i32;
         tx.execute(
             "INSERT INTO projection_checkpoints (projection, version, position) VALUES ($1, $2, 0)
              ON CONFLICT DO NOTHING",
@@ -92,8 +95,8 @@ impl<P: Projection> Runner<P> {
             db,
             upcasters: Arc::new(upcasters),
             options,
+            version,
             position: Position(0),
-            head: Position(0),
             metrics,
         };
         runner.position = runner.checkpoint().await?;
@@ -109,10 +112,10 @@ impl<P: Projection> Runner<P> {
             .db
             .query_one(
                 "SELECT position FROM projection_checkpoints WHERE projection = $1 AND version = $2",
-                &[&self.projection.name(), &(self.projection.version() as i32)],
+                &[&self.projection.name(), &self.version],
             )
             .await?;
-        Ok(Position(row.get::<_, i64>(0).max(0) as u64))
+        stored_position(row.get(0))
     }
 
     /// The runner's Prometheus metrics (`projection_*`, labelled by projection).
@@ -126,19 +129,9 @@ impl<P: Projection> Runner<P> {
     /// [`RunError::Handler`] (with [`OnFailure::Stop`]), [`RunError::AnotherRunner`],
     /// [`RunError::Database`], or [`RunError::Store`] when the server refuses for good.
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-        let mut subscription = self.store.subscribe(self.projection.target(), self.position);
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let max = self.options.batch_events_max;
-            let batch = tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                batch = next_batch(&mut subscription, max, self.position, &mut self.head) => batch?,
-            };
-            let Some((events, through)) = batch else { return Ok(()) };
-            if through > self.position {
-                self.process(events, through).await?;
-            }
-        }
+        let subscription = self.store.subscribe(self.projection.target(), self.position);
+        let batch_events_max = self.options.batch_events_max;
+        super::run(self, subscription, batch_events_max, shutdown).await
     }
 
     /// Applies `events` and moves the checkpoint to `through`.
@@ -146,6 +139,7 @@ impl<P: Projection> Runner<P> {
         &mut self,
         events: Vec<RecordedEvent>,
         through: Position,
+        head: Position,
     ) -> Result<(), RunError> {
         let started = Instant::now();
         let count = events.len() as u64;
@@ -172,10 +166,9 @@ impl<P: Projection> Runner<P> {
             }
         }
         self.position = through;
-        self.head = self.head.max(through);
         self.metrics.events_processed_total.inc_by(count);
-        self.metrics.position.set(through.0 as i64);
-        self.metrics.lag_events.set(self.head.0.saturating_sub(through.0) as i64);
+        self.metrics.position.set(gauge(through.0));
+        self.metrics.lag_events.set(gauge(head.0.saturating_sub(through.0)));
         self.metrics.batch_duration_seconds.observe(started.elapsed().as_secs_f64());
         self.report().await;
         Ok(())
@@ -183,23 +176,19 @@ impl<P: Projection> Runner<P> {
 
     /// One event, with retries; then stop or dead-letter it.
     async fn process_one(&mut self, event: RecordedEvent) -> Result<(), RunError> {
-        let mut backoff = self.options.retry_backoff;
-        let mut attempt = 0;
+        let mut retries = self.options.retry.start();
         let source = loop {
-            match self.commit(std::slice::from_ref(&event), event.position).await {
+            let source = match self.commit(std::slice::from_ref(&event), event.position).await {
                 Ok(()) => return Ok(()),
                 Err(Failure::Stop(err)) => return Err(err),
-                Err(Failure::Handler { source, .. }) if attempt >= self.options.retries => {
-                    break source;
-                }
-                Err(Failure::Handler { source, .. }) => {
-                    self.metrics.errors_total.inc();
-                    warn!(projection = self.projection.name(), position = %event.position, cause = %source, attempt, "projection handler failed; retrying");
-                }
+                Err(Failure::Handler { source }) => source,
+            };
+            let attempt = retries.done();
+            if !retries.wait().await {
+                break source;
             }
-            attempt += 1;
-            tokio::time::sleep(backoff).await;
-            backoff *= 2;
+            self.metrics.errors_total.inc();
+            warn!(projection = self.projection.name(), position = %event.position, cause = %source, attempt, "projection handler failed; retrying");
         };
         self.metrics.errors_total.inc();
         error!(projection = self.projection.name(), position = %event.position, cause = %source, "projection handler failed every retry");
@@ -211,7 +200,7 @@ impl<P: Projection> Runner<P> {
 
     /// Applies `events` and sets the checkpoint to `through`, in one transaction.
     async fn commit(&mut self, events: &[RecordedEvent], through: Position) -> Result<(), Failure> {
-        let (name, version) = (self.projection.name().to_owned(), self.projection.version() as i32);
+        let (name, version) = (self.projection.name().to_owned(), self.version);
         let tx = self.db.transaction().await.map_err(Failure::database)?;
         lock_checkpoint(&tx, &name, version, self.position).await.map_err(Failure::Stop)?;
         let envelopes = events
@@ -225,7 +214,7 @@ impl<P: Projection> Runner<P> {
                 .await
                 .map_err(|source| Failure::Handler { source })?;
         }
-        set_checkpoint(&tx, &name, version, through).await.map_err(Failure::database)?;
+        set_checkpoint(&tx, &name, version, through).await.map_err(Failure::Stop)?;
         tx.commit().await.map_err(Failure::database)
     }
 
@@ -234,7 +223,7 @@ impl<P: Projection> Runner<P> {
         event: &RecordedEvent,
         source: &HandlerError,
     ) -> Result<(), RunError> {
-        let (name, version) = (self.projection.name().to_owned(), self.projection.version() as i32);
+        let (name, version) = (self.projection.name().to_owned(), self.version);
         let json = serde_json::to_string(event).unwrap_or_default();
         let tx = self.db.transaction().await?;
         lock_checkpoint(&tx, &name, version, self.position).await?;
@@ -243,7 +232,7 @@ impl<P: Projection> Runner<P> {
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (projection, version, position) DO UPDATE
              SET error = EXCLUDED.error, failed_at = now()",
-            &[&name, &version, &(event.position.0 as i64), &json, &source.to_string()],
+            &[&name, &version, &column(event.position)?, &json, &source.to_string()],
         )
         .await?;
         set_checkpoint(&tx, &name, version, event.position).await?;
@@ -261,17 +250,18 @@ impl<P: Projection> Runner<P> {
             .query(
                 "SELECT position, event, error FROM projection_dead_letters
                  WHERE projection = $1 AND version = $2 ORDER BY position",
-                &[&self.projection.name(), &(self.projection.version() as i32)],
+                &[&self.projection.name(), &self.version],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|row| DeadLetter {
-                position: Position(row.get::<_, i64>(0).max(0) as u64),
-                event: row.get(1),
-                error: row.get(2),
+        rows.iter()
+            .map(|row| {
+                Ok(DeadLetter {
+                    position: stored_position(row.get(0))?,
+                    event: row.get(1),
+                    error: row.get(2),
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Applies the dead-lettered events again, each in its own transaction; those that now
@@ -280,7 +270,7 @@ impl<P: Projection> Runner<P> {
     /// # Errors
     /// [`RunError::Database`].
     pub async fn replay_dead_letters(&mut self) -> Result<usize, RunError> {
-        let (name, version) = (self.projection.name().to_owned(), self.projection.version() as i32);
+        let (name, version) = (self.projection.name().to_owned(), self.version);
         let mut replayed = 0;
         for letter in self.dead_letters().await? {
             let Ok(event) = serde_json::from_str::<RecordedEvent>(&letter.event) else { continue };
@@ -291,7 +281,7 @@ impl<P: Projection> Runner<P> {
             }
             tx.execute(
                 "DELETE FROM projection_dead_letters WHERE projection = $1 AND version = $2 AND position = $3",
-                &[&name, &version, &(letter.position.0 as i64)],
+                &[&name, &version, &column(letter.position)?],
             )
             .await?;
             tx.commit().await?;
@@ -306,7 +296,7 @@ impl<P: Projection> Runner<P> {
     /// # Errors
     /// [`RunError::Setup`] when the projection's reset fails; [`RunError::Database`].
     pub async fn rebuild(&mut self) -> Result<(), RunError> {
-        let (name, version) = (self.projection.name().to_owned(), self.projection.version() as i32);
+        let (name, version) = (self.projection.name().to_owned(), self.version);
         let tx = self.db.transaction().await?;
         lock_checkpoint(&tx, &name, version, self.position).await?;
         self.projection.reset(&tx).await.map_err(RunError::Setup)?;
@@ -349,6 +339,22 @@ impl<P: Projection> Runner<P> {
     }
 }
 
+#[async_trait::async_trait]
+impl<P: Projection> Batches for Runner<P> {
+    fn position(&self) -> Position {
+        self.position
+    }
+
+    async fn apply(
+        &mut self,
+        events: Vec<RecordedEvent>,
+        through: Position,
+        head: Position,
+    ) -> Result<(), RunError> {
+        self.process(events, through, head).await
+    }
+}
+
 /// Why a batch did not commit.
 enum Failure {
     /// The handler (or decoding) failed: retry, isolate.
@@ -379,7 +385,7 @@ async fn lock_checkpoint(
             &[&name, &version],
         )
         .await?;
-    let found = Position(row.get::<_, i64>(0).max(0) as u64);
+    let found = stored_position(row.get(0))?;
     if found != expected {
         return Err(RunError::AnotherRunner { expected, found });
     }
@@ -391,14 +397,32 @@ async fn set_checkpoint(
     name: &str,
     version: i32,
     position: Position,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(), RunError> {
     tx.execute(
         "UPDATE projection_checkpoints SET position = $3, updated_at = now()
          WHERE projection = $1 AND version = $2",
-        &[&name, &version, &(position.0 as i64)],
+        &[&name, &version, &column(position)?],
     )
     .await?;
     Ok(())
+}
+
+/// A position read from a `bigint` column: a negative one is damage, never position 0.
+fn stored_position(value: i64) -> Result<Position, RunError> {
+    u64::try_from(value)
+        .map(Position)
+        .map_err(|_| RunError::OutOfRange(format!("stored position {value} is negative")))
+}
+
+/// A position for a `bigint` column.
+fn column(position: Position) -> Result<i64, RunError> {
+    i64::try_from(position.0)
+        .map_err(|_| RunError::OutOfRange(format!("position {position} is past i64")))
+}
+
+/// A count for a gauge, saturating: metrics must not fail a batch.
+fn gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 struct Metrics {

@@ -1,10 +1,10 @@
 //! [`ServerRunner`]: a read model anywhere (memory, a file, a search index), its position
 //! kept on the store server's `/consumers`.
 
-use super::{Envelope, HandlerError, Options, RunError, envelope, next_batch};
+use super::{Batches, Envelope, HandlerError, RunError, ServerRunnerOptions, envelope};
 use crate::client::{Client, Error};
 use crate::events::Upcasters;
-use crate::protocol::{ConsumerName, Position, SetConsumer};
+use crate::protocol::{ConsumerConflict, ConsumerName, Position, RecordedEvent, SetConsumer};
 use crate::subscription::Target;
 use serde::de::DeserializeOwned;
 use std::future::Future;
@@ -36,16 +36,15 @@ pub trait Handler: Send {
 /// At-least-once: a crash after a batch was applied but before its position was stored
 /// replays that batch. The position moves by compare-and-set: a second runner of the same
 /// consumer, or anyone else moving it, makes this one stop ([`RunError::AnotherRunner`]).
-/// A failing event is retried ([`Options::retries`]); then the runner stops, since there is
-/// nowhere to dead-letter it ([`Options::on_failure`] is not used here).
+/// A failing event is retried ([`ServerRunnerOptions::retry`]); then the runner stops,
+/// since there is nowhere to dead-letter it.
 pub struct ServerRunner<H: Handler> {
     handler: H,
     store: Client,
     upcasters: Upcasters,
-    options: Options,
+    options: ServerRunnerOptions,
     name: ConsumerName,
     position: Position,
-    head: Position,
 }
 
 impl<H: Handler> ServerRunner<H> {
@@ -57,11 +56,11 @@ impl<H: Handler> ServerRunner<H> {
         handler: H,
         store: Client,
         upcasters: Upcasters,
-        options: Options,
+        options: ServerRunnerOptions,
     ) -> Result<Self, RunError> {
         let name = ConsumerName::new(handler.name()).map_err(|e| RunError::Setup(e.into()))?;
         let position = store.consumer(&name).await?.map(|c| c.position).unwrap_or_default();
-        Ok(Self { handler, store, upcasters, options, name, position, head: position })
+        Ok(Self { handler, store, upcasters, options, name, position })
     }
 
     /// The position applied and stored.
@@ -79,63 +78,58 @@ impl<H: Handler> ServerRunner<H> {
     /// # Errors
     /// [`RunError::Handler`], [`RunError::AnotherRunner`], [`RunError::Store`].
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-        let mut subscription = self.store.subscribe(self.handler.target(), self.position);
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let max = self.options.batch_events_max;
-            let batch = tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                batch = next_batch(&mut subscription, max, self.position, &mut self.head) => batch?,
-            };
-            let Some((events, through)) = batch else { return Ok(()) };
-            if through <= self.position {
-                continue;
-            }
-            for event in &events {
-                self.apply_with_retries(event).await?;
-            }
-            let update = SetConsumer {
-                position: through,
-                expected_position: Some(self.position),
-                reset: false,
-            };
-            match self.store.set_consumer(&self.name, &update).await {
-                Ok(_) => self.position = through,
-                Err(Error::Problem(problem)) if problem.code() == "wrong-expected-position" => {
-                    let found = problem.extensions.get("current_position").and_then(|p| p.as_u64());
-                    return Err(RunError::AnotherRunner {
-                        expected: self.position,
-                        found: Position(found.unwrap_or_default()),
-                    });
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
+        let subscription = self.store.subscribe(self.handler.target(), self.position);
+        let batch_events_max = self.options.batch_events_max;
+        super::run(self, subscription, batch_events_max, shutdown).await
     }
 
-    async fn apply_with_retries(
-        &mut self,
-        event: &crate::protocol::RecordedEvent,
-    ) -> Result<(), RunError> {
-        let mut backoff = self.options.retry_backoff;
-        let mut attempt = 0;
+    async fn apply_with_retries(&mut self, event: &RecordedEvent) -> Result<(), RunError> {
+        let mut retries = self.options.retry.start();
         loop {
             let result = match envelope(&self.upcasters, event) {
                 Ok(envelope) => self.handler.apply(&envelope).await,
                 Err(err) => Err(err.into()),
             };
-            match result {
+            let source = match result {
                 Ok(()) => return Ok(()),
-                Err(source) if attempt >= self.options.retries => {
-                    return Err(RunError::Handler { position: event.position, source });
-                }
-                Err(source) => {
-                    tracing::warn!(consumer = %self.name, position = %event.position, cause = %source, attempt, "handler failed; retrying");
-                }
+                Err(source) => source,
+            };
+            let attempt = retries.done();
+            if !retries.wait().await {
+                return Err(RunError::Handler { position: event.position, source });
             }
-            attempt += 1;
-            tokio::time::sleep(backoff).await;
-            backoff *= 2;
+            tracing::warn!(consumer = %self.name, position = %event.position, cause = %source, attempt, "handler failed; retrying");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<H: Handler> Batches for ServerRunner<H> {
+    fn position(&self) -> Position {
+        self.position
+    }
+
+    async fn apply(
+        &mut self,
+        events: Vec<RecordedEvent>,
+        through: Position,
+        _head: Position,
+    ) -> Result<(), RunError> {
+        for event in &events {
+            self.apply_with_retries(event).await?;
+        }
+        let update =
+            SetConsumer { position: through, expected_position: Some(self.position), reset: false };
+        match self.store.set_consumer(&self.name, &update).await {
+            Ok(_) => {
+                self.position = through;
+                Ok(())
+            }
+            Err(Error::ConsumerConflict {
+                conflict: ConsumerConflict::WrongExpectedPosition { current, .. },
+                ..
+            }) => Err(RunError::AnotherRunner { expected: self.position, found: current }),
+            Err(err) => Err(err.into()),
         }
     }
 }

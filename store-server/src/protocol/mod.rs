@@ -7,7 +7,9 @@ mod names;
 mod problems;
 
 pub use consumers::{Consumer, ConsumerConflict, ConsumerName, ConsumerWait, SetConsumer};
-pub use events::{AppendRequest, AppendResult, NewEvent, Page, RecordedEvent, Timestamp};
+pub use events::{
+    AppendRequest, AppendResult, Direction, NewEvent, Page, RecordedEvent, Timestamp,
+};
 pub use names::{
     Category, EventId, EventType, ExpectedRevision, InvalidName, NAME_BYTES_MAX, Position,
     SchemaVersion, StreamName, StreamRevision,

@@ -44,14 +44,7 @@ impl Backend {
     }
 }
 
-/// Which way a read goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Oldest first.
-    Forward,
-    /// Newest first.
-    Backward,
-}
+pub use crate::protocol::Direction;
 
 /// A read of one stream by revision.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bank_account::{Balances, upcasters};
 use clap::Parser;
-use projection_sdk::{Client, Options, Runner};
+use projection_sdk::{Client, Runner, RunnerOptions};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,7 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         store,
         connect(&args.database_url).await?,
         upcasters(),
-        Options::default(),
+        RunnerOptions::default(),
     )
     .await?;
     let read = Arc::new(Read {
