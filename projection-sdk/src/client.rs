@@ -126,96 +126,52 @@ pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// How long connecting may take, subscriptions included.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A read of one stream: from which revision, how many, which way. Forward from the start,
-/// 100 events, unless set.
+/// A read: from where, how many, which way (and, on the log and categories, which event
+/// types). Forward from the start, 100 events, every type, unless set. `C` is where a read
+/// starts: a [`StreamRevision`] in a stream ([`StreamRead`]), a [`Position`] in the log
+/// ([`LogRead`]).
 ///
 /// ```
-/// use projection_sdk::StreamRead;
-/// use projection_sdk::protocol::StreamRevision;
+/// use projection_sdk::{LogRead, StreamRead};
+/// use projection_sdk::protocol::{EventType, Position, StreamRevision};
 ///
 /// let last_ten = StreamRead::backward().limit(10);
 /// let from_five = StreamRead::forward().from(StreamRevision(5));
-/// # let _ = (last_ten, from_five);
-/// ```
-#[derive(Debug, Clone, Default)]
-pub struct StreamRead {
-    from: Option<StreamRevision>,
-    limit: Option<usize>,
-    direction: Direction,
-}
-
-impl StreamRead {
-    /// Oldest first.
-    pub fn forward() -> Self {
-        Self::default()
-    }
-
-    /// Newest first, from the end unless [`StreamRead::from`] says otherwise.
-    pub fn backward() -> Self {
-        Self { direction: Direction::Backward, ..Self::default() }
-    }
-
-    /// Starts at `revision` (inclusive).
-    pub fn from(mut self, revision: StreamRevision) -> Self {
-        self.from = Some(revision);
-        self
-    }
-
-    /// At most `limit` events (the server caps it).
-    pub fn limit(mut self, limit: usize) -> Self {
-        self.limit = Some(limit);
-        self
-    }
-
-    /// The query string, raw.
-    fn query(&self) -> String {
-        let mut query = format!("direction={}", self.direction.as_str());
-        if let Some(from) = self.from {
-            query.push_str(&format!("&from={from}"));
-        }
-        if let Some(limit) = self.limit {
-            query.push_str(&format!("&limit={limit}"));
-        }
-        query
-    }
-}
-
-/// A read of the log or a category by position: from where, how many, which way, which
-/// event types. Forward from the start, 100 events, every type, unless set.
-///
-/// ```
-/// use projection_sdk::LogRead;
-/// use projection_sdk::protocol::{EventType, Position};
-///
 /// let deposits = LogRead::forward()
 ///     .from(Position(1))
 ///     .limit(500)
 ///     .types([EventType::new("Deposited").unwrap()]);
-/// # let _ = deposits;
+/// # let _ = (last_ten, from_five, deposits);
 /// ```
-#[derive(Debug, Clone, Default)]
-pub struct LogRead {
-    from: Option<Position>,
+#[derive(Debug, Clone)]
+pub struct Read<C> {
+    from: Option<C>,
     limit: Option<usize>,
     direction: Direction,
     types: Vec<EventType>,
 }
 
-impl LogRead {
+/// A read of one stream, by revision.
+pub type StreamRead = Read<StreamRevision>;
+
+/// A read of the whole log or of a category, by position.
+pub type LogRead = Read<Position>;
+
+impl<C: std::fmt::Display> Read<C> {
     /// Oldest first.
     pub fn forward() -> Self {
-        Self::default()
+        Self { from: None, limit: None, direction: Direction::Forward, types: Vec::new() }
     }
 
-    /// Newest first, from the end unless [`LogRead::from`] says otherwise (the whole log
-    /// only: categories read forward).
+    /// Newest first, from the end unless [`Read::from`] says otherwise (streams and the
+    /// whole log: categories read forward).
     pub fn backward() -> Self {
-        Self { direction: Direction::Backward, ..Self::default() }
+        Self { direction: Direction::Backward, ..Self::forward() }
     }
 
-    /// Starts at `position` (inclusive).
-    pub fn from(mut self, position: Position) -> Self {
-        self.from = Some(position);
+    /// Starts at `from` (inclusive).
+    pub fn from(mut self, from: C) -> Self {
+        self.from = Some(from);
         self
     }
 
@@ -225,16 +181,10 @@ impl LogRead {
         self
     }
 
-    /// Only events of these types.
-    pub fn types(mut self, types: impl IntoIterator<Item = EventType>) -> Self {
-        self.types = types.into_iter().collect();
-        self
-    }
-
     /// The query string, raw.
     fn query(&self) -> String {
         let mut query = format!("direction={}", self.direction.as_str());
-        if let Some(from) = self.from {
+        if let Some(from) = &self.from {
             query.push_str(&format!("&from={from}"));
         }
         if let Some(limit) = self.limit {
@@ -244,6 +194,14 @@ impl LogRead {
             query.push_str(&format!("&types={}", join_types(&self.types)));
         }
         query
+    }
+}
+
+impl Read<Position> {
+    /// Only events of these types.
+    pub fn types(mut self, types: impl IntoIterator<Item = EventType>) -> Self {
+        self.types = types.into_iter().collect();
+        self
     }
 }
 

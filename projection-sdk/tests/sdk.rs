@@ -1,9 +1,6 @@
 //! The SDK against a real store server (in this process, on a loopback port, over SQLite)
 //! and, for read models, a real PostgreSQL (a throwaway cluster, or `DATABASE_URL`).
 
-#[path = "../../store-server/tests/support/postgres.rs"]
-mod postgres;
-
 use futures_util::StreamExt;
 use projection_sdk::protocol::{
     EventType, ExpectedRevision, NewEvent, Position, RecordedEvent, SchemaVersion, StreamName,
@@ -17,37 +14,12 @@ use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use store_testing::{TestServer, postgres};
 use tokio_postgres::Transaction;
 
-/// A store server running in this process.
-struct Server {
-    url: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn start_server(data_dir: &std::path::Path, address: &str) -> Server {
-    start_server_with(store_server::config::Config::sqlite(data_dir), address).await
-}
-
-async fn start_server_with(config: store_server::config::Config, address: &str) -> Server {
-    let listener = tokio::net::TcpListener::bind(address).await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        store_server::server::run(listener, config, shutdown).await.expect("server");
-    });
-    Server { url, stop, task }
-}
-
-impl Server {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
+/// A store server in this process, over SQLite in `data_dir`, on `address`.
+async fn start_server(data_dir: &std::path::Path, address: &str) -> TestServer {
+    TestServer::start_at(store_server::config::Config::sqlite(data_dir), address).await
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -138,7 +110,7 @@ async fn the_aggregate_helper_loses_no_update_under_concurrent_commands() {
 async fn a_subscription_resumes_across_a_server_restart_without_gap_or_repeat() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path(), "127.0.0.1:0").await;
-    let address = server.url.trim_start_matches("http://").to_owned();
+    let address = server.address().to_owned();
     let client = Client::new(&server.url);
     let stream = StreamName::new("sub-1").unwrap();
     let event = |n: i64| NewEvent::new(EventType::new("E").unwrap(), &json!(n)).unwrap();
@@ -519,7 +491,7 @@ async fn the_client_sends_its_bearer_token_on_every_request() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = store_server::config::Config::sqlite(dir.path());
     config.auth = Some(Arc::new(store_server::auth::Tokens::parse(&entry).unwrap()));
-    let server = start_server_with(config, "127.0.0.1:0").await;
+    let server = TestServer::start(config).await;
     let stream = StreamName::new("tok-1").unwrap();
     let event = || vec![NewEvent::new(EventType::new("E").unwrap(), &json!(1)).unwrap()];
 
@@ -560,7 +532,7 @@ async fn the_client_trusts_a_custom_ca_for_https() {
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
     let mut config = store_server::config::Config::sqlite(dir.path().join("data"));
     config.transport.tls = Some((cert, key));
-    let server = start_server_with(config, "127.0.0.1:0").await;
+    let server = TestServer::start(config).await;
     let url = server.url.replace("http://127.0.0.1", "https://localhost");
     let client = Client::new(&url).with_ca_certificate(certified.cert.pem().as_bytes()).unwrap();
     let stream = StreamName::new("tls-1").unwrap();
@@ -579,5 +551,137 @@ async fn the_client_trusts_a_custom_ca_for_https() {
         Client::new(&url).append(&stream, ExpectedRevision::Any, vec![event]).await.is_err(),
         "untrusted without the CA"
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_a_caller_can_act_on_arrive_as_typed_errors() {
+    use projection_sdk::Error;
+    use projection_sdk::protocol::{
+        ConsumerConflict, ConsumerName, EventId, ProblemType, SetConsumer,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), "127.0.0.1:0").await;
+    let client = Client::new(&server.url);
+    let (first, second) =
+        (StreamName::new("typed-1").unwrap(), StreamName::new("typed-2").unwrap());
+    let id = EventId(uuid::Uuid::now_v7());
+    let mut event = NewEvent::new(EventType::new("E").unwrap(), &json!(1)).unwrap();
+    event.id = Some(id);
+    client.append(&first, ExpectedRevision::NoStream, vec![event.clone()]).await.unwrap();
+
+    let refused = client.append(&second, ExpectedRevision::Any, vec![event.clone()]).await;
+    assert!(
+        matches!(&refused, Err(Error::DuplicateEventId { stream, id: got }) if *stream == second && *got == id),
+        "{refused:?}"
+    );
+    let fresh = NewEvent::new(EventType::new("E").unwrap(), &json!(2)).unwrap();
+    let refused = client.append(&first, ExpectedRevision::NoStream, vec![fresh]).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(Error::WrongExpectedRevision {
+                current: Some(projection_sdk::protocol::StreamRevision(0)),
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+
+    let name = ConsumerName::new("typed").unwrap();
+    let at = |position: u64, expected: Option<u64>| SetConsumer {
+        position: Position(position),
+        expected_position: expected.map(Position),
+        reset: false,
+    };
+    client.set_consumer(&name, &at(1, None)).await.unwrap();
+    let refused = client.set_consumer(&name, &at(1, Some(5))).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(Error::ConsumerConflict {
+                conflict: ConsumerConflict::WrongExpectedPosition {
+                    expected: Position(5),
+                    current: Position(1)
+                },
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let refused = client.set_consumer(&name, &at(0, None)).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(Error::ConsumerConflict {
+                conflict: ConsumerConflict::MovesBackwards {
+                    requested: Position(0),
+                    current: Position(1)
+                },
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+
+    // Absence where it is an answer; other problems keep their typed kind.
+    assert!(
+        client
+            .read_stream(&StreamName::new("none").unwrap(), &StreamRead::forward())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let refused = client.read_all(&projection_sdk::LogRead::forward().limit(0)).await;
+    assert_eq!(refused.unwrap_err().problem_type(), Some(ProblemType::InvalidRequest));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_server_never_answers_times_out() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket); // read nothing, answer nothing
+        }
+    });
+    let client = Client::new(url).with_timeout(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let result = client.read_all(&projection_sdk::LogRead::forward()).await;
+    assert!(matches!(&result, Err(projection_sdk::Error::Http(e)) if e.is_timeout()), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_stored_position_is_an_error_not_zero() {
+    let Some(db_url) = postgres::fresh_database().await else {
+        return postgres::skip("a_negative_stored_position_is_an_error_not_zero");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), "127.0.0.1:0").await;
+    let runner = Runner::new(
+        Balances { fixed: Arc::new(AtomicBool::new(true)) },
+        Client::new(&server.url),
+        connect(&db_url).await,
+        upcasters(),
+        RunnerOptions::default(),
+    )
+    .await
+    .unwrap();
+    // The dead-letter table has no CHECK on positions: damage there must not read as 0.
+    connect(&db_url)
+        .await
+        .execute(
+            "INSERT INTO projection_dead_letters (projection, version, position, event, error)
+             VALUES ('balances', 1, -1, '{}', 'x')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let read = runner.dead_letters().await;
+    assert!(matches!(&read, Err(RunError::OutOfRange(why)) if why.contains("-1")), "{read:?}");
     server.stop().await;
 }

@@ -1,8 +1,6 @@
 //! Authentication and authorization: the matrix of tokens, roles, scopes and routes; the
 //! `token new` command; the refusal to listen beyond loopback without auth.
 
-mod support;
-
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,7 +8,7 @@ use std::sync::Arc;
 use store_server::auth::{Role, Tokens, new_token};
 use store_server::config::Config;
 use store_server::http::Access;
-use support::TestServer;
+use store_testing::TestServer;
 
 struct Keys {
     reader: String,

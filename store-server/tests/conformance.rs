@@ -1,45 +1,14 @@
 //! The conformance suite: every behaviour of shared/API.md and every guarantee of
 //! shared/DESIGN.md that a single server shows, run against each backend over HTTP.
 
-mod support;
-
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
-use support::{Backend, TestServer, append_many, assert_problem, event, event_with_id};
+use store_testing::{TestServer, append_many, assert_problem, event, event_with_id, per_backend};
 
-/// Stamps out one test per behaviour and backend, each on fresh storage.
-macro_rules! conformance {
-    ($($behaviour:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    let backend = super::Backend::Sqlite;
-                    let Some(server) = super::TestServer::fresh(backend, stringify!($behaviour)).await
-                    else { return };
-                    super::$behaviour(&server).await;
-                    server.stop().await;
-                }
-            )+
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    let backend = super::Backend::Postgres;
-                    let Some(server) = super::TestServer::fresh(backend, stringify!($behaviour)).await
-                    else { return };
-                    super::$behaviour(&server).await;
-                    server.stop().await;
-                }
-            )+
-        }
-    };
-}
-
-conformance!(
+per_backend!(
+    server:
     first_append_creates_the_stream_at_revision_0_position_1,
     expected_revision_any_no_stream_stream_exists_and_exact,
     wrong_expected_revision_is_409_with_current_revision_and_writes_nothing,

@@ -3,8 +3,6 @@
 //! append is there, whole, at its acknowledged position, with no gaps; and every request,
 //! acknowledged or not, is stored entirely or not at all.
 
-mod support;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -12,7 +10,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use support::postgres;
+use store_testing::postgres;
 
 /// The real `store-server` binary, running.
 struct Process {

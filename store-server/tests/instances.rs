@@ -2,14 +2,12 @@
 //! the log head's row lock serialises their group commits, so optimistic concurrency holds
 //! across instances and positions stay gap-free and commit-ordered.
 
-mod support;
-
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::{Duration, Instant};
 use store_server::config::Config;
-use support::{Message, TestServer, event, event_with_id, postgres};
+use store_testing::{Message, TestServer, event, event_with_id, postgres};
 
 /// Two servers on one fresh database; `None` when PostgreSQL is not available.
 async fn two_instances(test: &str) -> Option<[TestServer; 2]> {

@@ -1,32 +1,16 @@
 //! Connection-level limits: open connections, request head size, slow request heads.
 
-#[path = "support/postgres.rs"]
-mod postgres;
-
 use std::time::Duration;
 use store_server::config::Config;
+use store_testing::{Backend, TestServer, postgres};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn start(
-    adjust: impl FnOnce(&mut Config),
-) -> (u16, tokio::sync::oneshot::Sender<()>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::sqlite(dir.path());
-    adjust(&mut config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(store_server::server::run(listener, config, async {
-        let _ = stopped.await;
-    }));
-    for _ in 0..100 {
-        if reqwest::get(format!("http://127.0.0.1:{port}/health/ready")).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (port, stop, dir)
+/// A server over fresh SQLite with `adjust`ed limits, and its port.
+async fn start(adjust: impl FnOnce(&mut Config)) -> (u16, TestServer) {
+    let server = TestServer::fresh_with(Backend::Sqlite, "limits", adjust).await.expect("SQLite");
+    let port = server.address().rsplit(':').next().unwrap().parse().unwrap();
+    (port, server)
 }
 
 /// Sends `request` on a new connection; the response head, or `None` if none comes in `wait`.
@@ -41,7 +25,7 @@ const GET_LIVE: &[u8] = b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_wait_for_a_free_slot() {
-    let (port, _stop, _dir) = start(|c| c.transport.connections_max = 2).await;
+    let (port, _server) = start(|c| c.transport.connections_max = 2).await;
     let mut first = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut second = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     assert!(
@@ -71,7 +55,7 @@ async fn connections_past_the_limit_wait_for_a_free_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_past_the_limit_is_refused_and_a_slow_one_is_cut() {
-    let (port, _stop, _dir) = start(|c| {
+    let (port, _server) = start(|c| {
         c.transport.header_bytes_max = 8192;
         c.transport.header_read_timeout = Duration::from_millis(300);
     })
@@ -112,16 +96,8 @@ async fn a_request_past_the_timeout_gets_503_and_a_retry_is_idempotent() {
     };
     let mut config = Config::postgres(url.clone());
     config.http.request_timeout = Duration::from_millis(300);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(store_server::server::run(listener, config, async {
-        let _ = stopped.await;
-    }));
-    let client = reqwest::Client::new();
-    while client.get(format!("{base}/health/ready")).send().await.is_err() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let server = TestServer::start(config).await;
+    let (base, client) = (server.url.clone(), server.client.clone());
     // Someone else holds the log head: the append waits behind it.
     let (mut blocker, connection) =
         tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
@@ -156,6 +132,5 @@ async fn a_request_past_the_timeout_gets_503_and_a_retry_is_idempotent() {
         Some(reqwest::StatusCode::OK),
         "the timed-out append was committed, and the retry is idempotent"
     );
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }

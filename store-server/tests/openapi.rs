@@ -3,11 +3,9 @@
 //! Subscriptions (endless streams) and consumer waits (slow by design) are left out of
 //! schemathesis; the subscription and consumer tests cover them.
 
-mod support;
-
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use support::{Backend, TestServer};
+use store_testing::{Backend, TestServer, per_backend};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_exists_and_other_methods_are_405() {
@@ -66,11 +64,12 @@ fn schemathesis() -> bool {
     installed
 }
 
-async fn schemathesis_run(backend: Backend) {
+per_backend!(server: schemathesis_finds_no_server_error_and_no_undocumented_response);
+
+async fn schemathesis_finds_no_server_error_and_no_undocumented_response(server: &TestServer) {
     if !schemathesis() {
         return;
     }
-    let Some(server) = TestServer::fresh(backend, "schemathesis").await else { return };
     let output = tokio::process::Command::new("schemathesis")
         .args(["run", &format!("{}/openapi.json", server.url)])
         .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance"])
@@ -86,15 +85,4 @@ async fn schemathesis_run(backend: Backend) {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(report.contains("passed"), "{report}");
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_schemathesis_finds_no_server_error_and_no_undocumented_response() {
-    schemathesis_run(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_schemathesis_finds_no_server_error_and_no_undocumented_response() {
-    schemathesis_run(Backend::Postgres).await;
 }

@@ -1,8 +1,6 @@
 //! Operations: metrics that move with the work and pass `promtool`, logs as JSON, and a
 //! graceful shutdown under load that leaves no request unanswered.
 
-mod support;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -10,17 +8,16 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use support::{Backend, TestServer, event, event_with_id};
+use store_testing::{TestServer, event, event_with_id, per_backend};
 
 /// The value of the sample `name` (with its labels, as written) in an exposition.
 fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-async fn metrics_move_with_the_work(backend: Backend) {
-    let Some(server) = TestServer::fresh(backend, "metrics_move_with_the_work").await else {
-        return;
-    };
+per_backend!(server: metrics_move_with_the_work_and_pass_promtool);
+
+async fn metrics_move_with_the_work_and_pass_promtool(server: &TestServer) {
     for n in 0..5 {
         server
             .append("m-1", json!("any"), json!([event("E", json!(n)), event("E", json!(n))]))
@@ -99,7 +96,6 @@ async fn metrics_move_with_the_work(backend: Backend) {
             );
         }
     }
-    server.stop().await;
 }
 
 /// Every metric the shipped Grafana dashboard queries is one the server exposes.
@@ -139,16 +135,6 @@ fn promtool() -> Option<&'static str> {
         .output()
         .is_ok_and(|o| o.status.success())
         .then_some("promtool")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_metrics_move_with_the_work_and_pass_promtool() {
-    metrics_move_with_the_work(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_metrics_move_with_the_work_and_pass_promtool() {
-    metrics_move_with_the_work(Backend::Postgres).await;
 }
 
 fn free_port() -> u16 {

@@ -1,9 +1,7 @@
 //! Start-up with the real binary: migrations, and refusals that protect the data.
 
-mod support;
-
 use std::process::Output;
-use support::postgres;
+use store_testing::postgres;
 
 async fn store_server(args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_store-server"))

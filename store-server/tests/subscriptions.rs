@@ -2,37 +2,15 @@
 //! event exactly once per connection, in order, catch-up then live, resumable, and a slow
 //! consumer is slowed down, never cut off. Run against each backend.
 
-mod support;
-
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::{Backend, Message, TestServer, append_many, assert_problem, event};
+use store_testing::{
+    Backend, Message, TestServer, append_many, assert_problem, event, per_backend,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Stamps out one test per behaviour and backend; each behaviour sets up its own server.
-macro_rules! per_backend {
-    ($($behaviour:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    super::$behaviour(super::Backend::Sqlite, stringify!($behaviour)).await;
-                }
-            )+
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    super::$behaviour(super::Backend::Postgres, stringify!($behaviour)).await;
-                }
-            )+
-        }
-    };
-}
 
 per_backend!(
     backlog_then_live_writers_deliver_every_position_once_in_order,

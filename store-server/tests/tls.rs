@@ -1,8 +1,8 @@
 //! HTTPS with `--tls-cert`/`--tls-key`: a self-signed certificate, a client that trusts it,
 //! and plain HTTP refused on the same port.
 
-use std::time::Duration;
 use store_server::config::Config;
+use store_testing::TestServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_speaks_https_only_with_its_certificate() {
@@ -13,13 +13,8 @@ async fn the_server_speaks_https_only_with_its_certificate() {
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
     let mut config = Config::sqlite(dir.path().join("data"));
     config.transport.tls = Some((cert, key));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(store_server::server::run(listener, config, async {
-        let _ = stopped.await;
-    }));
-
+    let server = TestServer::start(config).await;
+    let port = server.address().rsplit(':').next().unwrap().to_owned();
     let trusting = reqwest::Client::builder()
         .add_root_certificate(
             reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
@@ -27,20 +22,8 @@ async fn the_server_speaks_https_only_with_its_certificate() {
         .build()
         .unwrap();
     let base = format!("https://localhost:{port}");
-    let mut ready = false;
-    for _ in 0..100 {
-        if trusting
-            .get(format!("{base}/health/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "HTTPS answers");
+    let ready = trusting.get(format!("{base}/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "HTTPS answers");
     let appended = trusting
         .post(format!("{base}/streams/tls-1"))
         .json(&serde_json::json!({"events": [{"type": "E", "data": 1}]}))
@@ -58,8 +41,7 @@ async fn the_server_speaks_https_only_with_its_certificate() {
     let untrusting = reqwest::Client::new().get(format!("{base}/health/live")).send().await;
     assert!(untrusting.is_err(), "a client that does not trust the certificate gets no answer");
 
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]

@@ -1,39 +1,17 @@
 //! The bank account as separate processes: a store server (in this process, over SQLite),
 //! `accounts` and `balances` as real binaries, a real PostgreSQL for the read model.
 
-#[path = "../../../store-server/tests/support/postgres.rs"]
-mod postgres;
-
 use projection_sdk::protocol::{EventType, ExpectedRevision, NewEvent, SchemaVersion};
 use projection_sdk::{Client, StreamRead, Upcasters};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
+use store_testing::{TestServer, postgres};
 
-struct Store {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn start_store(data_dir: &std::path::Path, address: &str) -> Store {
-    let listener = tokio::net::TcpListener::bind(address).await.expect("bind the store");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = store_server::config::Config::sqlite(data_dir);
-    let task = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        store_server::server::run(listener, config, shutdown).await.expect("store");
-    });
-    Store { stop, task }
-}
-
-impl Store {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
+/// The store server, in this process over SQLite in `data_dir`, on `address`.
+async fn start_store(data_dir: &std::path::Path, address: &str) -> TestServer {
+    TestServer::start_at(store_server::config::Config::sqlite(data_dir), address).await
 }
 
 fn free_address() -> String {

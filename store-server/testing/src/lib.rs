@@ -1,9 +1,53 @@
-//! What the integration tests share: a real server on a loopback port over real storage,
-//! and a real HTTP client.
-
-#![allow(dead_code)]
+//! The one test harness of the workspace, used by the server's, the SDK's and the
+//! examples' tests: a real server in the test's process on a loopback port over real
+//! storage ([`TestServer`]), throwaway PostgreSQL clusters ([`postgres`]), a real HTTP
+//! client, an SSE client ([`Subscriber`]), and [`per_backend!`], which stamps a test out
+//! for each backend. Tests that need no socket drive `store_server::server::start` and
+//! `Started::app` with `oneshot` instead.
 
 pub mod postgres;
+
+/// Stamps out one test per behaviour and backend (`mod sqlite`, `mod postgres`), each on
+/// fresh storage.
+///
+/// - `per_backend!(server: a, b)`: each behaviour is `async fn a(server: &TestServer)`, on a
+///   server with the default configuration, stopped cleanly after it;
+/// - `per_backend!(a, b)`: each is `async fn a(backend: Backend, test: &str)` and sets up
+///   what it needs itself.
+///
+/// A backend that is not available skips its tests loudly (PostgreSQL fails the run under
+/// `REQUIRE_POSTGRES=1`).
+#[macro_export]
+macro_rules! per_backend {
+    (server: $($behaviour:ident),+ $(,)?) => {
+        $crate::per_backend!(@stamp sqlite, Sqlite, server, $($behaviour),+);
+        $crate::per_backend!(@stamp postgres, Postgres, server, $($behaviour),+);
+    };
+    ($($behaviour:ident),+ $(,)?) => {
+        $crate::per_backend!(@stamp sqlite, Sqlite, backend, $($behaviour),+);
+        $crate::per_backend!(@stamp postgres, Postgres, backend, $($behaviour),+);
+    };
+    (@stamp $module:ident, $backend:ident, $form:ident, $($behaviour:ident),+) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let backend = $crate::Backend::$backend;
+                    $crate::per_backend!(@call $form, backend, $behaviour);
+                }
+            )+
+        }
+    };
+    (@call server, $backend:ident, $behaviour:ident) => {
+        let Some(server) = $crate::TestServer::fresh($backend, stringify!($behaviour)).await
+        else { return };
+        super::$behaviour(&server).await;
+        server.stop().await;
+    };
+    (@call backend, $backend:ident, $behaviour:ident) => {
+        super::$behaviour($backend, stringify!($behaviour)).await;
+    };
+}
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -69,32 +113,52 @@ impl TestServer {
 
     /// Serves `config` on a free loopback port.
     pub async fn start(config: Config) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        Self::start_at(config, "127.0.0.1:0").await
+    }
+
+    /// Serves `config` on `address` (a server restarted where its clients expect it).
+    pub async fn start_at(config: Config, address: &str) -> Self {
+        let listener = TcpListener::bind(address).await.expect("bind a loopback port");
         let url = format!("http://{}", listener.local_addr().expect("bound address"));
+        let tls = config.transport.tls.is_some();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(store_server::server::run(listener, config, async {
             let _ = stopped.await;
         }));
         let server =
             Self { url, client: reqwest::Client::new(), stop: Some(stop), task, _dir: None };
-        server.wait_ready().await;
+        server.wait_ready(tls).await;
         server
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until it answers `/health/ready` (over TLS, until it accepts connections: the
+    /// caller holds the certificate to trust).
+    async fn wait_ready(&self, tls: bool) {
         for _ in 0..200 {
             if self.task.is_finished() {
                 panic!("the server stopped while starting");
             }
-            if let Ok(response) = self.client.get(format!("{}/health/ready", self.url)).send().await
-            {
-                if response.status() == StatusCode::OK {
-                    return;
-                }
+            // A client of its own, dropped with its connection: tests of connection
+            // limits count every open connection.
+            let ready = match tls {
+                true => tokio::net::TcpStream::connect(self.address()).await.is_ok(),
+                false => reqwest::Client::new()
+                    .get(format!("{}/health/ready", self.url))
+                    .send()
+                    .await
+                    .is_ok_and(|response| response.status() == StatusCode::OK),
+            };
+            if ready {
+                return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         panic!("the server did not become ready");
+    }
+
+    /// The address it serves on (`127.0.0.1:port`).
+    pub fn address(&self) -> &str {
+        self.url.trim_start_matches("http://")
     }
 
     /// Stops the server gracefully and waits for it.

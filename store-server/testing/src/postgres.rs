@@ -5,8 +5,6 @@
 //! A watchdog shell stops a cluster once the test process that started it is gone, so a
 //! test binary never leaves a server behind, even when it panics.
 
-#![allow(dead_code)]
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
