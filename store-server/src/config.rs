@@ -317,3 +317,27 @@ impl Cli {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_default_to_the_defaults_of_each_module() {
+        // Without flags (and without STORE_* variables, as in CI), the flags give what
+        // `Config::sqlite` builds from the modules' constants.
+        let from_flags = Cli::parse_from(["store-server"]).config().unwrap();
+        let built = Config::sqlite("data");
+        assert_eq!(format!("{:?}", from_flags.http), format!("{:?}", built.http));
+        assert_eq!(format!("{:?}", from_flags.append), format!("{:?}", built.append));
+        assert_eq!(format!("{:?}", from_flags.batch), format!("{:?}", built.batch));
+        assert_eq!(format!("{:?}", from_flags.subscriptions), format!("{:?}", built.subscriptions));
+        assert_eq!(format!("{:?}", from_flags.transport), format!("{:?}", built.transport));
+        assert_eq!(format!("{:?}", from_flags.storage), format!("{:?}", built.storage));
+        let postgres = Cli::parse_from(["store-server", "--database-url", "postgres://x"]);
+        assert_eq!(
+            format!("{:?}", postgres.config().unwrap().storage),
+            format!("{:?}", Config::postgres("postgres://x").storage)
+        );
+    }
+}

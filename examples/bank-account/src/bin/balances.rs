@@ -51,7 +51,11 @@ async fn balance(
     Path(id): Path<String>,
     Query(query): Query<BalanceQuery>,
 ) -> Response {
-    let wanted = query.min_position.unwrap_or(0) as i64;
+    // Checked: a position past i64 would wrap to a negative one that every read model passes.
+    let Ok(wanted) = i64::try_from(query.min_position.unwrap_or(0)) else {
+        let detail = format!("min_position must be at most {}", i64::MAX);
+        return problem(StatusCode::BAD_REQUEST, "invalid-request", &detail);
+    };
     let deadline = tokio::time::Instant::now() + WAIT_MAX;
     loop {
         // One statement, one snapshot: the balance is exactly as of the checkpoint.
