@@ -18,6 +18,7 @@ pub use client::{Client, Error, LogRead, REQUEST_TIMEOUT_DEFAULT, Read, StreamRe
 pub use events::{EventError, UpcastError, Upcasters};
 pub use projection::{
     BATCH_EVENTS_MAX_DEFAULT, DeadLetter, Envelope, HANDLER_RETRY_DEFAULT, Handler, HandlerError,
-    OnFailure, Projection, RunError, Runner, RunnerOptions, ServerRunner, ServerRunnerOptions,
+    InPostgres, OnFailure, OnServer, Options, Projection, RunError, Runner, RunnerOptions,
+    ServerRunner, ServerRunnerOptions,
 };
 pub use subscription::{Message, Subscription, Target};

@@ -123,92 +123,88 @@ pub const BATCH_EVENTS_MAX_DEFAULT: usize = 500;
 pub const HANDLER_RETRY_DEFAULT: Backoff =
     Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).retries(3);
 
-/// How a [`Runner`] batches and handles failures. Start from the default and change what
-/// you need:
+/// How a runner batches and retries, and (`X`) what only one kind of runner does:
+/// [`RunnerOptions`] for a [`Runner`], [`ServerRunnerOptions`] for a [`ServerRunner`]. Start
+/// from the default and change what you need:
 ///
 /// ```
-/// use projection_sdk::{Backoff, OnFailure, RunnerOptions};
+/// use projection_sdk::{Backoff, OnFailure, RunnerOptions, ServerRunnerOptions};
 /// use std::time::Duration;
 ///
 /// let options = RunnerOptions::default()
 ///     .batch_events_max(100)
 ///     .retry(Backoff::new(Duration::from_millis(10), Duration::from_secs(1)).retries(5))
 ///     .on_failure(OnFailure::DeadLetter);
-/// # let _ = options;
+/// let elsewhere = ServerRunnerOptions::default().batch_events_max(50);
+/// # let _ = (options, elsewhere);
 /// ```
 #[derive(Debug, Clone)]
-pub struct RunnerOptions {
+pub struct Options<X> {
     batch_events_max: usize,
     retry: Backoff,
+    only: X,
+}
+
+/// What only a [`Runner`] does: dead letters, and reporting its position to the server.
+#[derive(Debug, Clone)]
+pub struct InPostgres {
     on_failure: OnFailure,
     report_to_server: bool,
 }
 
+/// A [`ServerRunner`] has no options of its own.
+#[derive(Debug, Clone, Default)]
+pub struct OnServer;
+
+/// The options of a [`Runner`].
+pub type RunnerOptions = Options<InPostgres>;
+
+/// The options of a [`ServerRunner`].
+pub type ServerRunnerOptions = Options<OnServer>;
+
 impl Default for RunnerOptions {
     fn default() -> Self {
-        Self {
-            batch_events_max: BATCH_EVENTS_MAX_DEFAULT,
-            retry: HANDLER_RETRY_DEFAULT,
-            on_failure: OnFailure::Stop,
-            report_to_server: true,
-        }
+        Self::with(InPostgres { on_failure: OnFailure::Stop, report_to_server: true })
     }
 }
 
-impl RunnerOptions {
-    /// Most events applied in one transaction (default [`BATCH_EVENTS_MAX_DEFAULT`]).
+impl Default for ServerRunnerOptions {
+    fn default() -> Self {
+        Self::with(OnServer)
+    }
+}
+
+impl<X> Options<X> {
+    fn with(only: X) -> Self {
+        Self { batch_events_max: BATCH_EVENTS_MAX_DEFAULT, retry: HANDLER_RETRY_DEFAULT, only }
+    }
+
+    /// Most events applied at once: in one transaction ([`Runner`]), between two position
+    /// updates ([`ServerRunner`]). Default [`BATCH_EVENTS_MAX_DEFAULT`].
     pub fn batch_events_max(mut self, events: usize) -> Self {
         self.batch_events_max = events.max(1);
         self
     }
 
-    /// How a failing event is retried before [`OnFailure`] applies (default
+    /// How a failing event is retried before the runner gives up on it (default
     /// [`HANDLER_RETRY_DEFAULT`]).
     pub fn retry(mut self, backoff: Backoff) -> Self {
         self.retry = backoff;
         self
     }
+}
 
+impl RunnerOptions {
     /// What happens when retries run out (default [`OnFailure::Stop`]).
     pub fn on_failure(mut self, on_failure: OnFailure) -> Self {
-        self.on_failure = on_failure;
+        self.only.on_failure = on_failure;
         self
     }
 
     /// Whether to report the position to the server's `/consumers` after each batch, so
     /// that lag is visible there and clients can wait for this read model (default: yes).
     pub fn report_to_server(mut self, report: bool) -> Self {
-        self.report_to_server = report;
-        self
-    }
-}
-
-/// How a [`ServerRunner`] batches and retries. Start from the default and change what you
-/// need.
-#[derive(Debug, Clone)]
-pub struct ServerRunnerOptions {
-    batch_events_max: usize,
-    retry: Backoff,
-}
-
-impl Default for ServerRunnerOptions {
-    fn default() -> Self {
-        Self { batch_events_max: BATCH_EVENTS_MAX_DEFAULT, retry: HANDLER_RETRY_DEFAULT }
-    }
-}
-
-impl ServerRunnerOptions {
-    /// Most events taken at once, between two position updates (default
-    /// [`BATCH_EVENTS_MAX_DEFAULT`]).
-    pub fn batch_events_max(mut self, events: usize) -> Self {
-        self.batch_events_max = events.max(1);
-        self
-    }
-
-    /// How a failing event is retried before the runner stops (default
-    /// [`HANDLER_RETRY_DEFAULT`]).
-    pub fn retry(mut self, backoff: Backoff) -> Self {
-        self.retry = backoff;
+        self.only.report_to_server = report;
         self
     }
 }

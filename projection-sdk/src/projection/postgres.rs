@@ -192,7 +192,7 @@ impl<P: Projection> Runner<P> {
         };
         self.metrics.errors_total.inc();
         error!(projection = self.projection.name(), position = %event.position, cause = %source, "projection handler failed every retry");
-        match self.options.on_failure {
+        match self.options.only.on_failure {
             OnFailure::Stop => Err(RunError::Handler { position: event.position, source }),
             OnFailure::DeadLetter => self.dead_letter(&event, &source).await,
         }
@@ -308,7 +308,7 @@ impl<P: Projection> Runner<P> {
         set_checkpoint(&tx, &name, version, Position(0)).await?;
         tx.commit().await?;
         self.position = Position(0);
-        if self.options.report_to_server {
+        if self.options.only.report_to_server {
             let update =
                 SetConsumer { position: Position(0), expected_position: None, reset: true };
             if let Ok(name) = self.consumer_name() {
@@ -328,7 +328,7 @@ impl<P: Projection> Runner<P> {
 
     /// Best effort: the checkpoint in the read model's database is what counts.
     async fn report(&self) {
-        if !self.options.report_to_server {
+        if !self.options.only.report_to_server {
             return;
         }
         let Ok(name) = self.consumer_name() else { return };
