@@ -24,6 +24,7 @@ per_backend!(
     category_reads_cover_every_stream_of_the_category_only,
     types_filter_keeps_only_those_types,
     bad_input_gets_a_problem_document_and_changes_nothing,
+    json_a_strict_parser_refuses_is_never_stored,
     limits_are_answered_413,
     stream_names_with_any_characters_round_trip,
     info_and_health_answer,
@@ -447,6 +448,29 @@ async fn types_filter_keeps_only_those_types(server: &TestServer) {
     assert_eq!(types(&page), vec![(3, "Closed".into())]);
     let (_, page) = server.get("/all?types=Closed&direction=backward").await;
     assert_eq!(types(&page), vec![(6, "Closed".into()), (3, "Closed".into())]);
+}
+
+async fn json_a_strict_parser_refuses_is_never_stored(server: &TestServer) {
+    let deep = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+    let bodies = [
+        format!(r#"{{"events":[{{"type":"E","data":{}}}]}}"#, deep(100_000)),
+        format!(r#"{{"events":[{{"type":"E","data":{}}}]}}"#, deep(65)),
+        r#"{"events":[{"type":"E","data":"\ud800"}]}"#.to_owned(),
+        r#"{"events":[{"type":"E","data":{"\udc00":1}}]}"#.to_owned(),
+        r#"{"events":[{"type":"E","data":1,"metadata":{"k":"\ud800x"}}]}"#.to_owned(),
+        format!(r#"{{"events":[{{"type":"E","data":1,"metadata":{{"k":{}}}}}]}}"#, deep(64)),
+    ];
+    for body in bodies {
+        let (status, problem) = server.post_raw("/streams/poison-1", body.clone()).await;
+        assert_problem(status, &problem, StatusCode::BAD_REQUEST, "invalid-request");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("surrogate") || detail.contains("deeper"), "{detail}");
+    }
+    assert_eq!(server.get("/streams/poison-1").await.0, StatusCode::NOT_FOUND, "nothing stored");
+    // At the limit, and valid pairs, are stored as sent.
+    let body = format!(r#"{{"events":[{{"type":"E","data":[{},"\ud83d\ude00"]}}]}}"#, deep(63));
+    let (status, result) = server.post_raw("/streams/poison-1", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{result}");
 }
 
 async fn bad_input_gets_a_problem_document_and_changes_nothing(server: &TestServer) {

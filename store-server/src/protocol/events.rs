@@ -3,6 +3,7 @@
 use super::names::{
     EventId, EventType, ExpectedRevision, Position, SchemaVersion, StreamName, StreamRevision,
 };
+use super::strict::check_strict;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use serde_json::value::RawValue;
 use std::fmt;
@@ -23,10 +24,18 @@ pub struct NewEvent {
     #[serde(default)]
     pub schema_version: SchemaVersion,
     /// The payload: any JSON value, `null` included (but it must be present).
+    #[serde(deserialize_with = "strict")]
     pub data: Box<RawValue>,
     /// A JSON object, or absent.
     #[serde(default, deserialize_with = "object_or_null")]
     pub metadata: Option<Box<RawValue>>,
+}
+
+/// JSON every strict parser reads: no stored event can break a consumer's parser.
+fn strict<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Box<RawValue>, D::Error> {
+    let raw = Box::<RawValue>::deserialize(deserializer)?;
+    check_strict(raw.get()).map_err(|e| de::Error::custom(format!("data: {e}")))?;
+    Ok(raw)
 }
 
 fn object_or_null<'de, D: Deserializer<'de>>(
@@ -37,7 +46,11 @@ fn object_or_null<'de, D: Deserializer<'de>>(
         Some(raw) if !raw.get().starts_with('{') => {
             Err(de::Error::custom("metadata must be a JSON object or null"))
         }
-        other => Ok(other),
+        Some(raw) => match check_strict(raw.get()) {
+            Ok(()) => Ok(Some(raw)),
+            Err(e) => Err(de::Error::custom(format!("metadata: {e}"))),
+        },
+        None => Ok(None),
     }
 }
 

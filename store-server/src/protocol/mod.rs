@@ -5,6 +5,7 @@ mod consumers;
 mod events;
 mod names;
 mod problems;
+mod strict;
 
 pub use consumers::{Consumer, ConsumerConflict, ConsumerName, ConsumerWait, SetConsumer};
 pub use events::{
@@ -15,3 +16,4 @@ pub use names::{
     SchemaVersion, StreamName, StreamRevision,
 };
 pub use problems::{Problem, ProblemType};
+pub use strict::{JSON_DEPTH_MAX, StrictJsonError, check_strict};
