@@ -92,7 +92,12 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(transport.connections_max));
     let mut shutdown = std::pin::pin!(shutdown);
+    // Every connection's task, so that those still open at the drain deadline can be ended:
+    // a client that stopped reading would otherwise hold its connection, and the state it
+    // serves (the writer's queue among it), for ever.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot.expect("the connection semaphore is never closed"),
             () = &mut shutdown => break,
@@ -115,7 +120,7 @@ pub async fn serve(
             bytes_max: transport.header_bytes_max,
             read_timeout: transport.header_read_timeout,
         };
-        tokio::spawn(async move {
+        connections.spawn(async move {
             match tls {
                 None => connection(tcp, app, head, watcher).await,
                 Some(acceptor) => {
@@ -133,9 +138,11 @@ pub async fn serve(
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(drain_timeout) => {
-            warn!(?drain_timeout, "drain timeout: closing the connections still open");
+            warn!(?drain_timeout, open = connections.len(), "drain timeout: closing the connections still open");
         }
     }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
 }
 
 async fn connection<I>(io: I, app: Router, head: Head, watcher: Watcher)

@@ -283,3 +283,45 @@ async fn logs_can_be_json_lines_and_refused_requests_are_logged_once() {
     assert_eq!(refused.len(), 1, "one line per failed request, none per success: {text}");
     assert_eq!(refused[0]["fields"]["code"], "invalid-stream-name");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stopped_reading_does_not_hold_shutdown_past_the_drain_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let drain = ["--shutdown-drain-timeout-ms", "1000"];
+    let mut server = start_binary(port, dir.path().to_str().unwrap(), &drain).await;
+    // Enough backlog (about 24 MB) to fill every socket buffer between the server and a
+    // client that never reads.
+    let client = reqwest::Client::new();
+    let data = "x".repeat(8_000);
+    for batch in 0..30 {
+        let events: Vec<Value> =
+            (0..100).map(|i| json!({"type": "E", "data": {"n": i, "pad": data}})).collect();
+        let response = client
+            .post(format!("http://127.0.0.1:{port}/streams/stall-{batch}"))
+            .json(&json!({"events": events}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        socket.write_all(b"GET /all/subscribe HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        stalled.push(socket); // never read
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = server.id().expect("running").to_string();
+    let signalled = Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(10), server.wait())
+        .await
+        .expect("the drain deadline ends the process")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(5), "exited {took:?} after SIGTERM, drain timeout 1 s");
+    drop(stalled);
+}
