@@ -325,3 +325,137 @@ async fn a_subscriber_that_stopped_reading_does_not_hold_shutdown_past_the_drain
     assert!(took < Duration::from_secs(5), "exited {took:?} after SIGTERM, drain timeout 1 s");
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_no_append_can_commit_and_recovers_by_itself() {
+    let Some(url) = store_testing::postgres::fresh_database().await else {
+        return store_testing::postgres::skip("readiness_fails_while_no_append_can_commit");
+    };
+    let server = TestServer::start(store_server::config::Config::postgres(url.clone())).await;
+    assert_eq!(server.get("/health/ready").await.0, StatusCode::OK);
+    // Someone holds the log head: reads still work, appends cannot commit.
+    let (mut blocker, connection) =
+        tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let held = blocker.transaction().await.unwrap();
+    held.execute("SELECT position FROM log_head FOR UPDATE", &[]).await.unwrap();
+    let started = Instant::now();
+    let (status, body) = server.get("/health/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["type"], "/problems/unavailable");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(server.get("/all").await.0, StatusCode::OK, "reads go on");
+    held.rollback().await.unwrap();
+    let mut ready = false;
+    for _ in 0..50 {
+        if server.get("/health/ready").await.0 == StatusCode::OK {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "ready again without a restart once appends can commit");
+    server.stop().await;
+}
+
+/// A real store that panics in the commit it is told to: the writer must survive it.
+struct PanicsOnCommit {
+    store: Arc<dyn store_server::store::Store>,
+    panic_next: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl store_server::store::Store for PanicsOnCommit {
+    fn backend(&self) -> store_server::store::Backend {
+        self.store.backend()
+    }
+    async fn commit(
+        &self,
+        batch: Arc<[store_server::decide::Append]>,
+        at: store_server::protocol::Timestamp,
+    ) -> Result<Vec<store_server::decide::Outcome>, store_server::store::Error> {
+        if self.panic_next.swap(false, Ordering::SeqCst) {
+            panic!("a bug in a commit");
+        }
+        self.store.commit(batch, at).await
+    }
+    async fn probe(&self) -> Result<(), store_server::store::Error> {
+        self.store.probe().await
+    }
+    async fn read_stream(
+        &self,
+        query: store_server::store::StreamQuery,
+    ) -> Result<
+        Option<store_server::protocol::Page<store_server::protocol::StreamRevision>>,
+        store_server::store::Error,
+    > {
+        self.store.read_stream(query).await
+    }
+    async fn read_log(
+        &self,
+        query: store_server::store::LogQuery,
+    ) -> Result<
+        store_server::protocol::Page<store_server::protocol::Position>,
+        store_server::store::Error,
+    > {
+        self.store.read_log(query).await
+    }
+    async fn head(&self) -> Result<store_server::protocol::Position, store_server::store::Error> {
+        self.store.head().await
+    }
+    async fn consumers(
+        &self,
+    ) -> Result<Vec<store_server::store::StoredConsumer>, store_server::store::Error> {
+        self.store.consumers().await
+    }
+    async fn consumer(
+        &self,
+        name: &store_server::protocol::ConsumerName,
+    ) -> Result<Option<store_server::store::StoredConsumer>, store_server::store::Error> {
+        self.store.consumer(name).await
+    }
+    async fn set_consumer(
+        &self,
+        name: &store_server::protocol::ConsumerName,
+        update: &store_server::protocol::SetConsumer,
+        at: store_server::protocol::Timestamp,
+    ) -> Result<
+        Result<store_server::store::StoredConsumer, store_server::protocol::ConsumerConflict>,
+        store_server::store::Error,
+    > {
+        self.store.set_consumer(name, update, at).await
+    }
+    async fn delete_consumer(
+        &self,
+        name: &store_server::protocol::ConsumerName,
+    ) -> Result<bool, store_server::store::Error> {
+        self.store.delete_consumer(name).await
+    }
+    fn pool_connections(&self) -> store_server::store::PoolConnections {
+        self.store.pool_connections()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_panics_fails_its_batch_and_the_writer_goes_on() {
+    use store_server::append::Writer;
+    use store_server::decide::{Append, Outcome, RequestLimits};
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite =
+        store_server::store::open(&store_server::store::Options::sqlite(dir.path())).await.unwrap();
+    let store = Arc::new(PanicsOnCommit { store: sqlite, panic_next: AtomicBool::new(true) });
+    let metrics = Arc::new(store_server::metrics::Metrics::new().unwrap());
+    let (committed, _) = tokio::sync::watch::channel(store_server::protocol::Position(0));
+    let (writer, task) = Writer::start(store, Default::default(), metrics, committed);
+    let append = || {
+        let request: store_server::protocol::AppendRequest =
+            serde_json::from_value(json!({"events": [{"type": "E", "data": 1}]})).unwrap();
+        let stream = store_server::protocol::StreamName::new("panic-1").unwrap();
+        Append::new(stream, request, RequestLimits::default()).unwrap()
+    };
+    assert!(writer.append(append()).await.is_err(), "the batch that panicked fails");
+    assert!(matches!(writer.append(append()).await, Ok(Outcome::Created(_))), "the next commits");
+    assert!(writer.probe().await.is_ok(), "and the write path is healthy");
+    drop(writer);
+    task.await.expect("the writer ends cleanly once its handles are gone");
+}

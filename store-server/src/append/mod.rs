@@ -9,7 +9,7 @@ use crate::store::Store;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::error;
+use tracing::{error, warn};
 
 /// Why an append got no outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -50,16 +50,20 @@ impl Default for BatchLimits {
     }
 }
 
-struct Pending {
-    append: Append,
-    reply: oneshot::Sender<Result<Outcome, Error>>,
+/// What waits in the writer's queue.
+enum Request {
+    /// An append, and where its outcome goes.
+    Append { append: Append, reply: oneshot::Sender<Result<Outcome, Error>> },
+    /// Whether a durable write succeeds now (readiness): answered by the commit it rides
+    /// along with, or by a write of its own when there is nothing else to write.
+    Probe(oneshot::Sender<Result<(), Error>>),
 }
 
 /// The handle HTTP handlers queue appends through. Cloning it is cheap; the writer task
 /// ends once every handle is dropped and the queue is drained.
 #[derive(Clone)]
 pub struct Writer {
-    queue: mpsc::Sender<Pending>,
+    queue: mpsc::Sender<Request>,
 }
 
 impl Writer {
@@ -82,50 +86,108 @@ impl Writer {
     /// [`Error::Unavailable`] when the commit failed or the writer is gone.
     pub async fn append(&self, append: Append) -> Result<Outcome, Error> {
         let (reply, outcome) = oneshot::channel();
-        self.queue.send(Pending { append, reply }).await.map_err(|_| Error::Unavailable)?;
+        let request = Request::Append { append, reply };
+        self.queue.send(request).await.map_err(|_| Error::Unavailable)?;
         outcome.await.map_err(|_| Error::Unavailable)?
     }
+
+    /// Whether the write path works now: a durable write, in turn with the appends queued
+    /// before it.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the write failed or the writer is gone.
+    pub async fn probe(&self) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(Request::Probe(reply)).await.map_err(|_| Error::Unavailable)?;
+        answer.await.map_err(|_| Error::Unavailable)?
+    }
+}
+
+/// What a commit did.
+enum Committed {
+    /// Wrote, up to this head.
+    Wrote(Position),
+    /// Committed, but every request was a retry or a conflict: nothing written.
+    Nothing,
+    /// Failed: nothing of the batch is known to be written.
+    Failed,
 }
 
 async fn run(
     store: Arc<dyn Store>,
-    mut requests: mpsc::Receiver<Pending>,
+    mut requests: mpsc::Receiver<Request>,
     limits: BatchLimits,
     metrics: Arc<Metrics>,
     committed: watch::Sender<Position>,
 ) {
-    let mut carried: Option<Pending> = None;
+    let mut carried: Option<Request> = None;
     loop {
         // Take what is queued now and no more: waiting for a fuller batch would add latency
         // when there is nothing to batch; under load, the queue fills during each commit.
         let first = match carried.take() {
-            Some(pending) => pending,
+            Some(request) => request,
             None => match requests.recv().await {
-                Some(pending) => pending,
+                Some(request) => request,
                 None => break,
             },
         };
-        let mut events = first.append.events.len();
-        let mut batch = vec![first];
-        while batch.len() < limits.commit_requests_max {
-            let Ok(next) = requests.try_recv() else { break };
-            events += next.append.events.len();
-            if events > limits.commit_events_max {
-                carried = Some(next);
-                break;
+        let (mut batch, mut probes, mut events) = (Vec::new(), Vec::new(), 0);
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                Request::Probe(reply) => probes.push(reply),
+                Request::Append { append, reply } => {
+                    events += append.events.len();
+                    if !batch.is_empty() && events > limits.commit_events_max {
+                        carried = Some(Request::Append { append, reply });
+                        break;
+                    }
+                    batch.push((append, reply));
+                }
             }
-            batch.push(next);
+            if batch.len() < limits.commit_requests_max {
+                next = requests.try_recv().ok();
+            }
         }
-        if let Some(head) = commit(&*store, batch, &metrics).await {
+        let outcome = match batch.is_empty() {
+            true => Committed::Nothing,
+            // In a task of its own: a panic in a commit fails that batch (its requests get
+            // 503), and the writer goes on with the next one.
+            false => match tokio::spawn(commit(store.clone(), batch, metrics.clone())).await {
+                Ok(outcome) => outcome,
+                Err(panicked) => {
+                    error!(cause = %panicked, "group commit panicked; its requests were answered 503");
+                    Committed::Failed
+                }
+            },
+        };
+        if let Committed::Wrote(head) = outcome {
             committed.send_replace(head);
+        }
+        if !probes.is_empty() {
+            let probed = match outcome {
+                Committed::Wrote(_) => Ok(()),
+                Committed::Failed => Err(Error::Unavailable),
+                Committed::Nothing => store.probe().await.map_err(|err| {
+                    warn!(cause = %crate::error_chain(&err), "the write probe failed");
+                    metrics.storage_errors_total.with_label_values(&[err.kind()]).inc();
+                    Error::Unavailable
+                }),
+            };
+            for reply in probes {
+                let _ = reply.send(probed);
+            }
         }
     }
 }
 
-/// Commits `batch` and answers each request; answers the new head if anything was written.
-async fn commit(store: &dyn Store, batch: Vec<Pending>, metrics: &Metrics) -> Option<Position> {
-    let (appends, replies): (Vec<Append>, Vec<_>) =
-        batch.into_iter().map(|p| (p.append, p.reply)).unzip();
+/// Commits `batch` and answers each request.
+async fn commit(
+    store: Arc<dyn Store>,
+    batch: Vec<(Append, oneshot::Sender<Result<Outcome, Error>>)>,
+    metrics: Arc<Metrics>,
+) -> Committed {
+    let (appends, replies): (Vec<Append>, Vec<_>) = batch.into_iter().unzip();
     let requests = appends.len();
     let started = Instant::now();
     let result = store.commit(appends.into(), Timestamp::now()).await;
@@ -143,7 +205,7 @@ async fn commit(store: &dyn Store, batch: Vec<Pending>, metrics: &Metrics) -> Op
                 // The client may have gone; its append stands all the same.
                 let _ = reply.send(Ok(outcome));
             }
-            head
+            head.map_or(Committed::Nothing, Committed::Wrote)
         }
         Err(err) => {
             error!(requests, cause = %crate::error_chain(&err), "group commit failed");
@@ -151,7 +213,7 @@ async fn commit(store: &dyn Store, batch: Vec<Pending>, metrics: &Metrics) -> Op
             for reply in replies {
                 let _ = reply.send(Err(Error::Unavailable));
             }
-            None
+            Committed::Failed
         }
     }
 }

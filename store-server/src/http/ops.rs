@@ -18,11 +18,18 @@ pub async fn live() -> Json<Value> {
     Json(json!({"status": "live"}))
 }
 
-/// `GET /health/ready`: storage answers.
+/// `GET /health/ready`: storage answers reads, and a durable write goes through the writer
+/// (in turn with the appends queued before it), so a load balancer moves traffic away from
+/// a server that cannot append: a full disk, a lock held from outside, a dead writer.
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    match tokio::time::timeout(READY_TIMEOUT, state.store.head()).await {
-        Ok(Ok(_)) => Ok(Json(json!({"status": "ready"}))),
-        Ok(Err(err)) => Err(err.into()),
+    let check = async {
+        state.store.head().await?;
+        state.writer.probe().await?;
+        Ok::<_, ApiError>(())
+    };
+    match tokio::time::timeout(READY_TIMEOUT, check).await {
+        Ok(Ok(())) => Ok(Json(json!({"status": "ready"}))),
+        Ok(Err(err)) => Err(err),
         Err(_) => Err(ApiError::Unavailable(None)),
     }
 }

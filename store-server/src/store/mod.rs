@@ -112,6 +112,11 @@ pub trait Store: Send + Sync + 'static {
         recorded_at: Timestamp,
     ) -> Result<Vec<Outcome>, Error>;
 
+    /// Writes durably without changing anything, as a commit would (under the same write
+    /// lock): whether appends can succeed now. Only the writer task calls it, between
+    /// commits.
+    async fn probe(&self) -> Result<(), Error>;
+
     /// Reads one stream; `None` when the stream does not exist.
     async fn read_stream(&self, query: StreamQuery) -> Result<Option<Page<StreamRevision>>, Error>;
 

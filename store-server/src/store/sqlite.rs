@@ -150,6 +150,23 @@ impl Store for Sqlite {
         }
     }
 
+    async fn probe(&self) -> Result<(), Error> {
+        let writer = self.writer.clone();
+        let run = move || {
+            let mut connection = writer.lock().unwrap_or_else(PoisonError::into_inner);
+            // A real write of the head's page, fsynced at commit like an append: it fails
+            // where an append would (a full disk, a file made read-only, a file-size limit).
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("UPDATE log_head SET position = position", [])?;
+            tx.commit()?;
+            Ok(())
+        };
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+            _ => tokio::task::spawn_blocking(run).await?,
+        }
+    }
+
     async fn read_stream(&self, query: StreamQuery) -> Result<Option<Page<StreamRevision>>, Error> {
         self.read(move |connection| {
             // One read transaction: the events and the head come from the same snapshot.

@@ -165,6 +165,19 @@ impl Store for Postgres {
         result
     }
 
+    async fn probe(&self) -> Result<(), Error> {
+        let client = self.pool.get().await?;
+        // Takes the log head's row lock as a commit does, so a head held from outside shows
+        // here as it shows to appends; the no-op update makes the commit a durable write.
+        let result =
+            client.batch_execute("BEGIN; UPDATE log_head SET position = position; COMMIT").await;
+        if result.is_err() {
+            // Its transaction may still be open: this connection never goes back to the pool.
+            let _ = deadpool_postgres::Object::take(client);
+        }
+        Ok(result?)
+    }
+
     async fn read_stream(&self, query: StreamQuery) -> Result<Option<Page<StreamRevision>>, Error> {
         read::stream(&self.pool.get().await?, query).await
     }
