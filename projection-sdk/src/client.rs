@@ -286,7 +286,9 @@ impl Client {
     }
 
     /// Appends `events` to `stream` if it is at `expected`. An idempotent retry (same event
-    /// ids) answers the original result.
+    /// ids) answers the original result. Events without an id get one here, before the
+    /// first attempt: an append whose answer was lost (a timeout, a 503) is then safe to
+    /// send again, and is never stored twice.
     ///
     /// # Errors
     /// [`Error::WrongExpectedRevision`] on a concurrency conflict;
@@ -299,6 +301,10 @@ impl Client {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
+        let events = events
+            .into_iter()
+            .map(|event| NewEvent { id: Some(event.id.unwrap_or_else(new_event_id)), ..event })
+            .collect();
         let body = AppendRequest { expected_revision: expected, events };
         let request = self.request(Method::POST, &format!("/streams/{}", encode(stream.as_str())));
         send(request.json(&body)).await
@@ -432,4 +438,9 @@ pub(crate) fn problem(status: StatusCode, body: &[u8]) -> Problem {
 /// Percent-encodes a path segment: names may hold `/`, `%`, spaces, anything.
 pub(crate) fn encode(segment: &str) -> String {
     percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// A fresh event id: time-ordered, as the server's own, so the id index grows at its edge.
+fn new_event_id() -> EventId {
+    EventId(uuid::Uuid::now_v7())
 }

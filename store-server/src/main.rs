@@ -15,6 +15,12 @@ async fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
+    // A file-size limit (`ulimit -f`) sends SIGXFSZ, whose default is to kill the process.
+    // Handled, the write fails instead (EFBIG), and the append is refused with a 503 as on a
+    // full disk; nothing needs doing when the signal arrives.
+    #[cfg(unix)]
+    let _file_size_signal =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ));
     let config = match cli.config() {
         Ok(config) => config,
         Err(err) => {

@@ -89,6 +89,26 @@ async fn the_auth_matrix() {
         }
     }
     assert_eq!(call(&server, M::GET, "/info", Some(&keys.reader)).await.0, StatusCode::OK);
+    // The scheme is case-insensitive (RFC 7235); two Authorization headers are refused.
+    for scheme in ["bearer", "BEARER", "BeArEr"] {
+        let response = server
+            .client
+            .get(format!("{}/info", server.url))
+            .header("authorization", format!("{scheme} {}", keys.reader))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{scheme}");
+    }
+    let twice = server
+        .client
+        .get(format!("{}/info", server.url))
+        .header("authorization", format!("Bearer {}", keys.reader))
+        .header("authorization", format!("Bearer {}", keys.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), StatusCode::BAD_REQUEST);
     assert_eq!(call(&server, M::GET, "/metrics", Some(&keys.reader)).await.0, StatusCode::OK);
 
     // A read token cannot append.

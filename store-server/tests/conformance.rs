@@ -25,6 +25,7 @@ per_backend!(
     types_filter_keeps_only_those_types,
     bad_input_gets_a_problem_document_and_changes_nothing,
     json_a_strict_parser_refuses_is_never_stored,
+    a_query_parameter_given_twice_is_refused_and_lists_split_before_decoding,
     limits_are_answered_413,
     stream_names_with_any_characters_round_trip,
     info_and_health_answer,
@@ -473,6 +474,30 @@ async fn json_a_strict_parser_refuses_is_never_stored(server: &TestServer) {
     assert_eq!(status, StatusCode::CREATED, "{result}");
 }
 
+async fn a_query_parameter_given_twice_is_refused_and_lists_split_before_decoding(
+    server: &TestServer,
+) {
+    for path in
+        ["/all?limit=1&limit=2", "/streams/q-1?from=0&from=1", "/all/subscribe?after=1&after=2"]
+    {
+        let (status, body) = server.get(path).await;
+        assert_problem(status, &body, StatusCode::BAD_REQUEST, "invalid-request");
+        assert!(body["detail"].as_str().unwrap().contains("twice"), "{path}: {body}");
+    }
+    let events = json!([event("a,b", json!(1)), event("a", json!(2)), event("b", json!(3))]);
+    assert_eq!(server.append("q-1", json!("any"), events).await.0, StatusCode::CREATED);
+    let types = |page: &Value| -> Vec<String> {
+        let events = page["events"].as_array().unwrap();
+        events.iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()
+    };
+    let (_, page) = server.get("/all?types=a%2Cb").await;
+    assert_eq!(types(&page), ["a,b"], "a comma inside a type is %2C");
+    let (_, page) = server.get("/all?types=a,b").await;
+    assert_eq!(types(&page), ["a", "b"]);
+    let (_, page) = server.get("/categories/q?types=a%2Cb,b").await;
+    assert_eq!(types(&page), ["a,b", "b"]);
+}
+
 async fn bad_input_gets_a_problem_document_and_changes_nothing(server: &TestServer) {
     server.append("s-1", json!("any"), json!([event("E", json!(1))])).await;
     let id = uuid::Uuid::now_v7().to_string();
@@ -731,6 +756,9 @@ async fn consumers_store_positions_by_compare_and_set_and_never_move_back_silent
     append_many(server, "s-1", "E", 10).await;
     let (status, body) = server.get("/consumers/balances").await;
     assert_problem(status, &body, StatusCode::NOT_FOUND, "consumer-not-found");
+    let (status, body) = put_consumer(server, "balances", json!({"position": 11})).await;
+    assert_problem(status, &body, StatusCode::BAD_REQUEST, "invalid-request");
+    assert!(body["detail"].as_str().unwrap().contains("past the head"), "{body}");
 
     let (status, body) = put_consumer(server, "balances", json!({"position": 4})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -799,6 +827,7 @@ async fn consumers_store_positions_by_compare_and_set_and_never_move_back_silent
 }
 
 async fn consumer_wait_answers_once_reached_or_at_the_timeout(server: &TestServer) {
+    append_many(server, "w-1", "E", 12).await; // a consumer's position is never past the head
     put_consumer(server, "read-model", json!({"position": 3})).await;
     let (status, body) = server.get("/consumers/read-model/wait?position=3&timeout_ms=5000").await;
     assert_eq!(status, StatusCode::OK);

@@ -114,6 +114,7 @@ async fn a_request_past_the_timeout_gets_503_and_a_retry_is_idempotent() {
     let problem: serde_json::Value = response.json().await.unwrap();
     assert_eq!(problem["type"], "/problems/unavailable");
     assert!(problem["detail"].as_str().unwrap().contains("took longer than 300 ms"), "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("outcome is unknown"), "{problem}");
 
     // Once the lock goes, the queued append commits; a retry with its id is answered 200.
     held.rollback().await.unwrap();

@@ -459,3 +459,57 @@ async fn a_commit_that_panics_fails_its_batch_and_the_writer_goes_on() {
     drop(writer);
     task.await.expect("the writer ends cleanly once its handles are gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_size_limit_refuses_appends_instead_of_killing_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // 8192 blocks of 512 bytes (dash's unit): 4 MiB per file.
+    let script = format!(
+        "ulimit -f 8192 && exec {} --listen 127.0.0.1:{port} --data-dir {}",
+        env!("CARGO_BIN_EXE_store-server"),
+        dir.path().display()
+    );
+    let mut server = tokio::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut started = false;
+    for _ in 0..200 {
+        if client.get(format!("{base}/health/live")).send().await.is_ok() {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(started, "store-server starts under ulimit -f");
+    let pad = "x".repeat(10_000);
+    let mut refused = None;
+    for n in 0..200 {
+        let events: Vec<Value> =
+            (0..20).map(|i| json!({"type": "E", "data": [n, i, pad]})).collect();
+        let response = client
+            .post(format!("{base}/streams/big-{n}"))
+            .json(&json!({"events": events}))
+            .send()
+            .await
+            .expect("the server answers, alive");
+        if response.status() != StatusCode::CREATED {
+            refused = Some((response.status(), response.json::<Value>().await.unwrap()));
+            break;
+        }
+    }
+    let (status, problem) = refused.expect("the file-size limit was reached");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert_eq!(problem["type"], "/problems/unavailable");
+    assert!(server.try_wait().unwrap().is_none(), "still running after the refused append");
+    let live = client.get(format!("{base}/health/live")).send().await.unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    assert_eq!(client.get(format!("{base}/all?limit=1")).send().await.unwrap().status(), 200);
+    let _ = server.kill().await;
+}

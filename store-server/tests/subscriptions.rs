@@ -326,6 +326,18 @@ async fn after_end_and_after_past_the_head_wait_for_new_events(backend: Backend,
     assert_eq!(positions, vec![11, 12, 13, 14, 15]);
     let (positions, _) = ahead.events(2, WAIT).await;
     assert_eq!(positions, vec![14, 15], "a position past the head simply waits");
+    // The largest position there is waits too: it never wraps around to the start.
+    let max = u64::MAX.to_string();
+    let mut far = server.subscribe(&format!("/all/subscribe?after={max}"), None).await;
+    let mut far_by_id = server.subscribe("/all/subscribe", Some(&max)).await;
+    for subscriber in [&mut far, &mut far_by_id] {
+        assert_eq!(subscriber.status, StatusCode::OK);
+        assert_eq!(subscriber.next(WAIT).await, Some(Message::CaughtUp(15)));
+    }
+    append_many(&server, "new-1", "E", 1).await;
+    for subscriber in [&mut far, &mut far_by_id] {
+        assert_eq!(subscriber.next(Duration::from_millis(500)).await, None, "nothing replays");
+    }
     server.stop().await;
 }
 

@@ -82,12 +82,14 @@ pub async fn authorize(
     if needed == Access::Public {
         return next.run(request).await;
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = presented.and_then(|p| guard.tokens.find(p.trim())) else {
+    let mut headers = request.headers().get_all(header::AUTHORIZATION).iter();
+    let (first, second) = (headers.next(), headers.next());
+    if second.is_some() {
+        return ApiError::InvalidRequest("give one Authorization header, not several".into())
+            .into_response();
+    }
+    let presented = first.and_then(|v| v.to_str().ok()).and_then(bearer);
+    let Some(token) = presented.and_then(|p| guard.tokens.find(p)) else {
         return ApiError::Unauthorized.into_response();
     };
     let param = |key: &str| {
@@ -112,4 +114,23 @@ pub async fn authorize(
         return ApiError::Forbidden(token.name.clone()).into_response();
     }
     next.run(request).await
+}
+
+/// The credentials of a `Bearer` authorization; the scheme is case-insensitive (RFC 7235).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| credentials.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer t", "bearer t", "BEARER  t ", " bEaReR t"] {
+            assert_eq!(super::bearer(value), Some("t"), "{value:?}");
+        }
+        for value in ["Basic t", "Bearert", "t", ""] {
+            assert_eq!(super::bearer(value), None, "{value:?}");
+        }
+    }
 }

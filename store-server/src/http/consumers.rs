@@ -50,10 +50,18 @@ pub async fn put(
     if !in_range(update.position) || !update.expected_position.is_none_or(in_range) {
         return Err(ApiError::InvalidRequest(format!("positions must be at most {}", i64::MAX)));
     }
+    // A position past the head would read as no lag for events not yet written.
+    let head = state.store.head().await?;
+    if update.position > head {
+        return Err(ApiError::InvalidRequest(format!(
+            "position {} is past the head of the log ({head})",
+            update.position
+        )));
+    }
     let stored = state.store.set_consumer(&name, &update, Timestamp::now()).await?;
     let stored = stored.map_err(|conflict| ApiError::ConsumerConflict { name, conflict })?;
     state.consumer_updates.notify_waiters();
-    Ok(Json(with_lag(stored, state.store.head().await?)))
+    Ok(Json(with_lag(stored, head)))
 }
 
 /// `GET /consumers`.
@@ -94,12 +102,12 @@ pub async fn wait(
 ) -> Result<Json<ConsumerWait>, ApiError> {
     let name = name(path)?;
     let query = params::query(query)?;
-    let wanted = match query.get("position") {
-        Some(value) => Position(number("position", value)?),
+    let wanted = match query.get("position")? {
+        Some(value) => Position(number("position", &value)?),
         None => return Err(ApiError::InvalidRequest("position is required".into())),
     };
-    let timeout = match query.get("timeout_ms") {
-        Some(value) => Duration::from_millis(number("timeout_ms", value)?).min(WAIT_MAX),
+    let timeout = match query.get("timeout_ms")? {
+        Some(value) => Duration::from_millis(number("timeout_ms", &value)?).min(WAIT_MAX),
         None => WAIT_DEFAULT,
     };
     let deadline = Instant::now() + timeout;

@@ -1,19 +1,54 @@
-//! Query parameters of reads, parsed strictly: a bad value is a 400, never a default.
+//! Query parameters, parsed strictly: a bad value is a 400, never a default; a parameter
+//! given twice is a 400, never the last one silently.
 
 use super::ApiError;
 use crate::protocol::EventType;
 use crate::store::Direction;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query};
+use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
 use std::collections::HashMap;
 
-/// The query string as name → value.
-pub type RawQuery = Result<Query<HashMap<String, String>>, QueryRejection>;
+/// The query string, as the request sent it.
+pub use axum::extract::RawQuery;
 
-/// The query string as name → value, or a 400 when it cannot be decoded.
-pub fn query(raw: RawQuery) -> Result<HashMap<String, String>, ApiError> {
-    raw.map(|Query(query)| query)
-        .map_err(|rejection| ApiError::InvalidRequest(rejection.body_text()))
+/// A parsed query string: each name once, values still as sent (percent-encoded), so that
+/// a list can be split on its commas before decoding (a comma inside a value is `%2C`).
+#[derive(Debug, Default)]
+pub struct Query(HashMap<String, String>);
+
+impl Query {
+    /// The decoded value of `name`.
+    pub fn get(&self, name: &str) -> Result<Option<String>, ApiError> {
+        self.0.get(name).map(|raw| decode(name, raw)).transpose()
+    }
+
+    /// The comma-separated list `name`, each value decoded; `None` when absent.
+    pub fn list(&self, name: &str) -> Result<Option<Vec<String>>, ApiError> {
+        let Some(raw) = self.0.get(name) else { return Ok(None) };
+        raw.split(',').map(|value| decode(name, value)).collect::<Result<_, _>>().map(Some)
+    }
+}
+
+/// Percent-decodes a query value (`+` is a space, as in every form encoding).
+fn decode(name: &str, raw: &str) -> Result<String, ApiError> {
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|value| value.into_owned())
+        .map_err(|_| ApiError::InvalidRequest(format!("{name} is not valid UTF-8")))
+}
+
+/// Parses the query string; a name given twice is a 400.
+pub fn query(RawQuery(raw): RawQuery) -> Result<Query, ApiError> {
+    let mut query = HashMap::new();
+    for pair in raw.as_deref().unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode("a parameter name", name)?;
+        if query.insert(name.clone(), value.to_owned()).is_some() {
+            return Err(ApiError::InvalidRequest(format!("query parameter {name} is given twice")));
+        }
+    }
+    Ok(Query(query))
 }
 
 /// The one path segment a route captures, percent-decoded.
@@ -38,10 +73,10 @@ impl ReadParams {
     /// Parses `query`, holding `limit` to `limit_max`.
     pub fn parse(query: RawQuery, limit_max: usize) -> Result<Self, ApiError> {
         let query = self::query(query)?;
-        let from = query.get("from").map(|v| number("from", v)).transpose()?;
-        let limit = match query.get("limit") {
+        let from = query.get("from")?.map(|v| number("from", &v)).transpose()?;
+        let limit = match query.get("limit")? {
             None => 100.min(limit_max),
-            Some(value) => match number("limit", value)? {
+            Some(value) => match number("limit", &value)? {
                 n if n >= 1 && n <= limit_max as u64 => n as usize,
                 _ => {
                     return Err(ApiError::InvalidRequest(format!(
@@ -50,7 +85,7 @@ impl ReadParams {
                 }
             },
         };
-        let direction = match query.get("direction").map(String::as_str) {
+        let direction = match query.get("direction")?.as_deref() {
             None | Some("forward") => Direction::Forward,
             Some("backward") => Direction::Backward,
             Some(other) => {
@@ -59,26 +94,17 @@ impl ReadParams {
                 )));
             }
         };
-        let types = match query.get("types") {
-            None => Vec::new(),
-            Some(list) => list
-                .split(',')
-                .map(|name| {
-                    EventType::new(name)
-                        .map_err(|e| ApiError::InvalidRequest(format!("types: {e}")))
-                })
-                .collect::<Result<_, _>>()?,
-        };
+        let types = types(&query)?;
         Ok(Self { from, limit, direction, types })
     }
 }
 
 /// `types`: comma-separated event types; absent is every type.
-pub fn types(query: &HashMap<String, String>) -> Result<Vec<EventType>, ApiError> {
-    let Some(list) = query.get("types") else {
+pub fn types(query: &Query) -> Result<Vec<EventType>, ApiError> {
+    let Some(list) = query.list("types")? else {
         return Ok(Vec::new());
     };
-    list.split(',')
+    list.into_iter()
         .map(|name| {
             EventType::new(name).map_err(|e| ApiError::InvalidRequest(format!("types: {e}")))
         })
@@ -112,11 +138,24 @@ mod properties {
         }
 
         #[test]
-        fn read_parameters_never_panic(pairs in proptest::collection::hash_map("from|limit|direction|types|x", "\\\\PC{0,12}", 0..5)) {
-            let query = Ok(axum::extract::Query(pairs.clone()));
-            if let Ok(params) = ReadParams::parse(query, 1000) {
+        fn read_parameters_never_panic(raw in "[a-z%+,=&0-9]{0,40}|(from|limit|direction|types|x)=\\PC{0,12}(&(from|limit|direction|types|x)=\\PC{0,12}){0,4}") {
+            if let Ok(params) = ReadParams::parse(RawQuery(Some(raw)), 1000) {
                 prop_assert!(params.limit >= 1 && params.limit <= 1000);
             }
         }
+    }
+
+    #[test]
+    fn a_parameter_given_twice_is_refused() {
+        assert!(query(RawQuery(Some("from=1&from=2".into()))).is_err());
+        assert!(query(RawQuery(Some("from=1&limit=2".into()))).is_ok());
+        assert!(query(RawQuery(Some("from=1&fr%6Fm=2".into()))).is_err(), "names compare decoded");
+    }
+
+    #[test]
+    fn lists_split_on_commas_before_decoding() {
+        let parsed = query(RawQuery(Some("types=a%2Cb,c+d".into()))).unwrap();
+        let names: Vec<String> = types(&parsed).unwrap().iter().map(|t| t.to_string()).collect();
+        assert_eq!(names, ["a,b", "c d"]);
     }
 }

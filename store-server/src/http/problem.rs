@@ -78,7 +78,11 @@ pub enum ApiError {
     TooManySubscriptions,
     /// `503 unavailable`: the request took longer than the request timeout. An append may
     /// still be committed: retry it with the same event ids.
-    #[error("the request took longer than {} ms", .0.as_millis())]
+    #[error(
+        "the request took longer than {} ms; an append may still commit, so its outcome is \
+         unknown: retry it with the same event ids",
+        .0.as_millis()
+    )]
     TimedOut(std::time::Duration),
     /// `503 unavailable`: storage failed or cannot be reached. Details go to the log only.
     #[error("storage is unavailable, try again")]

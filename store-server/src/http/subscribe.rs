@@ -60,7 +60,7 @@ async fn subscribe(
     state: AppState,
     filter: Filter,
     headers: &HeaderMap,
-    query: &std::collections::HashMap<String, String>,
+    query: &params::Query,
 ) -> Result<Response, ApiError> {
     let last_event_id = headers.get("last-event-id").map(|value| {
         value
@@ -68,7 +68,7 @@ async fn subscribe(
             .map_err(|_| ApiError::InvalidRequest("Last-Event-ID must be a position".into()))
             .and_then(|value| number("Last-Event-ID", value.trim()))
     });
-    let after = match (last_event_id, query.get("after").map(String::as_str)) {
+    let after = match (last_event_id, query.get("after")?.as_deref()) {
         (Some(id), _) => Position(id?),
         (None, None) => Position(0),
         (None, Some("end")) => state.store.head().await?,

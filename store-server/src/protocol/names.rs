@@ -185,9 +185,10 @@ impl fmt::Display for EventId {
 pub struct StreamRevision(pub u64);
 
 impl StreamRevision {
-    /// The revision `count` events after this one.
+    /// The revision `count` events after this one (saturating: a revision a client names
+    /// may be the largest number there is).
     pub fn after(self, count: u64) -> Self {
-        Self(self.0 + count)
+        Self(self.0.saturating_add(count))
     }
 }
 
@@ -205,9 +206,10 @@ impl fmt::Display for StreamRevision {
 pub struct Position(pub u64);
 
 impl Position {
-    /// The position `count` events after this one.
+    /// The position `count` events after this one (saturating: a position a client names,
+    /// `after=18446744073709551615` say, must not wrap around to the start of the log).
     pub fn after(self, count: u64) -> Self {
-        Self(self.0 + count)
+        Self(self.0.saturating_add(count))
     }
 }
 
