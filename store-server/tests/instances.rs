@@ -197,3 +197,39 @@ async fn three_instances_append_together_and_each_delivers_the_same_sequence() {
         server.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_refusing_connections_makes_requests_wait_for_pooled_ones() {
+    let Some(url) = postgres::fresh_database().await else {
+        return postgres::skip("a_database_refusing_connections_makes_requests_wait");
+    };
+    // A role that may hold 4 connections (superusers ignore the limit): the LISTEN
+    // connection and 3 of the pool's 16, as when several instances share max_connections.
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let database: String = admin.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    let role = format!("limited_{database}");
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN CONNECTION LIMIT 4; ALTER DATABASE {database} OWNER TO {role}"
+        ))
+        .await
+        .unwrap();
+    let limited = url.replace("user=postgres", &format!("user={role}"));
+    let mut config = Config::postgres(limited);
+    if let store_server::store::Options::Postgres(options) = &mut config.storage {
+        options.pool_connections_max = 16;
+    }
+    let server = TestServer::start(config).await;
+    let reads = (0..200).map(|i| {
+        let (client, url) = (server.client.clone(), server.url.clone());
+        async move {
+            let path = if i % 2 == 0 { "/all?limit=10" } else { "/info" };
+            client.get(format!("{url}{path}")).send().await.unwrap().status()
+        }
+    });
+    let statuses = futures::future::join_all(reads).await;
+    let refused = statuses.iter().filter(|s| !s.is_success()).count();
+    assert_eq!(refused, 0, "every read waited for a pooled connection: {statuses:?}");
+    server.stop().await;
+}

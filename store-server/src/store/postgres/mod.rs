@@ -14,11 +14,13 @@ use crate::decide::{Append, Outcome};
 use crate::protocol::{
     ConsumerConflict, ConsumerName, Page, Position, SetConsumer, StreamRevision, Timestamp,
 };
+use deadpool_postgres::PoolError;
 use deadpool_postgres::{GenericClient, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tokio_postgres::NoTls;
+use tracing::warn;
 
 /// The channel every commit notifies, with the committing instance's id as payload.
 const NOTIFY_CHANNEL: &str = "eventstore_appended";
@@ -65,7 +67,18 @@ pub struct Postgres {
     /// This instance's NOTIFY payload: its own commits already woke its tailer, so its
     /// listener skips them and hears only other instances'.
     instance: String,
+    /// How long a request waits for a connection.
+    connect_timeout: Duration,
+    /// Until when the database is taken to refuse new connections (it refused the last).
+    refused_until: std::sync::Mutex<Option<Instant>>,
 }
+
+/// How long a refused connection keeps the pool from opening new ones: meanwhile requests
+/// wait for the connections the pool has.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How often a request waiting for a returned connection looks for one.
+const POOL_RECHECK: Duration = Duration::from_millis(5);
 
 impl Postgres {
     /// Connects, checks that commits are durable, and applies migrations.
@@ -107,7 +120,13 @@ impl Postgres {
         drop(client);
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|e| Error::Pool(e.to_string().into()))?;
-        Ok(Self { pool, config, instance: hex::encode(id) })
+        Ok(Self {
+            pool,
+            config,
+            instance: hex::encode(id),
+            connect_timeout: options.connect_timeout,
+            refused_until: std::sync::Mutex::new(None),
+        })
     }
 }
 
@@ -145,6 +164,38 @@ async fn apply_pending(client: &mut deadpool_postgres::Client) -> Result<(), Err
     Ok(())
 }
 
+impl Postgres {
+    /// A connection from the pool. When the database refuses a new one (`max_connections`
+    /// reached, as when several instances share it), a request waits, up to the storage
+    /// timeout, for one the pool already has, rather than failing at once while others are
+    /// about to come back.
+    async fn connection(&self) -> Result<deadpool_postgres::Client, Error> {
+        let deadline = Instant::now() + self.connect_timeout;
+        loop {
+            let refused = self
+                .refused_until
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some_and(|until| Instant::now() < until);
+            if refused && self.pool.status().available == 0 && Instant::now() < deadline {
+                tokio::time::sleep(POOL_RECHECK).await;
+                continue;
+            }
+            match self.pool.get().await {
+                Ok(client) => return Ok(client),
+                Err(PoolError::Backend(err))
+                    if self.pool.status().size > 0 && Instant::now() < deadline =>
+                {
+                    warn!(cause = %crate::error_chain(&err), "postgres refused a new connection; waiting for a pooled one");
+                    *self.refused_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(Instant::now() + REFUSED_BACKOFF);
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for Postgres {
     fn backend(&self) -> Backend {
@@ -156,7 +207,7 @@ impl Store for Postgres {
         batch: Arc<[Append]>,
         recorded_at: Timestamp,
     ) -> Result<Vec<Outcome>, Error> {
-        let client = self.pool.get().await?;
+        let client = self.connection().await?;
         let result = commit::commit(&client, &batch, recorded_at, &self.instance).await;
         if result.is_err() {
             // Its transaction may still be open: this connection never goes back to the pool.
@@ -166,7 +217,7 @@ impl Store for Postgres {
     }
 
     async fn probe(&self) -> Result<(), Error> {
-        let client = self.pool.get().await?;
+        let client = self.connection().await?;
         // Takes the log head's row lock as a commit does, so a head held from outside shows
         // here as it shows to appends; the no-op update makes the commit a durable write.
         let result =
@@ -179,21 +230,21 @@ impl Store for Postgres {
     }
 
     async fn read_stream(&self, query: StreamQuery) -> Result<Option<Page<StreamRevision>>, Error> {
-        read::stream(&self.pool.get().await?, query).await
+        read::stream(&self.connection().await?, query).await
     }
 
     async fn read_log(&self, query: LogQuery) -> Result<Page<Position>, Error> {
-        read::log(&self.pool.get().await?, query).await
+        read::log(&self.connection().await?, query).await
     }
 
     async fn head(&self) -> Result<Position, Error> {
-        let client = self.pool.get().await?;
+        let client = self.connection().await?;
         let head = read::log_head(&client).await?;
         Ok(Position(to_u64(head, 0, "log head")?))
     }
 
     async fn consumers(&self) -> Result<Vec<StoredConsumer>, Error> {
-        let client = self.pool.get().await?;
+        let client = self.connection().await?;
         let stmt = client
             .prepare_cached("SELECT name, position, updated_at FROM consumers ORDER BY name")
             .await?;
@@ -202,7 +253,7 @@ impl Store for Postgres {
     }
 
     async fn consumer(&self, name: &ConsumerName) -> Result<Option<StoredConsumer>, Error> {
-        let client = self.pool.get().await?;
+        let client = self.connection().await?;
         consumer_row(&client, name).await
     }
 
@@ -212,7 +263,7 @@ impl Store for Postgres {
         update: &SetConsumer,
         at: Timestamp,
     ) -> Result<Result<StoredConsumer, ConsumerConflict>, Error> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.connection().await?;
         let tx = client.transaction().await?;
         // Serialises updates of this one consumer, across instances, even before its row
         // exists (a row lock could not): the compare and the set are one step.
@@ -234,7 +285,7 @@ impl Store for Postgres {
     }
 
     async fn delete_consumer(&self, name: &ConsumerName) -> Result<bool, Error> {
-        let client = self.pool.get().await?;
+        let client = self.connection().await?;
         let deleted =
             client.execute("DELETE FROM consumers WHERE name = $1", &[&name.as_str()]).await?;
         Ok(deleted > 0)
