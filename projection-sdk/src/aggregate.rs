@@ -1,7 +1,7 @@
 //! The aggregate helper: the seed's command handler. Load the stream, fold it into the
 //! aggregate, decide, append with the revision that was loaded, and on a conflict start over.
 
-use crate::backoff::{Backoff, random_below};
+use crate::backoff::random_below;
 use crate::client::{Client, Error, StreamRead};
 use crate::events::{EventError, Upcasters};
 use crate::protocol::{AppendResult, EventId, ExpectedRevision, StreamName, StreamRevision};
@@ -89,10 +89,6 @@ pub struct CommandHandler {
 /// How many times [`CommandHandler::execute`] tries by default before giving up on conflicts.
 pub const ATTEMPTS_DEFAULT: u32 = 20;
 
-/// Retries of a transient store failure (same request, same event ids): 100, 200, 400 ms.
-const TRANSIENT: Backoff =
-    Backoff::new(Duration::from_millis(100), Duration::from_millis(400)).retries(3);
-
 impl CommandHandler {
     /// A handler over `client`, decoding stored events with `upcasters`.
     pub fn new(client: Client, upcasters: Upcasters) -> Self {
@@ -158,18 +154,11 @@ impl CommandHandler {
                 new_events.push(new_event);
             }
             let expected = revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
-            let mut retries = TRANSIENT.start();
-            loop {
-                match self.client.append(stream, expected, new_events.clone()).await {
-                    Ok(result) => return Ok(Some(result)),
-                    Err(Error::WrongExpectedRevision { .. }) => break,
-                    Err(err) if err.is_transient() => {
-                        if !retries.wait().await {
-                            return Err(err.into());
-                        }
-                    }
-                    Err(err) => return Err(err.into()),
-                }
+            // The client retries transient failures itself, with the same ids.
+            match self.client.append(stream, expected, new_events).await {
+                Ok(result) => return Ok(Some(result)),
+                Err(Error::WrongExpectedRevision { .. }) => {}
+                Err(err) => return Err(err.into()),
             }
             // Someone else wrote first: back off a little, at random, so that contenders
             // do not collide again in step.

@@ -63,13 +63,24 @@ impl Retries {
     /// Waits before the next attempt and answers `true`; answers `false` at once when no
     /// retry is left.
     pub(crate) async fn wait(&mut self) -> bool {
+        match self.next_wait() {
+            Some(wait) => {
+                tokio::time::sleep(wait).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The wait before the next attempt, jitter included, counting it as done; `None` when
+    /// no retry is left.
+    pub(crate) fn next_wait(&mut self) -> Option<Duration> {
         if self.backoff.retries.is_some_and(|max| self.done >= max) {
-            return false;
+            return None;
         }
         let wait = self.backoff.wait_before(self.done);
         self.done += 1;
-        tokio::time::sleep(wait - random_below(wait / 2)).await;
-        true
+        Some(wait - random_below(wait / 2))
     }
 
     /// Retries so far.

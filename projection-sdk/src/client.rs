@@ -1,5 +1,6 @@
 //! [`Client`]: the store server's HTTP API, typed.
 
+use crate::backoff::Backoff;
 use crate::protocol::{
     AppendRequest, AppendResult, Category, Consumer, ConsumerConflict, ConsumerName, ConsumerWait,
     Direction, EventId, EventType, ExpectedRevision, NewEvent, Page, Position, Problem,
@@ -60,7 +61,7 @@ impl Error {
     /// answered 5xx. Appends are safe to retry with the same event ids.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Http(_) => true,
+            Self::Http(err) => !err.is_builder() && !err.is_decode() && !is_invalid_data(err),
             Self::Problem(problem) => problem.status >= 500,
             _ => false,
         }
@@ -120,11 +121,35 @@ impl Error {
     }
 }
 
+/// Whether an I/O error of kind `InvalidData` caused `err`: what a TLS handshake that failed
+/// for good (a certificate not trusted) looks like. Sending again will not help.
+fn is_invalid_data(err: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cause) = source {
+        source = match cause.downcast_ref::<std::io::Error>() {
+            Some(io) if io.kind() == std::io::ErrorKind::InvalidData => return true,
+            // An I/O error's `source` skips the error it wraps: look inside it instead.
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => cause.source(),
+        };
+    }
+    false
+}
+
 /// How long a request may take when the client does not say ([`Client::with_timeout`]).
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
 /// How long connecting may take, subscriptions included.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request that is safe to retry is retried when the client does not say
+/// ([`Client::with_retries`]): long enough to ride out a store restart.
+pub const RETRY_TOTAL_DEFAULT: Duration = Duration::from_secs(10);
+
+/// The waits between those retries when the client does not say: from 50 ms, doubling up
+/// to 1 s, with jitter.
+pub const RETRY_BACKOFF_DEFAULT: Backoff =
+    Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
 
 /// A read: from where, how many, which way (and, on the log and categories, which event
 /// types). Forward from the start, 100 events, every type, unless set. `C` is where a read
@@ -233,13 +258,34 @@ pub struct Client {
     base_url: String,
     token: Option<String>,
     timeout: Duration,
+    retry_backoff: Backoff,
+    retry_total: Duration,
 }
 
 impl Client {
     /// A client of the server at `base_url` (`http://host:port`).
     pub fn new(base_url: impl Into<String>) -> Self {
         let base_url = base_url.into().trim_end_matches('/').to_owned();
-        Self { http: http_client(None), base_url, token: None, timeout: REQUEST_TIMEOUT_DEFAULT }
+        Self {
+            http: http_client(None),
+            base_url,
+            token: None,
+            timeout: REQUEST_TIMEOUT_DEFAULT,
+            retry_backoff: RETRY_BACKOFF_DEFAULT,
+            retry_total: RETRY_TOTAL_DEFAULT,
+        }
+    }
+
+    /// Retries a request that is safe to retry (reads, appends, which always carry event
+    /// ids, consumer reads and waits, position updates without `expected_position`) when it
+    /// fails transiently: the store unreachable, the connection reset, a timeout, a 5xx.
+    /// Waits as `backoff` says, or as a 503's `Retry-After` asks, for at most `total` in
+    /// all (default [`RETRY_BACKOFF_DEFAULT`], [`RETRY_TOTAL_DEFAULT`]); `Duration::ZERO`
+    /// never retries.
+    pub fn with_retries(mut self, backoff: Backoff, total: Duration) -> Self {
+        self.retry_backoff = backoff;
+        self.retry_total = total;
+        self
     }
 
     /// Sends `token` as `Authorization: Bearer` on every request.
@@ -307,7 +353,7 @@ impl Client {
             .collect();
         let body = AppendRequest { expected_revision: expected, events };
         let request = self.request(Method::POST, &format!("/streams/{}", encode(stream.as_str())));
-        send(request.json(&body)).await
+        self.send(request.json(&body), Retry::Safe).await
     }
 
     /// Reads a page of `stream` as `read` says; `None` when the stream does not exist.
@@ -320,7 +366,7 @@ impl Client {
         read: &StreamRead,
     ) -> Result<Option<Page<StreamRevision>>, Error> {
         let path = format!("/streams/{}?{}", encode(stream.as_str()), read.query());
-        match send(self.request(Method::GET, &path)).await {
+        match self.send(self.request(Method::GET, &path), Retry::Safe).await {
             Err(Error::StreamNotFound(_)) => Ok(None),
             other => other.map(Some),
         }
@@ -331,7 +377,7 @@ impl Client {
     /// # Errors
     /// [`Error::Problem`] or [`Error::Http`].
     pub async fn read_all(&self, read: &LogRead) -> Result<Page<Position>, Error> {
-        send(self.request(Method::GET, &format!("/all?{}", read.query()))).await
+        self.send(self.request(Method::GET, &format!("/all?{}", read.query())), Retry::Safe).await
     }
 
     /// Reads a page of a category as `read` says.
@@ -344,7 +390,7 @@ impl Client {
         read: &LogRead,
     ) -> Result<Page<Position>, Error> {
         let path = format!("/categories/{}?{}", encode(category.as_str()), read.query());
-        send(self.request(Method::GET, &path)).await
+        self.send(self.request(Method::GET, &path), Retry::Safe).await
     }
 
     /// Follows `target` from after `after`: the backlog, then live, reconnecting by itself
@@ -363,7 +409,13 @@ impl Client {
         update: &SetConsumer,
     ) -> Result<Consumer, Error> {
         let request = self.request(Method::PUT, &format!("/consumers/{}", encode(name.as_str())));
-        send(request.json(update)).await
+        // A compare-and-set whose answer was lost would, sent again, find its own update
+        // and fail: only a plain set is retried.
+        let retry = match update.expected_position {
+            None => Retry::Safe,
+            Some(_) => Retry::Never,
+        };
+        self.send(request.json(update), retry).await
     }
 
     /// A consumer's position; `None` when unknown.
@@ -372,7 +424,7 @@ impl Client {
     /// [`Error::Problem`] or [`Error::Http`].
     pub async fn consumer(&self, name: &ConsumerName) -> Result<Option<Consumer>, Error> {
         let path = format!("/consumers/{}", encode(name.as_str()));
-        match send(self.request(Method::GET, &path)).await {
+        match self.send(self.request(Method::GET, &path), Retry::Safe).await {
             Err(Error::Problem(problem))
                 if problem.kind() == Some(ProblemType::ConsumerNotFound) =>
             {
@@ -399,7 +451,8 @@ impl Client {
             timeout.as_millis()
         );
         // The server answers once the wait is over: the request may take that long too.
-        send(self.request(Method::GET, &path).timeout(self.timeout + timeout)).await
+        let request = self.request(Method::GET, &path).timeout(self.timeout + timeout);
+        self.send(request, Retry::Safe).await
     }
 }
 
@@ -413,15 +466,70 @@ fn http_client(ca: Option<reqwest::Certificate>) -> reqwest::Client {
     builder.build().expect("an HTTP client with the compiled-in TLS backend")
 }
 
-/// Sends `request`; a 2xx body decodes as `T`, anything else becomes an [`Error`].
-pub(crate) async fn send<T: DeserializeOwned>(request: RequestBuilder) -> Result<T, Error> {
-    let response = request.send().await?;
-    let status = response.status();
-    let bytes = response.bytes().await?;
-    if status.is_success() {
-        return serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()));
+/// Whether a request may be sent again after a transient failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Sending it twice has the effect of sending it once.
+    Safe,
+    Never,
+}
+
+impl Client {
+    /// Sends `request`, again after transient failures when it is safe to (see
+    /// [`Client::with_retries`]); a 2xx body decodes as `T`, anything else is an [`Error`].
+    async fn send<T: DeserializeOwned>(
+        &self,
+        mut request: RequestBuilder,
+        retry: Retry,
+    ) -> Result<T, Error> {
+        let deadline = tokio::time::Instant::now() + self.retry_total;
+        let mut retries = self.retry_backoff.start();
+        loop {
+            // Bodies here are bytes, so a request can always be copied for another try.
+            let again = match retry {
+                Retry::Safe => request.try_clone(),
+                Retry::Never => None,
+            };
+            let (result, retry_after) = exchange(request).await;
+            let transient = result.as_ref().err().is_some_and(Error::is_transient);
+            let (Some(next), true) = (again, transient) else { return result };
+            let Some(backoff) = retries.next_wait() else { return result };
+            let wait = backoff.max(retry_after.unwrap_or_default());
+            if tokio::time::Instant::now() + wait > deadline {
+                return result;
+            }
+            if let Err(err) = &result {
+                tracing::debug!(cause = %err, ?wait, "store request failed; retrying");
+            }
+            tokio::time::sleep(wait).await;
+            request = next;
+        }
     }
-    Err(Error::from_problem(problem(status, &bytes)))
+}
+
+/// Sends `request` once; also answers how long a 503 asked to wait (`Retry-After`).
+async fn exchange<T: DeserializeOwned>(
+    request: RequestBuilder,
+) -> (Result<T, Error>, Option<Duration>) {
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(err) => return (Err(err.into()), None),
+    };
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let bytes = match response.bytes().await {
+        Ok(bytes) => bytes,
+        Err(err) => return (Err(err.into()), None),
+    };
+    if status.is_success() {
+        return (serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string())), None);
+    }
+    (Err(Error::from_problem(problem(status, &bytes))), retry_after)
 }
 
 /// The problem document of an error answer, or one made up from its status.

@@ -14,7 +14,10 @@ pub use store_server::protocol;
 
 pub use aggregate::{ATTEMPTS_DEFAULT, Aggregate, CommandHandler, ExecuteError};
 pub use backoff::Backoff;
-pub use client::{Client, Error, LogRead, REQUEST_TIMEOUT_DEFAULT, Read, StreamRead};
+pub use client::{
+    Client, Error, LogRead, REQUEST_TIMEOUT_DEFAULT, RETRY_BACKOFF_DEFAULT, RETRY_TOTAL_DEFAULT,
+    Read, StreamRead,
+};
 pub use events::{EventError, UpcastError, Upcasters};
 pub use projection::{
     BATCH_EVENTS_MAX_DEFAULT, DeadLetter, Envelope, HANDLER_RETRY_DEFAULT, Handler, HandlerError,

@@ -547,10 +547,13 @@ async fn the_client_trusts_a_custom_ca_for_https() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(appended.expect("appended over HTTPS").last_position, Position(1));
+    let started = std::time::Instant::now();
+    let untrusted = Client::new(&url).append(&stream, ExpectedRevision::Any, vec![event]).await;
     assert!(
-        Client::new(&url).append(&stream, ExpectedRevision::Any, vec![event]).await.is_err(),
-        "untrusted without the CA"
+        matches!(&untrusted, Err(e) if !e.is_transient()),
+        "untrusted without the CA, for good: {untrusted:?}"
     );
+    assert!(started.elapsed() < Duration::from_secs(2), "a certificate refused is not retried");
     server.stop().await;
 }
 
@@ -647,11 +650,15 @@ async fn a_request_the_server_never_answers_times_out() {
             open.push(socket); // read nothing, answer nothing
         }
     });
-    let client = Client::new(url).with_timeout(Duration::from_millis(200));
+    // Each attempt times out after 200 ms; a read is retried, for 1 s in all.
+    let client = Client::new(url)
+        .with_timeout(Duration::from_millis(200))
+        .with_retries(projection_sdk::RETRY_BACKOFF_DEFAULT, Duration::from_secs(1));
     let started = std::time::Instant::now();
     let result = client.read_all(&projection_sdk::LogRead::forward()).await;
     assert!(matches!(&result, Err(projection_sdk::Error::Http(e)) if e.is_timeout()), "{result:?}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(3), "{took:?}");
     held.abort();
 }
 

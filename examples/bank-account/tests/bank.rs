@@ -230,3 +230,59 @@ async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) 
     use futures_util::StreamExt;
     futures_util::stream::iter(futures).buffered(8).collect().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposits_ride_out_a_store_restart_each_stored_exactly_once() {
+    const ACCOUNTS: usize = 10;
+    const DEPOSITS: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let store_address = free_address();
+    let store = start_store(dir.path(), &store_address).await;
+    let store_url = format!("http://{store_address}");
+    let accounts = free_address();
+    let _accounts =
+        spawn(env!("CARGO_BIN_EXE_accounts"), &["--listen", &accounts, "--store", &store_url])
+            .await;
+    wait_until_serving(&accounts).await;
+
+    // 8 clients deposit while the store goes away for about 2 s and comes back.
+    let restart = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        store.stop().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        start_store(dir.path(), &store_address).await
+    });
+    let http = reqwest::Client::new();
+    let deposits = (0..DEPOSITS).map(|n| {
+        let url = format!("http://{accounts}/accounts/a{}/deposit", n % ACCOUNTS);
+        let http = http.clone();
+        async move {
+            let response = http.post(url).json(&json!({"amount": 1 + n % 7})).send().await;
+            response.map(|r| r.status()).map_err(|e| e.to_string())
+        }
+    });
+    let answers = futures_join(deposits).await;
+    let failed: Vec<_> =
+        answers.iter().filter(|a| !a.as_ref().is_ok_and(|s| s.is_success())).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {DEPOSITS} failed: {:?}…",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let store = restart.await.unwrap();
+
+    // Every deposit is in the store once: the count and the sum of amounts match.
+    let client = Client::new(&store_url);
+    let truth = balances_in_the_store(&client, ACCOUNTS).await;
+    let expected: i64 = (0..DEPOSITS).map(|n| 1 + (n % 7) as i64).sum();
+    assert_eq!(truth.values().sum::<i64>(), expected, "no deposit twice, none missing");
+    let mut stored = 0;
+    for n in 0..ACCOUNTS {
+        let stream = bank_account::stream(&format!("a{n}")).unwrap();
+        let page = client.read_stream(&stream, &StreamRead::forward().limit(1000)).await.unwrap();
+        stored += page.map_or(0, |p| p.events.len());
+    }
+    assert_eq!(stored, DEPOSITS);
+    store.stop().await;
+}
