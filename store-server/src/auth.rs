@@ -3,8 +3,10 @@
 //! time and never logged.
 
 use crate::protocol::{Category, StreamName};
+use crate::store::StreamPattern;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// Why an auth file was refused.
@@ -80,10 +82,16 @@ pub struct Token {
     sha256: [u8; 32],
     roles: Roles,
     /// Stream-name patterns it is limited to; `None`: every stream.
-    streams: Option<Vec<String>>,
+    streams: Option<Arc<[StreamPattern]>>,
 }
 
 impl Token {
+    /// The streams it is limited to (and the consumers it sees, by the same patterns);
+    /// `None`: every stream.
+    pub fn scope(&self) -> Option<&Arc<[StreamPattern]>> {
+        self.streams.as_ref()
+    }
+
     /// Whether this token may act as `role` on `scope`. `admin` may do everything.
     pub fn may(&self, role: Role, scope: Scope<'_>) -> bool {
         let Roles { read, write, delete, admin } = self.roles;
@@ -105,22 +113,19 @@ impl Token {
     }
 
     fn covers_stream(&self, stream: &StreamName) -> bool {
-        self.streams.as_ref().is_none_or(|patterns| {
-            patterns.iter().any(|pattern| match pattern.strip_suffix('*') {
-                Some(prefix) => stream.as_str().starts_with(prefix),
-                None => stream.as_str() == pattern,
-            })
-        })
+        self.streams
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p.covers(stream.as_str())))
     }
 
     /// `account-*` grants category `account`: every stream `account-…` is in its scope.
+    /// What else the category holds (a stream named `account`) its reads leave out.
     fn covers_category(&self, category: &Category) -> bool {
         let streams_of_category = format!("{category}-");
         self.streams.as_ref().is_none_or(|patterns| {
-            patterns.iter().any(|pattern| {
-                pattern
-                    .strip_suffix('*')
-                    .is_some_and(|prefix| streams_of_category.starts_with(prefix))
+            patterns.iter().any(|pattern| match pattern {
+                StreamPattern::Prefix(prefix) => streams_of_category.starts_with(prefix.as_str()),
+                StreamPattern::Exact(_) => false,
             })
         })
     }
@@ -210,7 +215,9 @@ fn token(entry: Entry) -> Result<Token, Error> {
             }
         }
     }
-    Ok(Token { name: entry.name, sha256: digest, roles, streams: entry.streams })
+    let streams =
+        entry.streams.map(|patterns| patterns.iter().map(|p| StreamPattern::parse(p)).collect());
+    Ok(Token { name: entry.name, sha256: digest, roles, streams })
 }
 
 /// A fresh random token and the auth-file entry for it (`store-server token new`).

@@ -286,7 +286,8 @@ fn expected(access: Access, caller: Caller, in_scope: bool) -> StatusCode {
         },
         Access::Stream(role) | Access::Category(role) => granted(role, in_scope),
         Access::Everything(role) => granted(role, false),
-        Access::InScope(role) => granted(role, true),
+        // What is out of scope is not shown: a consumer a scoped token does not cover.
+        Access::InScope(role) => granted(role, in_scope),
     }
 }
 
@@ -317,17 +318,21 @@ fn api_access_table() -> Vec<(Method, &'static str, Access)> {
 
 /// Concrete paths for a template: one inside `account-*`, one outside (where it names one).
 fn paths(template: &str) -> Vec<(String, bool)> {
-    let fill = |stream: &str, category: &str| {
-        template.replace("{stream}", stream).replace("{category}", category).replace("{name}", "c")
+    let fill = |stream: &str, category: &str, consumer: &str| {
+        let path = template.replace("{stream}", stream).replace("{category}", category);
+        path.replace("{name}", consumer)
     };
     let wait = |path: String| match path.ends_with("/wait") {
         true => path + "?position=0&timeout_ms=1",
         false => path,
     };
-    if template.contains("{stream}") || template.contains("{category}") {
-        vec![(fill("account-1", "account"), true), (fill("order-1", "order"), false)]
+    if ["{stream}", "{category}", "{name}"].iter().any(|p| template.contains(p)) {
+        vec![
+            (wait(fill("account-1", "account", "account-c")), true),
+            (wait(fill("order-1", "order", "order-c")), false),
+        ]
     } else {
-        vec![(wait(fill("", "")), true)]
+        vec![(fill("", "", ""), true)]
     }
 }
 
@@ -378,11 +383,12 @@ async fn every_route_answers_each_token_as_the_access_table_says() {
         };
         started.app().oneshot(request.body(Body::from(body)).unwrap())
     };
-    // What the probes read must exist: two streams, one consumer.
+    // What the probes read must exist: two streams, two consumers.
     for (method, path) in [
         (Method::POST, "/streams/account-1"),
         (Method::POST, "/streams/order-1"),
-        (Method::PUT, "/consumers/c"),
+        (Method::PUT, "/consumers/account-c"),
+        (Method::PUT, "/consumers/order-c"),
     ] {
         assert!(call(method, path, Some(&admin)).await.unwrap().status().is_success());
     }
@@ -392,7 +398,7 @@ async fn every_route_answers_each_token_as_the_access_table_says() {
             for (caller, token) in &callers {
                 if method == Method::DELETE {
                     // Something to delete.
-                    call(Method::PUT, "/consumers/c", Some(&admin)).await.unwrap();
+                    call(Method::PUT, &path, Some(&admin)).await.unwrap();
                 }
                 let status = call(method.clone(), &path, token.as_deref()).await.unwrap().status();
                 let want = expected(access, *caller, in_scope);
@@ -425,4 +431,101 @@ async fn every_route_answers_each_token_as_the_access_table_says() {
     assert_eq!(table.access(&Method::HEAD, "/all"), table.access(&Method::GET, "/all"));
     assert!(wrong.is_empty(), "answers that break the access table:\n{}", wrong.join("\n"));
     started.stop().await;
+}
+
+store_testing::per_backend!(a_scoped_token_reads_only_its_streams_through_categories_and_consumers);
+
+async fn a_scoped_token_reads_only_its_streams_through_categories_and_consumers(
+    backend: store_testing::Backend,
+    test: &str,
+) {
+    let (scoped, entry) =
+        new_token("scoped", &["read".into()], Some(&["account-*".into(), "other-1".into()]))
+            .unwrap();
+    let (admin, admin_entry) = new_token("admin", &["admin".into()], None).unwrap();
+    let tokens = Arc::new(Tokens::parse(&format!("{entry}{admin_entry}")).unwrap());
+    let Some(server) = TestServer::fresh_with(backend, test, |c| c.auth = Some(tokens)).await
+    else {
+        return;
+    };
+    let as_token = |token: &str, method: Method, path: &str| {
+        server.client.request(method, format!("{}{path}", server.url)).bearer_auth(token.to_owned())
+    };
+    for stream in ["account-1", "account", "account-2", "other-1"] {
+        let body = json!({"events": [{"type": "E", "data": stream}]});
+        let response = as_token(&admin, Method::POST, &format!("/streams/{stream}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let streams = |page: &Value| -> Vec<String> {
+        let events = page["events"].as_array().unwrap();
+        events.iter().map(|e| e["stream"].as_str().unwrap().to_owned()).collect()
+    };
+    let page: Value = as_token(&scoped, Method::GET, "/categories/account?limit=100")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(streams(&page), ["account-1", "account-2"], "not the stream named account");
+
+    // The same through a subscription: the backlog, then live.
+    let response =
+        as_token(&scoped, Method::GET, "/categories/account/subscribe").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = json!({"events": [{"type": "E", "data": "live"}]});
+    for stream in ["account", "account-3"] {
+        let appended = as_token(&admin, Method::POST, &format!("/streams/{stream}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(appended.status(), StatusCode::CREATED);
+    }
+    let mut seen = Vec::new();
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    use futures::StreamExt;
+    while seen.len() < 3 {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), body.next())
+            .await
+            .expect("events in time")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        seen = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("data: "))
+            .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+            .filter_map(|event| event["stream"].as_str().map(str::to_owned))
+            .collect();
+    }
+    // The live event of stream `account` came before account-3's: it would show here.
+    assert_eq!(seen, ["account-1", "account-2", "account-3"], "{text}");
+
+    // Consumers: its own by name, and nobody else's, not even their names.
+    for name in ["account-proj", "billing"] {
+        let set = as_token(&admin, Method::PUT, &format!("/consumers/{name}"))
+            .json(&json!({"position": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(set.status(), StatusCode::OK);
+    }
+    let listed: Value =
+        as_token(&scoped, Method::GET, "/consumers").send().await.unwrap().json().await.unwrap();
+    let names: Vec<&str> =
+        listed.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["account-proj"]);
+    for path in ["/consumers/billing", "/consumers/billing/wait?position=1&timeout_ms=1"] {
+        let status = as_token(&scoped, Method::GET, path).send().await.unwrap().status();
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+    let own = as_token(&scoped, Method::GET, "/consumers/account-proj").send().await.unwrap();
+    assert_eq!(own.status(), StatusCode::OK);
+    server.stop().await;
 }

@@ -113,7 +113,34 @@ pub async fn authorize(
         tracing::info!(token = %token.name, route = route.as_str(), "forbidden");
         return ApiError::Forbidden(token.name.clone()).into_response();
     }
+    let visible = Visible { scope: token.scope().cloned(), token: token.name.clone() };
+    let mut request = request;
+    request.extensions_mut().insert(visible);
     next.run(request).await
+}
+
+/// What the request's token may see, for handlers that answer only that (category reads
+/// and subscriptions, consumers). Absent without an auth file: everything.
+#[derive(Debug, Clone)]
+pub struct Visible {
+    /// The streams (and consumers, by name) it covers; `None`: every one.
+    pub scope: Option<std::sync::Arc<[crate::store::StreamPattern]>>,
+    /// The token's name, for a 403.
+    pub token: String,
+}
+
+impl Visible {
+    /// The scope of `visible`, as a filter takes it.
+    pub fn scope_of(
+        visible: Option<&axum::Extension<Self>>,
+    ) -> Option<std::sync::Arc<[crate::store::StreamPattern]>> {
+        visible.and_then(|axum::Extension(visible)| visible.scope.clone())
+    }
+
+    /// Whether it covers the name `name` (a stream or a consumer).
+    pub fn covers(visible: Option<&axum::Extension<Self>>, name: &str) -> bool {
+        Self::scope_of(visible).is_none_or(|scope| scope.iter().any(|p| p.covers(name)))
+    }
 }
 
 /// The credentials of a `Bearer` authorization; the scheme is case-insensitive (RFC 7235).

@@ -1,11 +1,13 @@
 //! `/consumers`: positions that projection processes report, and waiting for one to reach a
 //! position (how a client reads its own write from a read model).
 
+use super::authorize::Visible;
 use super::body::json;
 use super::params::{self, RawQuery, number, segment};
 use super::{ApiError, AppState};
 use crate::protocol::{Consumer, ConsumerName, ConsumerWait, Position, SetConsumer, Timestamp};
 use crate::store::StoredConsumer;
+use axum::Extension;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -64,19 +66,36 @@ pub async fn put(
     Ok(Json(with_lag(stored, head)))
 }
 
-/// `GET /consumers`.
-pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<Consumer>>, ApiError> {
+/// A scoped token sees the consumers its patterns cover, by name, and no other.
+fn visible_name(
+    path: Result<Path<String>, PathRejection>,
+    visible: Option<&Extension<Visible>>,
+) -> Result<ConsumerName, ApiError> {
+    let name = name(path)?;
+    match Visible::covers(visible, name.as_str()) {
+        true => Ok(name),
+        false => Err(ApiError::Forbidden(visible.map(|v| v.token.clone()).unwrap_or_default())),
+    }
+}
+
+/// `GET /consumers`: a scoped token sees only the consumers its patterns cover.
+pub async fn list(
+    State(state): State<AppState>,
+    visible: Option<Extension<Visible>>,
+) -> Result<Json<Vec<Consumer>>, ApiError> {
     let consumers = state.store.consumers().await?;
     let head = state.store.head().await?;
-    Ok(Json(consumers.into_iter().map(|c| with_lag(c, head)).collect()))
+    let covered = |c: &StoredConsumer| Visible::covers(visible.as_ref(), c.name.as_str());
+    Ok(Json(consumers.into_iter().filter(covered).map(|c| with_lag(c, head)).collect()))
 }
 
 /// `GET /consumers/{name}`.
 pub async fn get(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    visible: Option<Extension<Visible>>,
 ) -> Result<Json<Consumer>, ApiError> {
-    let name = name(path)?;
+    let name = visible_name(path, visible.as_ref())?;
     let consumer = state.store.consumer(&name).await?.ok_or(ApiError::ConsumerNotFound(name))?;
     Ok(Json(with_lag(consumer, state.store.head().await?)))
 }
@@ -98,9 +117,10 @@ pub async fn delete(
 pub async fn wait(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    visible: Option<Extension<Visible>>,
     query: RawQuery,
 ) -> Result<Json<ConsumerWait>, ApiError> {
-    let name = name(path)?;
+    let name = visible_name(path, visible.as_ref())?;
     let query = params::query(query)?;
     let wanted = match query.get("position")? {
         Some(value) => Position(number("position", &value)?),

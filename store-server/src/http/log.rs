@@ -1,39 +1,44 @@
 //! `/all` and `/categories/{category}`: the log by position, whole or by category.
 
+use super::authorize::Visible;
 use super::params::{RawQuery, ReadParams, segment};
 use super::{ApiError, AppState};
 use crate::protocol::{Category, Page, Position};
 use crate::store::{Filter, LogQuery};
+use axum::Extension;
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 
-/// `GET /all`.
+/// `GET /all` (an unscoped token only: it sees everything).
 pub async fn read_all(
     State(state): State<AppState>,
     query: RawQuery,
 ) -> Result<Json<Page<Position>>, ApiError> {
-    read(&state, None, query).await
+    read(&state, Filter::default(), query).await
 }
 
-/// `GET /categories/{category}`.
+/// `GET /categories/{category}`: a scoped token reads only the streams in its scope, whatever
+/// else the category holds.
 pub async fn read_category(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    visible: Option<Extension<Visible>>,
     query: RawQuery,
 ) -> Result<Json<Page<Position>>, ApiError> {
     let category = Category::new(segment(path)?)?;
-    read(&state, Some(category), query).await
+    let scope = Visible::scope_of(visible.as_ref());
+    read(&state, Filter { category: Some(category), scope, ..Filter::default() }, query).await
 }
 
 async fn read(
     state: &AppState,
-    category: Option<Category>,
+    filter: Filter,
     query: RawQuery,
 ) -> Result<Json<Page<Position>>, ApiError> {
     let params = ReadParams::parse(query, state.http.read_limit_max)?;
     let query = LogQuery {
-        filter: Filter { stream: None, category, types: params.types },
+        filter: Filter { types: params.types, ..filter },
         from: params.from.map(Position),
         direction: params.direction,
         limit: params.limit,

@@ -1,10 +1,12 @@
 //! `…/subscribe`: server-sent events, catch-up then live, resumable by position.
 
+use super::authorize::Visible;
 use super::params::{self, RawQuery, number, segment, types};
 use super::{ApiError, AppState};
 use crate::protocol::{Category, Position, StreamName};
 use crate::store::Filter;
 use crate::subscriptions::{Subscription, follow};
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -30,16 +32,22 @@ pub async fn all(
     subscribe(state, filter, &headers, &query).await
 }
 
-/// `GET /categories/{category}/subscribe`.
+/// `GET /categories/{category}/subscribe`: a scoped token gets only the streams in its scope.
 pub async fn category(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    visible: Option<Extension<Visible>>,
     headers: HeaderMap,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
     let category = Category::new(segment(path)?)?;
     let query = params::query(query)?;
-    let filter = Filter { category: Some(category), types: types(&query)?, ..Filter::default() };
+    let filter = Filter {
+        category: Some(category),
+        types: types(&query)?,
+        scope: Visible::scope_of(visible.as_ref()),
+        ..Filter::default()
+    };
     subscribe(state, filter, &headers, &query).await
 }
 

@@ -68,6 +68,8 @@ pub struct Filter {
     pub category: Option<Category>,
     /// Only these event types; empty: every type.
     pub types: Vec<EventType>,
+    /// Only streams one of these patterns covers (a scoped token's); `None`: every stream.
+    pub scope: Option<Arc<[StreamPattern]>>,
 }
 
 impl Filter {
@@ -76,11 +78,45 @@ impl Filter {
         self.stream.as_ref().is_none_or(|s| *s == event.stream)
             && self.category.as_ref().is_none_or(|c| c.as_str() == event.stream.category())
             && (self.types.is_empty() || self.types.contains(&event.event_type))
+            && self.scope.as_ref().is_none_or(|scope| {
+                scope.iter().any(|pattern| pattern.covers(event.stream.as_str()))
+            })
     }
 
     /// Whether the filter keeps every event.
     pub fn is_everything(&self) -> bool {
-        self.stream.is_none() && self.category.is_none() && self.types.is_empty()
+        self.stream.is_none()
+            && self.category.is_none()
+            && self.types.is_empty()
+            && self.scope.is_none()
+    }
+}
+
+/// Streams a scoped token covers: one by name, or every stream whose name starts with a
+/// prefix (`account-*` in an auth file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamPattern {
+    /// This stream.
+    Exact(String),
+    /// Every stream whose name starts with this.
+    Prefix(String),
+}
+
+impl StreamPattern {
+    /// `name`, or `prefix*`.
+    pub fn parse(pattern: &str) -> Self {
+        match pattern.strip_suffix('*') {
+            Some(prefix) => Self::Prefix(prefix.to_owned()),
+            None => Self::Exact(pattern.to_owned()),
+        }
+    }
+
+    /// Whether it covers the stream (or consumer) `name`.
+    pub fn covers(&self, name: &str) -> bool {
+        match self {
+            Self::Exact(exact) => name == exact,
+            Self::Prefix(prefix) => name.starts_with(prefix.as_str()),
+        }
     }
 }
 

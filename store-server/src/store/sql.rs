@@ -3,7 +3,7 @@
 //! placeholders differ by dialect.
 
 use super::rows::{EVENT_COLUMNS, to_i64};
-use super::{Direction, LogQuery};
+use super::{Direction, LogQuery, StreamPattern};
 
 /// Whose placeholders to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +83,26 @@ pub(super) fn read_log(query: &LogQuery, dialect: Dialect) -> Sql<'_> {
     if !filter.types.is_empty() {
         sql.and_one_of("type", filter.types.iter().map(|t| t.as_str()).collect());
     }
+    if let Some(scope) = &filter.scope {
+        // Prefixes compare as substrings, not with LIKE: no wildcard to escape, and the
+        // same meaning in both dialects whatever the collation.
+        let mut covered = Vec::with_capacity(scope.len());
+        for pattern in scope.iter() {
+            covered.push(match pattern {
+                StreamPattern::Exact(name) => format!("stream = {}", sql.bind(Param::Text(name))),
+                StreamPattern::Prefix(prefix) => {
+                    // Its length from SQL as well: both dialects count characters there.
+                    let (length_of, equal_to) =
+                        (sql.bind(Param::Text(prefix)), sql.bind(Param::Text(prefix)));
+                    format!("substr(stream, 1, length({length_of})) = {equal_to}")
+                }
+            });
+        }
+        match covered.is_empty() {
+            true => sql.text.push_str(" AND FALSE"),
+            false => sql.text.push_str(&format!(" AND ({})", covered.join(" OR "))),
+        }
+    }
     let order = match query.direction {
         Direction::Forward => "position",
         Direction::Backward => "position DESC",
@@ -101,9 +121,9 @@ mod tests {
     fn query() -> LogQuery {
         LogQuery {
             filter: Filter {
-                stream: None,
                 category: Some(Category::new("account").unwrap()),
                 types: vec![EventType::new("A").unwrap(), EventType::new("B").unwrap()],
+                ..Filter::default()
             },
             from: Some(Position(5)),
             direction: Direction::Forward,
@@ -128,6 +148,27 @@ mod tests {
         assert_eq!(postgres.params[2], Param::Texts(vec!["A", "B"]));
         assert_eq!(sqlite.params[2..4], [Param::Text("A"), Param::Text("B")]);
         assert_eq!(postgres.params.last(), Some(&Param::Int(11)), "one row more than the page");
+    }
+
+    #[test]
+    fn a_scope_keeps_named_streams_and_prefixes_alike_in_both_dialects() {
+        let scope: std::sync::Arc<[StreamPattern]> =
+            vec![StreamPattern::parse("account-*"), StreamPattern::parse("other-1")].into();
+        let query = LogQuery { filter: Filter { scope: Some(scope), ..query().filter }, ..query() };
+        let sqlite = read_log(&query, Dialect::Sqlite);
+        assert!(sqlite.text.contains(
+            "AND (substr(stream, 1, length(?)) = ? OR stream = ?) ORDER BY position LIMIT ?"
+        ));
+        let postgres = read_log(&query, Dialect::Postgres);
+        assert!(postgres.text.contains(
+            "AND (substr(stream, 1, length($4)) = $5 OR stream = $6) ORDER BY position LIMIT $7"
+        ));
+        let empty =
+            LogQuery { filter: Filter { scope: Some(Vec::new().into()), ..query.filter }, ..query };
+        assert!(
+            read_log(&empty, Dialect::Sqlite).text.contains(" AND FALSE "),
+            "no pattern, no stream"
+        );
     }
 
     #[test]
