@@ -48,6 +48,11 @@ pub struct Cli {
     #[arg(long, env = "STORE_EVENT_BYTES_MAX", default_value_t = decide::EVENT_BYTES_MAX, value_parser = positive, global = true)]
     pub event_bytes_max: usize,
 
+    /// Most bytes of data and metadata in one page of a read; a page ends early, with
+    /// `next`, rather than pass it (it always holds one event).
+    #[arg(long, env = "STORE_READ_BYTES_MAX", default_value_t = http::READ_BYTES_MAX, value_parser = positive, global = true)]
+    pub read_bytes_max: usize,
+
     /// Largest `limit` a read may ask for (400 beyond).
     #[arg(long, env = "STORE_READ_LIMIT_MAX", default_value_t = http::READ_LIMIT_MAX, value_parser = positive, global = true)]
     pub read_limit_max: usize,
@@ -79,6 +84,11 @@ pub struct Cli {
     /// Events a subscription reads from storage at once: the bound on its memory.
     #[arg(long, env = "STORE_SUBSCRIPTION_BUFFER_EVENTS_MAX", default_value_t = subscriptions::BUFFER_EVENTS_MAX, value_parser = positive, global = true)]
     pub subscription_buffer_events_max: usize,
+
+    /// Bytes of data and metadata a subscription reads from storage at once (at least one
+    /// event); the tailer's batches too.
+    #[arg(long, env = "STORE_SUBSCRIPTION_BUFFER_BYTES_MAX", default_value_t = subscriptions::BUFFER_BYTES_MAX, value_parser = positive, global = true)]
+    pub subscription_buffer_bytes_max: usize,
 
     /// Batches of new events kept for subscribers that are behind; past it, they read storage.
     #[arg(long, env = "STORE_SUBSCRIPTION_BROADCAST_BATCHES_MAX", default_value_t = subscriptions::BROADCAST_BATCHES_MAX, value_parser = positive, global = true)]
@@ -133,6 +143,11 @@ pub struct Cli {
     /// How long a client may take to send a request's head.
     #[arg(long, env = "STORE_HEADER_READ_TIMEOUT_MS", default_value_t = listen::HEADER_READ_TIMEOUT_MS, value_parser = millis_positive, global = true)]
     pub header_read_timeout_ms: u64,
+
+    /// How long a client may leave an answer unread (no byte taken) before its connection
+    /// is closed; subscriptions, which a slow reader slows down instead, aside.
+    #[arg(long, env = "STORE_WRITE_TIMEOUT_MS", default_value_t = listen::WRITE_TIMEOUT_MS, value_parser = millis_positive, global = true)]
+    pub write_timeout_ms: u64,
 
     /// How long a request may take, subscriptions and consumer waits aside; past it, 503.
     #[arg(long, env = "STORE_REQUEST_TIMEOUT_MS", default_value_t = http::REQUEST_TIMEOUT_MS, value_parser = millis_positive, global = true)]
@@ -286,6 +301,7 @@ impl Cli {
             http: http::Limits {
                 request_body_bytes_max: self.request_body_bytes_max,
                 read_limit_max: self.read_limit_max,
+                read_bytes_max: self.read_bytes_max,
                 shutdown_drain_timeout: millis(self.shutdown_drain_timeout_ms),
                 request_timeout: millis(self.request_timeout_ms),
             },
@@ -294,6 +310,7 @@ impl Cli {
                 connections_max: self.connections_max,
                 header_bytes_max: self.header_bytes_max,
                 header_read_timeout: millis(self.header_read_timeout_ms),
+                write_timeout: millis(self.write_timeout_ms),
             },
             append: RequestLimits {
                 append_events_max: self.append_events_max,
@@ -307,6 +324,7 @@ impl Cli {
             subscriptions: subscriptions::Limits {
                 subscriptions_max: self.subscriptions_max,
                 buffer_events_max: self.subscription_buffer_events_max,
+                buffer_bytes_max: self.subscription_buffer_bytes_max,
                 broadcast_batches_max: self.subscription_broadcast_batches_max,
                 poll_interval: millis(self.subscription_poll_interval_ms),
                 keep_alive_interval: millis(self.sse_keep_alive_interval_ms),

@@ -2,12 +2,18 @@
 //! of each connection is hyper's; the routes are `http::app`.
 
 use axum::Router;
+use hyper::body::Incoming;
+use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -22,6 +28,8 @@ pub const CONNECTIONS_MAX: usize = 10_000;
 pub const HEADER_BYTES_MAX: usize = 16_384;
 /// `--header-read-timeout-ms` when not given.
 pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// `--write-timeout-ms` when not given.
+pub const WRITE_TIMEOUT_MS: u64 = 30_000;
 
 /// How connections are accepted and held.
 #[derive(Debug, Clone)]
@@ -34,6 +42,9 @@ pub struct Transport {
     pub header_bytes_max: usize,
     /// How long a client may take to send a request's head (slow clients hold no slot).
     pub header_read_timeout: Duration,
+    /// How long an answer may wait for its client to take a byte before the connection is
+    /// closed (a client that stopped reading holds no memory); subscriptions aside.
+    pub write_timeout: Duration,
 }
 
 impl Default for Transport {
@@ -43,6 +54,7 @@ impl Default for Transport {
             connections_max: CONNECTIONS_MAX,
             header_bytes_max: HEADER_BYTES_MAX,
             header_read_timeout: Duration::from_millis(HEADER_READ_TIMEOUT_MS),
+            write_timeout: Duration::from_millis(WRITE_TIMEOUT_MS),
         }
     }
 }
@@ -52,6 +64,7 @@ impl Default for Transport {
 struct Head {
     bytes_max: usize,
     read_timeout: Duration,
+    write_timeout: Duration,
 }
 
 /// Loads a certificate chain and its private key (PEM) for HTTPS.
@@ -119,6 +132,7 @@ pub async fn serve(
         let head = Head {
             bytes_max: transport.header_bytes_max,
             read_timeout: transport.header_read_timeout,
+            write_timeout: transport.write_timeout,
         };
         connections.spawn(async move {
             match tls {
@@ -153,8 +167,100 @@ where
     http.timer(TokioTimer::new())
         .header_read_timeout(head.read_timeout)
         .max_buf_size(head.bytes_max);
-    let connection = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    let streaming = Arc::new(AtomicBool::new(false));
+    let io = WriteDeadline {
+        io,
+        timeout: head.write_timeout,
+        streaming: streaming.clone(),
+        stalled: None,
+    };
+    let app = TowerToHyperService::new(app);
+    // Each request learns how to say that its answer streams (a subscription); requests on
+    // one connection come one after another, so each starts as not streaming.
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        streaming.store(false, Ordering::Relaxed);
+        request.extensions_mut().insert(crate::http::Streaming::new(streaming.clone()));
+        app.call(request)
+    });
+    let connection = http.serve_connection(TokioIo::new(io), service);
     if let Err(err) = watcher.watch(connection).await {
         debug!(cause = %err, "connection ended with an error");
+    }
+}
+
+/// A connection whose writes give up once the client has taken no byte for `timeout`: a
+/// client that stopped reading an answer then holds neither a connection nor the answer's
+/// memory. A streaming answer (a subscription) is exempt: a slow reader slows it down
+/// instead, as the API promises.
+struct WriteDeadline<I> {
+    io: I,
+    timeout: Duration,
+    streaming: Arc<AtomicBool>,
+    /// Since when a write has waited for the client.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> WriteDeadline<I> {
+    fn deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if poll.is_ready() || self.streaming.load(Ordering::Relaxed) {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.timeout;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no byte of the answer in time",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for WriteDeadline<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.deadline(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.deadline(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.io).poll_flush(cx);
+        self.deadline(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

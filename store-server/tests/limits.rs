@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 use store_server::config::Config;
-use store_testing::{Backend, TestServer, postgres};
+use store_testing::{Backend, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -91,8 +91,8 @@ async fn a_request_head_past_the_limit_is_refused_and_a_slow_one_is_cut() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_past_the_timeout_gets_503_and_a_retry_is_idempotent() {
-    let Some(url) = postgres::fresh_database().await else {
-        return postgres::skip("a_request_past_the_timeout_gets_503_and_a_retry_is_idempotent");
+    let Some(url) = store_testing::postgres::fresh_database().await else {
+        return store_testing::postgres::skip("a_request_past_the_timeout_gets_503_and_a_retry_is_idempotent");
     };
     let mut config = Config::postgres(url.clone());
     config.http.request_timeout = Duration::from_millis(300);
@@ -133,5 +133,98 @@ async fn a_request_past_the_timeout_gets_503_and_a_retry_is_idempotent() {
         Some(reqwest::StatusCode::OK),
         "the timed-out append was committed, and the retry is idempotent"
     );
+    server.stop().await;
+}
+
+store_testing::per_backend!(reads_and_subscriptions_hold_pages_to_the_byte_limits);
+
+async fn reads_and_subscriptions_hold_pages_to_the_byte_limits(backend: Backend, test: &str) {
+    let Some(server) = TestServer::fresh_with(backend, test, |c| {
+        c.http.read_bytes_max = 10_000;
+        c.subscriptions.buffer_bytes_max = 5_000;
+    })
+    .await
+    else {
+        return;
+    };
+    let pad = "x".repeat(4_000);
+    let events: Vec<_> =
+        (0..5).map(|i| store_testing::event("E", serde_json::json!([i, pad]))).collect();
+    let (status, _) =
+        server.append("bytes-1", serde_json::json!("any"), serde_json::Value::Array(events)).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED);
+    let big = "y".repeat(20_000);
+    let (status, _) = server
+        .append(
+            "bytes-1",
+            serde_json::json!("any"),
+            serde_json::json!([store_testing::event("E", serde_json::json!(big))]),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED);
+    let positions = |page: &serde_json::Value| -> Vec<u64> {
+        page["events"].as_array().unwrap().iter().map(|e| e["position"].as_u64().unwrap()).collect()
+    };
+    // Two 4 kB events fit in 10 kB, a third would not: the page ends early, with next.
+    let (_, page) = server.get("/all?limit=100").await;
+    assert_eq!((positions(&page), page["next"].as_u64()), (vec![1, 2], Some(3)));
+    let (_, page) = server.get("/categories/bytes?from=5&limit=100").await;
+    assert_eq!((positions(&page), page["next"].as_u64()), (vec![5], Some(6)));
+    // An event larger than the limit is a page of its own.
+    let (_, page) = server.get("/all?from=6").await;
+    assert_eq!((positions(&page), page["next"].as_u64()), (vec![6], None));
+    let (_, page) = server.get("/streams/bytes-1?from=2&limit=100").await;
+    assert_eq!(positions(&page), vec![3, 4]);
+    assert_eq!(page["next"], 4, "next is the revision after the page");
+    // A subscription reads storage a page (of one event, here) at a time and misses none.
+    let mut subscriber = server.subscribe("/all/subscribe", None).await;
+    let (delivered, _) = subscriber.events(6, Duration::from_secs(10)).await;
+    assert_eq!(delivered, vec![1, 2, 3, 4, 5, 6]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_an_answer_is_cut_off_but_a_paused_subscriber_is_not() {
+    let (port, server) = start(|c| {
+        c.transport.write_timeout = Duration::from_millis(500);
+        c.http.read_bytes_max = 64 << 20;
+    })
+    .await;
+    // About 32 MB of events: more than every socket buffer between server and client.
+    let pad = "z".repeat(100_000);
+    for batch in 0..8 {
+        let events: Vec<_> = (0..40)
+            .map(|i| store_testing::event("E", serde_json::json!([batch, i, pad])))
+            .collect();
+        let (status, _) = server
+            .append(
+                &format!("big-{batch}"),
+                serde_json::json!("any"),
+                serde_json::Value::Array(events),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::CREATED);
+    }
+    let mut reader = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    reader.write_all(b"GET /all?limit=1000 HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut subscriber = server.subscribe("/all/subscribe", None).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // neither reads
+    // The reader that never read: the server gave up on it, and closed the connection.
+    let mut received = 0usize;
+    let mut buffer = vec![0u8; 1 << 16];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection was closed");
+    assert!(received < 32_000_000, "the answer was not all sent ({received} bytes)");
+    // The subscriber that paused gets every event, in order, as promised.
+    let (positions, _) = subscriber.events(320, Duration::from_secs(10)).await;
+    assert_eq!(positions, (1..=320).collect::<Vec<u64>>());
     server.stop().await;
 }

@@ -48,3 +48,91 @@ fn is_length_limit(err: &axum::Error) -> bool {
     }
     false
 }
+
+/// A page of a read as JSON, encoded as the body is sent, in chunks of about
+/// [`PAGE_CHUNK_BYTES`], each event dropped once encoded: the answer never holds the page
+/// twice (the events, and all of their text).
+pub fn page<C: serde::Serialize>(page: crate::protocol::Page<C>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let crate::protocol::Page { events, next, head } = page;
+    // `next` and `head` are numbers or null: they always encode.
+    let next = serde_json::to_string(&next).expect("a cursor encodes");
+    let chunks = PageChunks {
+        events: events.into_iter(),
+        started: false,
+        tail: Some(format!(r#"],"next":{next},"head":{head}}}"#)),
+    };
+    let body = Body::from_stream(tokio_stream::iter(chunks.map(Ok::<_, std::convert::Infallible>)));
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// How much encoded text a page's body gathers before handing it on.
+const PAGE_CHUNK_BYTES: usize = 64 << 10;
+
+struct PageChunks {
+    events: std::vec::IntoIter<crate::protocol::RecordedEvent>,
+    started: bool,
+    tail: Option<String>,
+}
+
+impl Iterator for PageChunks {
+    type Item = axum::body::Bytes;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut chunk = Vec::with_capacity(PAGE_CHUNK_BYTES);
+        if !self.started {
+            chunk.extend_from_slice(br#"{"events":["#);
+        }
+        for event in self.events.by_ref() {
+            if self.started {
+                chunk.push(b',');
+            }
+            self.started = true;
+            // Stored data is valid JSON: a recorded event always encodes.
+            serde_json::to_writer(&mut chunk, &event).expect("a recorded event encodes");
+            if chunk.len() >= PAGE_CHUNK_BYTES {
+                return Some(chunk.into());
+            }
+        }
+        self.started = true;
+        if let Some(tail) = self.tail.take() {
+            chunk.extend_from_slice(tail.as_bytes());
+        }
+        (!chunk.is_empty()).then(|| chunk.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::{Page, Position, RecordedEvent};
+
+    async fn text(page: Page<Position>) -> String {
+        let body = super::page(page).into_body();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    fn event(position: u64, data: &str) -> RecordedEvent {
+        serde_json::from_value(serde_json::json!({
+            "position": position, "stream": "s-1", "revision": position - 1,
+            "id": "5f0c6d0e-9a39-4c41-a9a0-1f6b0f0f6f11", "type": "E", "schema_version": 1,
+            "data": data, "metadata": null, "recorded_at": "2026-11-27T12:00:00.123456Z"
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_streamed_page_is_the_json_of_the_page() {
+        let big = "x".repeat(100_000);
+        for events in
+            [vec![], vec![event(1, "a")], vec![event(1, &big), event(2, "b"), event(3, &big)]]
+        {
+            for next in [None, Some(Position(4))] {
+                let page = Page { events: events.clone(), next, head: Position(9) };
+                let expected = serde_json::to_value(&page).unwrap();
+                let streamed: serde_json::Value = serde_json::from_str(&text(page).await).unwrap();
+                assert_eq!(streamed, expected);
+            }
+        }
+    }
+}

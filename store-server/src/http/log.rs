@@ -3,18 +3,18 @@
 use super::authorize::Visible;
 use super::params::{RawQuery, ReadParams, segment};
 use super::{ApiError, AppState};
-use crate::protocol::{Category, Page, Position};
+use crate::protocol::{Category, Position};
 use crate::store::{Filter, LogQuery};
 use axum::Extension;
-use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
+use axum::response::Response;
 
 /// `GET /all` (an unscoped token only: it sees everything).
 pub async fn read_all(
     State(state): State<AppState>,
     query: RawQuery,
-) -> Result<Json<Page<Position>>, ApiError> {
+) -> Result<Response, ApiError> {
     read(&state, Filter::default(), query).await
 }
 
@@ -25,23 +25,20 @@ pub async fn read_category(
     path: Result<Path<String>, PathRejection>,
     visible: Option<Extension<Visible>>,
     query: RawQuery,
-) -> Result<Json<Page<Position>>, ApiError> {
+) -> Result<Response, ApiError> {
     let category = Category::new(segment(path)?)?;
     let scope = Visible::scope_of(visible.as_ref());
     read(&state, Filter { category: Some(category), scope, ..Filter::default() }, query).await
 }
 
-async fn read(
-    state: &AppState,
-    filter: Filter,
-    query: RawQuery,
-) -> Result<Json<Page<Position>>, ApiError> {
+async fn read(state: &AppState, filter: Filter, query: RawQuery) -> Result<Response, ApiError> {
     let params = ReadParams::parse(query, state.http.read_limit_max)?;
     let query = LogQuery {
         filter: Filter { types: params.types, ..filter },
         from: params.from.map(Position),
         direction: params.direction,
         limit: params.limit,
+        bytes_max: state.http.read_bytes_max,
     };
-    Ok(Json(state.store.read_log(query).await?))
+    Ok(super::body::page(state.store.read_log(query).await?))
 }

@@ -33,6 +33,8 @@ use tokio::sync::{Notify, Semaphore, watch};
 pub const REQUEST_BODY_BYTES_MAX: usize = 4 << 20;
 /// `--read-limit-max` when not given.
 pub const READ_LIMIT_MAX: usize = 1000;
+/// `--read-bytes-max` when not given.
+pub const READ_BYTES_MAX: usize = 4 << 20;
 /// `--shutdown-drain-timeout-ms` when not given.
 pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// `--request-timeout-ms` when not given.
@@ -45,6 +47,8 @@ pub struct Limits {
     pub request_body_bytes_max: usize,
     /// Largest read `limit`.
     pub read_limit_max: usize,
+    /// Most bytes of data and metadata in one page of a read (it always holds one event).
+    pub read_bytes_max: usize,
     /// How long open requests may take to finish after the shutdown signal.
     pub shutdown_drain_timeout: Duration,
     /// How long a request may take (subscriptions and consumer waits aside).
@@ -56,6 +60,7 @@ impl Default for Limits {
         Self {
             request_body_bytes_max: REQUEST_BODY_BYTES_MAX,
             read_limit_max: READ_LIMIT_MAX,
+            read_bytes_max: READ_BYTES_MAX,
             shutdown_drain_timeout: Duration::from_millis(SHUTDOWN_DRAIN_TIMEOUT_MS),
             request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
         }
@@ -173,7 +178,14 @@ async fn deadline(
     request: Request,
     next: Next,
 ) -> Response {
-    if route.as_str().ends_with("/subscribe") || route.as_str().ends_with("/wait") {
+    if route.as_str().ends_with("/subscribe") {
+        // Endless by design, and a slow reader is slowed down, never cut off.
+        if let Some(streaming) = request.extensions().get::<Streaming>() {
+            streaming.mark();
+        }
+        return next.run(request).await;
+    }
+    if route.as_str().ends_with("/wait") {
         return next.run(request).await;
     }
     match tokio::time::timeout(timeout, next.run(request)).await {
@@ -210,6 +222,24 @@ async fn track(
         metrics.storage_errors_total.with_label_values(&[kind]).inc();
     }
     response
+}
+
+/// Given to every request served on a socket: a handler whose answer streams for as long as
+/// its client stays (a subscription) marks it, so that the connection's write timeout,
+/// meant for clients that stopped reading an answer, leaves it alone.
+#[derive(Debug, Clone)]
+pub struct Streaming(Arc<std::sync::atomic::AtomicBool>);
+
+impl Streaming {
+    /// The mark of one connection.
+    pub fn new(flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self(flag)
+    }
+
+    /// This request's answer streams.
+    pub fn mark(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Set on a response that failed because storage did: what kind of failure it was.

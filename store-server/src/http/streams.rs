@@ -74,9 +74,10 @@ pub async fn read(
         from: params.from.map(StreamRevision),
         direction: params.direction,
         limit: params.limit,
+        bytes_max: state.http.read_bytes_max,
     };
     match state.store.read_stream(query).await? {
-        Some(page) => Ok(Json(page).into_response()),
+        Some(page) => Ok(super::body::page(page)),
         None => Err(ApiError::StreamNotFound(stream)),
     }
 }

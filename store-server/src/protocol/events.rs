@@ -147,6 +147,13 @@ pub struct RecordedEvent {
     pub recorded_at: Timestamp,
 }
 
+impl RecordedEvent {
+    /// Bytes of payload the event carries (data and metadata), for the read byte limits.
+    pub fn payload_bytes(&self) -> usize {
+        self.data.get().len() + self.metadata.as_ref().map_or(0, |m| m.get().len())
+    }
+}
+
 /// A page of a read. `C` is the cursor: a [`StreamRevision`] for stream reads, a
 /// [`Position`] for reads of a category or the whole log.
 #[derive(Debug, Clone, Serialize, Deserialize)]

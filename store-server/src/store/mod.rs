@@ -57,6 +57,8 @@ pub struct StreamQuery {
     pub direction: Direction,
     /// At most this many events.
     pub limit: usize,
+    /// At most this many bytes of data and metadata (but always one event).
+    pub bytes_max: usize,
 }
 
 /// Which events of the log a read or a subscription wants.
@@ -131,6 +133,8 @@ pub struct LogQuery {
     pub direction: Direction,
     /// At most this many events.
     pub limit: usize,
+    /// At most this many bytes of data and metadata (but always one event).
+    pub bytes_max: usize,
 }
 
 /// What a backend does. Every method is safe to call concurrently, but `commit` is only

@@ -81,21 +81,47 @@ impl EventRow {
     }
 }
 
-/// Turns `limit + 1` rows into a page: the extra row, if any, is where the next page starts.
-/// `head_read_first` must have been read before the rows (or in the same snapshot).
-pub(super) fn page<C>(
-    rows: Vec<EventRow>,
+/// Builds a page from up to `limit + 1` rows, read one at a time: it ends at `limit` events,
+/// or before the event that would take its payload past `bytes_max` (it always holds one),
+/// and the first row left out is where the next page starts. The backends stop reading
+/// rows there, so no read holds more than a page.
+pub(super) struct PageBuilder<C, F> {
+    events: Vec<RecordedEvent>,
+    bytes: usize,
     limit: usize,
-    head_read_first: i64,
-    cursor: impl Fn(&RecordedEvent) -> C,
-) -> Result<Page<C>, Error> {
-    let mut events =
-        rows.into_iter().map(EventRow::into_recorded).collect::<Result<Vec<_>, _>>()?;
-    let next = (events.len() > limit).then(|| events.pop()).flatten().map(|e| cursor(&e));
-    // The head is read before the events, so events committed in between can pass it.
-    let seen = events.iter().map(|e| e.position).max().unwrap_or_default();
-    let head = seen.max(Position(to_u64(head_read_first, 0, "log head")?));
-    Ok(Page { events, next, head })
+    bytes_max: usize,
+    next: Option<C>,
+    cursor: F,
+}
+
+impl<C, F: Fn(&RecordedEvent) -> C> PageBuilder<C, F> {
+    pub(super) fn new(limit: usize, bytes_max: usize, cursor: F) -> Self {
+        Self { events: Vec::new(), bytes: 0, limit, bytes_max, next: None, cursor }
+    }
+
+    /// Adds `row`; answers whether the page takes more.
+    pub(super) fn push(&mut self, row: EventRow) -> Result<bool, Error> {
+        let event = row.into_recorded()?;
+        let bytes = event.payload_bytes();
+        let full = self.events.len() >= self.limit
+            || (!self.events.is_empty() && self.bytes.saturating_add(bytes) > self.bytes_max);
+        if full {
+            self.next = Some((self.cursor)(&event));
+            return Ok(false);
+        }
+        self.bytes += bytes;
+        self.events.push(event);
+        Ok(true)
+    }
+
+    /// The page; `head_read_first` must have been read before the rows (or in the same
+    /// snapshot).
+    pub(super) fn finish(self, head_read_first: i64) -> Result<Page<C>, Error> {
+        // The head is read before the events, so events committed in between can pass it.
+        let seen = self.events.iter().map(|e| e.position).max().unwrap_or_default();
+        let head = seen.max(Position(to_u64(head_read_first, 0, "log head")?));
+        Ok(Page { events: self.events, next: self.next, head })
+    }
 }
 
 /// What a batch's decisions need looked up: the distinct streams it appends to, and the

@@ -128,6 +128,7 @@ mod tests {
             from: Some(Position(5)),
             direction: Direction::Forward,
             limit: 10,
+            bytes_max: 1 << 20,
         }
     }
 
@@ -178,6 +179,7 @@ mod tests {
             from: None,
             direction: Direction::Backward,
             limit: 1,
+            bytes_max: 1 << 20,
         };
         let sql = read_log(&query, Dialect::Sqlite);
         assert!(sql.text.ends_with("WHERE position <= ? ORDER BY position DESC LIMIT ?"));

@@ -3,7 +3,7 @@
 //! a pool of read-only connections for reads. SQLite calls block, so they run on
 //! tokio's blocking threads.
 
-use super::rows::{EVENT_COLUMNS, EventRow, batch_keys, page, snapshot, to_i64, to_u64};
+use super::rows::{EVENT_COLUMNS, EventRow, PageBuilder, batch_keys, snapshot, to_i64, to_u64};
 use super::sql::Param;
 use super::{Backend, Direction, Error, LogQuery, Store, StoredConsumer, StreamQuery, migrations};
 use crate::decide::{Append, Outcome};
@@ -190,12 +190,19 @@ impl Store for Sqlite {
             };
             let sql = format!("SELECT {EVENT_COLUMNS} FROM events {sql}");
             let limit = to_i64(query.limit as u64 + 1);
-            let rows = tx
-                .prepare_cached(&sql)?
-                .query_map(params![query.stream.as_str(), from, limit], event_row)?
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut page = PageBuilder::new(query.limit, query.bytes_max, |e| e.revision);
+            let mut statement = tx.prepare_cached(&sql)?;
+            // Rows are read one at a time, and no further than the page takes.
+            for row in
+                statement.query_map(params![query.stream.as_str(), from, limit], event_row)?
+            {
+                if !page.push(row?)? {
+                    break;
+                }
+            }
+            drop(statement);
             let head = log_head(&tx)?;
-            page(rows, query.limit, head, |e| e.revision).map(Some)
+            page.finish(head).map(Some)
         })
         .await
     }
@@ -209,12 +216,16 @@ impl Store for Sqlite {
                 Param::Text(text) => Value::Text(text.to_owned()),
                 Param::Texts(_) => unreachable!("the SQLite dialect binds one value per mark"),
             });
-            let rows = tx
-                .prepare_cached(&sql.text)?
-                .query_map(rusqlite::params_from_iter(values), event_row)?
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut page = PageBuilder::new(query.limit, query.bytes_max, |e| e.position);
+            let mut statement = tx.prepare_cached(&sql.text)?;
+            for row in statement.query_map(rusqlite::params_from_iter(values), event_row)? {
+                if !page.push(row?)? {
+                    break;
+                }
+            }
+            drop(statement);
             let head = log_head(&tx)?;
-            page(rows, query.limit, head, |e| e.position)
+            page.finish(head)
         })
         .await
     }

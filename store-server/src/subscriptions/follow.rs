@@ -120,6 +120,7 @@ impl Follower {
                 from: Some(self.scanned.after(1)),
                 direction: Direction::Forward,
                 limit: self.limits.buffer_events_max,
+                bytes_max: self.limits.buffer_bytes_max,
             };
             let page = match store.read_log(query).await {
                 Ok(page) => page,

@@ -50,6 +50,8 @@ impl Encoded {
 pub const SUBSCRIPTIONS_MAX: usize = 1000;
 /// `--subscription-buffer-events-max` when not given.
 pub const BUFFER_EVENTS_MAX: usize = 500;
+/// `--subscription-buffer-bytes-max` when not given.
+pub const BUFFER_BYTES_MAX: usize = 4 << 20;
 /// `--subscription-broadcast-batches-max` when not given.
 pub const BROADCAST_BATCHES_MAX: usize = 256;
 /// `--subscription-poll-interval-ms` when not given.
@@ -64,6 +66,9 @@ pub struct Limits {
     pub subscriptions_max: usize,
     /// Events a subscription reads from storage at once: what bounds its memory.
     pub buffer_events_max: usize,
+    /// Bytes of data and metadata it reads at once (at least one event): the same bound,
+    /// for large events. The tailer's broadcast batches are held to both as well.
+    pub buffer_bytes_max: usize,
     /// Batches the broadcast keeps for subscribers that are behind; one that falls further
     /// behind reads from storage instead.
     pub broadcast_batches_max: usize,
@@ -78,6 +83,7 @@ impl Default for Limits {
         Self {
             subscriptions_max: SUBSCRIPTIONS_MAX,
             buffer_events_max: BUFFER_EVENTS_MAX,
+            buffer_bytes_max: BUFFER_BYTES_MAX,
             broadcast_batches_max: BROADCAST_BATCHES_MAX,
             poll_interval: Duration::from_millis(POLL_INTERVAL_MS),
             keep_alive_interval: Duration::from_millis(KEEP_ALIVE_INTERVAL_MS),
@@ -179,6 +185,7 @@ async fn tail(
                 from: Some(last.after(1)),
                 direction: Direction::Forward,
                 limit: limits.buffer_events_max,
+                bytes_max: limits.buffer_bytes_max,
             };
             match store.read_log(query).await {
                 Ok(page) => {

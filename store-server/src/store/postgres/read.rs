@@ -2,11 +2,12 @@
 //! covers every event the read could see.
 
 use crate::protocol::{Page, Position, StreamRevision};
-use crate::store::rows::{EVENT_COLUMNS, EventRow, page, to_i64};
+use crate::store::rows::{EVENT_COLUMNS, EventRow, PageBuilder, to_i64};
 use crate::store::sql::{self, Dialect, Param};
 use crate::store::{Direction, Error, LogQuery, StreamQuery};
 use deadpool_postgres::{Client, GenericClient};
 use tokio_postgres::types::ToSql;
+use tokio_stream::StreamExt;
 
 /// One stream by revision; `None` when it does not exist.
 pub(super) async fn stream(
@@ -32,17 +33,17 @@ pub(super) async fn stream(
     )?;
     let exists_params: [&(dyn ToSql + Sync); 1] = [&name];
     let events_params: [&(dyn ToSql + Sync); 3] = [&name, &from, &limit];
-    // Pipelined, sent in this order: the head is read before the events (see `page`).
+    // Pipelined, sent in this order: the head is read before the events (see `finish`).
     let (head, exists, events) = tokio::try_join!(
         client.query_one(&head_stmt, &[]),
         client.query_opt(&exists_stmt, &exists_params),
-        client.query(&events_stmt, &events_params),
+        client.query_raw(&events_stmt, events_params),
     )?;
     if exists.is_none() {
         return Ok(None);
     }
-    let rows = events.iter().map(event_row).collect();
-    page(rows, query.limit, head.get(0), |e| e.revision).map(Some)
+    let page = PageBuilder::new(query.limit, query.bytes_max, |e| e.revision);
+    fill(page, events).await?.finish(head.get(0)).map(Some)
 }
 
 /// The log by position, filtered.
@@ -59,11 +60,28 @@ pub(super) async fn log(client: &Client, query: LogQuery) -> Result<Page<Positio
         .collect();
     let (head_stmt, events_stmt) =
         tokio::try_join!(client.prepare_cached(LOG_HEAD_SQL), client.prepare_cached(&sql.text))?;
-    // Pipelined, sent in this order: the head is read before the events (see `page`).
-    let (head, events) =
-        tokio::try_join!(client.query_one(&head_stmt, &[]), client.query(&events_stmt, &params),)?;
-    let rows = events.iter().map(event_row).collect();
-    page(rows, query.limit, head.get(0), |e| e.position)
+    // Pipelined, sent in this order: the head is read before the events (see `finish`).
+    let (head, events) = tokio::try_join!(
+        client.query_one(&head_stmt, &[]),
+        client.query_raw(&events_stmt, params),
+    )?;
+    let page = PageBuilder::new(query.limit, query.bytes_max, |e| e.position);
+    fill(page, events).await?.finish(head.get(0))
+}
+
+/// Takes rows from `rows` as they arrive, no further than the page takes: what is left is
+/// discarded by the connection, never held here.
+async fn fill<C, F: Fn(&crate::protocol::RecordedEvent) -> C>(
+    mut page: PageBuilder<C, F>,
+    rows: tokio_postgres::RowStream,
+) -> Result<PageBuilder<C, F>, Error> {
+    let mut rows = std::pin::pin!(rows);
+    while let Some(row) = rows.next().await {
+        if !page.push(event_row(&row?))? {
+            break;
+        }
+    }
+    Ok(page)
 }
 
 const LOG_HEAD_SQL: &str = "SELECT position FROM log_head";
