@@ -229,3 +229,83 @@ async fn postgres_crash_under_load_is_survived_without_loss() {
     verify(&server.url, &attempts).await;
     server.kill().await;
 }
+
+/// A small filesystem of our own (tmpfs), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` (said loudly) where mounting is not permitted; a failure under
+    /// `REQUIRE_MOUNT=1`, as in CI.
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !mounted {
+            let required = std::env::var("REQUIRE_MOUNT").is_ok_and(|v| v == "1");
+            assert!(!required, "REQUIRE_MOUNT=1 but a tmpfs cannot be mounted here");
+            eprintln!(
+                "SKIPPED the full-disk test: mounting a tmpfs is not permitted (run as root)"
+            );
+            return None;
+        }
+        Some(Self { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_appends_loses_nothing_and_recovers_without_a_restart() {
+    let Some(disk) = SmallDisk::mount("8m") else { return };
+    // Room to free later: a file that takes 2 MB of the 8.
+    let filler = disk.dir.path().join("filler");
+    std::fs::write(&filler, vec![1u8; 2 << 20]).unwrap();
+    let server = store_testing::TestServer::start(store_server::config::Config::sqlite(
+        disk.dir.path().join("data"),
+    ))
+    .await;
+    let pad = "d".repeat(20_000);
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for n in 0..1000 {
+        let id = uuid::Uuid::now_v7().to_string();
+        let events = json!([{"id": id, "type": "E", "data": [n, pad]}]);
+        let (status, body) = server.append(&format!("full-{}", n % 10), json!("any"), events).await;
+        match status {
+            StatusCode::CREATED => acknowledged.push(id),
+            _ => {
+                refused = Some((status, body));
+                break;
+            }
+        }
+    }
+    let (status, problem) = refused.expect("the disk filled up");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert_eq!(problem["type"], "/problems/unavailable");
+    assert!(!problem.to_string().contains("sqlite"), "no internals: {problem}");
+    assert_eq!(server.get("/health/ready").await.0, StatusCode::SERVICE_UNAVAILABLE);
+
+    // Space comes back: appends go on, without a restart, and nothing acknowledged is lost.
+    std::fs::remove_file(&filler).unwrap();
+    let events = json!([{"type": "E", "data": "after"}]);
+    let (status, body) = server.append("full-after", json!("any"), events).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(server.get("/health/ready").await.0, StatusCode::OK);
+    let stored: std::collections::HashSet<String> =
+        server.read_all().await.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert!(
+        acknowledged.iter().all(|id| stored.contains(id)),
+        "every acknowledged append is there"
+    );
+    assert_eq!(stored.len(), acknowledged.len() + 1, "and nothing refused was stored");
+    server.stop().await;
+}

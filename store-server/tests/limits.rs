@@ -92,7 +92,9 @@ async fn a_request_head_past_the_limit_is_refused_and_a_slow_one_is_cut() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_past_the_timeout_gets_503_and_a_retry_is_idempotent() {
     let Some(url) = store_testing::postgres::fresh_database().await else {
-        return store_testing::postgres::skip("a_request_past_the_timeout_gets_503_and_a_retry_is_idempotent");
+        return store_testing::postgres::skip(
+            "a_request_past_the_timeout_gets_503_and_a_retry_is_idempotent",
+        );
     };
     let mut config = Config::postgres(url.clone());
     config.http.request_timeout = Duration::from_millis(300);

@@ -510,6 +510,8 @@ async fn a_file_size_limit_refuses_appends_instead_of_killing_the_server() {
     assert!(server.try_wait().unwrap().is_none(), "still running after the refused append");
     let live = client.get(format!("{base}/health/live")).send().await.unwrap();
     assert_eq!(live.status(), StatusCode::OK);
+    let ready = client.get(format!("{base}/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE, "appends are failing");
     assert_eq!(client.get(format!("{base}/all?limit=1")).send().await.unwrap().status(), 200);
     let _ = server.kill().await;
 }

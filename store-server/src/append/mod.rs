@@ -103,6 +103,10 @@ impl Writer {
     }
 }
 
+/// How long a failed commit keeps readiness down while no commit succeeds: a load balancer
+/// tries the instance again after that, and a probe decides.
+const FAILURE_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What a commit did.
 enum Committed {
     /// Wrote, up to this head.
@@ -121,6 +125,10 @@ async fn run(
     committed: watch::Sender<Position>,
 ) {
     let mut carried: Option<Request> = None;
+    // When the last commit failed, if no commit has succeeded since: for a while after, the
+    // write path is not healthy, though a probe's small write may get through (a disk with
+    // a few pages left).
+    let mut failed_at: Option<Instant> = None;
     loop {
         // Take what is queued now and no more: waiting for a fuller batch would add latency
         // when there is nothing to batch; under load, the queue fills during each commit.
@@ -161,13 +169,21 @@ async fn run(
                 }
             },
         };
-        if let Committed::Wrote(head) = outcome {
-            committed.send_replace(head);
+        match outcome {
+            Committed::Wrote(head) => {
+                committed.send_replace(head);
+                failed_at = None;
+            }
+            Committed::Failed => failed_at = Some(Instant::now()),
+            Committed::Nothing => {}
         }
         if !probes.is_empty() {
             let probed = match outcome {
                 Committed::Wrote(_) => Ok(()),
                 Committed::Failed => Err(Error::Unavailable),
+                _ if failed_at.is_some_and(|at| at.elapsed() < FAILURE_HOLD) => {
+                    Err(Error::Unavailable)
+                }
                 Committed::Nothing => store.probe().await.map_err(|err| {
                     warn!(cause = %crate::error_chain(&err), "the write probe failed");
                     metrics.storage_errors_total.with_label_values(&[err.kind()]).inc();
