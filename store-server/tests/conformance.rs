@@ -520,6 +520,11 @@ async fn bad_input_gets_a_problem_document_and_changes_nothing(server: &TestServ
         ("/streams/s-1".into(), r#"{"events":[{"type":7,"data":1}]}"#.into(), "invalid-request"),
         (
             "/streams/s-1".into(),
+            r#"{"events":[{"type":"E","data":1},{"type":"$stream-deleted","data":{}}]}"#.into(),
+            "invalid-request",
+        ),
+        (
+            "/streams/s-1".into(),
             r#"{"events":[{"id":"not-a-uuid","type":"E","data":1}]}"#.into(),
             "invalid-request",
         ),

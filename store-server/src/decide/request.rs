@@ -47,6 +47,16 @@ pub enum Invalid {
     /// `400 invalid-request`.
     #[error("event id {0} appears more than once in the request")]
     RepeatedId(EventId),
+    /// `400 invalid-request`: types starting with `$` are the server's own system events.
+    #[error(
+        "event {index} has the type {event_type:?}: types starting with '$' are reserved for system events"
+    )]
+    SystemType {
+        /// 0-based index of the event in the request.
+        index: usize,
+        /// Its type.
+        event_type: String,
+    },
     /// `413 payload-too-large`.
     #[error("the request has {count} events, the limit is {max}")]
     TooManyEvents {
@@ -92,6 +102,12 @@ impl Append {
             .find(|&(_, bytes)| bytes > limits.event_bytes_max)
         {
             return Err(Invalid::EventTooLarge { index, bytes, max: limits.event_bytes_max });
+        }
+        if let Some((index, event)) =
+            request.events.iter().enumerate().find(|(_, e)| e.event_type.as_str().starts_with('$'))
+        {
+            let event_type = event.event_type.as_str().to_owned();
+            return Err(Invalid::SystemType { index, event_type });
         }
         let mut seen = HashSet::with_capacity(count);
         let mut ids_from_client = false;
