@@ -1,6 +1,6 @@
 //! The write path: validated appends wait in a bounded queue; ONE writer task per server
 //! drains whatever is queued and commits it as one transaction (group commit), so one
-//! fsync serves many requests. Each request is still decided on its own ([`decide`]).
+//! fsync serves many requests. Each request is still decided on its own ([`crate::decide`]).
 
 use crate::decide::{Append, Outcome};
 use crate::metrics::Metrics;

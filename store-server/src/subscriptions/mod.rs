@@ -36,7 +36,7 @@ impl Encoded {
         Self { event, message: std::sync::OnceLock::new() }
     }
 
-    /// Its message, as [`sse::event`] writes it.
+    /// Its message, as `sse::event` writes it.
     pub fn message(&self) -> &[u8] {
         self.message.get_or_init(|| {
             let mut message = Vec::with_capacity(256);
