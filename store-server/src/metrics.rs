@@ -159,9 +159,25 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        self.render_consumers(|_| true)
+    }
+
+    /// The text exposition, without the series of consumers `shown` leaves out (what a
+    /// scoped token may not see).
+    pub fn render_consumers(&self, shown: impl Fn(&str) -> bool) -> String {
+        let mut families = self.registry.gather();
+        for family in &mut families {
+            family.mut_metric().retain(|metric| {
+                metric
+                    .get_label()
+                    .iter()
+                    .all(|label| label.name() != "consumer" || shown(label.value()))
+            });
+        }
+        families.retain(|family| !family.get_metric().is_empty());
         let mut text = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut text);
+        let _ = TextEncoder::new().encode(&families, &mut text);
         String::from_utf8(text).unwrap_or_default()
     }
 }

@@ -527,5 +527,11 @@ async fn a_scoped_token_reads_only_its_streams_through_categories_and_consumers(
     }
     let own = as_token(&scoped, Method::GET, "/consumers/account-proj").send().await.unwrap();
     assert_eq!(own.status(), StatusCode::OK);
+    // Nor through the metrics: the consumer series of others are left out.
+    let metrics = |token: &str| as_token(token, Method::GET, "/metrics").send();
+    let text = metrics(&scoped).await.unwrap().text().await.unwrap();
+    assert!(text.contains(r#"consumer="account-proj""#) && !text.contains("billing"), "{text}");
+    let text = metrics(&admin).await.unwrap().text().await.unwrap();
+    assert!(text.contains(r#"consumer="billing""#), "an unscoped token sees every consumer");
     server.stop().await;
 }

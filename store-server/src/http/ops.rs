@@ -1,7 +1,9 @@
 //! Operations: health, info, metrics.
 
+use super::authorize::Visible;
 use super::{ApiError, AppState};
 use crate::store::to_i64;
+use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
@@ -44,8 +46,12 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError
     })))
 }
 
-/// `GET /metrics`: Prometheus text exposition.
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// `GET /metrics`: Prometheus text exposition. A scoped token sees the series of the
+/// consumers its patterns cover only, as in `GET /consumers`.
+pub async fn metrics(
+    State(state): State<AppState>,
+    visible: Option<Extension<Visible>>,
+) -> impl IntoResponse {
     // Consumers report through any instance: their gauges are read from storage.
     match tokio::try_join!(state.store.consumers(), state.store.head()) {
         Ok((consumers, head)) => {
@@ -72,7 +78,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             .with_label_values(&[label])
             .set(to_i64(count as u64));
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    let text = state.metrics.render_consumers(|name| Visible::covers(visible.as_ref(), name));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// `GET /openapi.json`: the OpenAPI 3.1 document of this API, kept true by tests (and by
