@@ -358,7 +358,8 @@ async fn readiness_fails_while_no_append_can_commit_and_recovers_by_itself() {
     server.stop().await;
 }
 
-/// A real store that panics in the commit it is told to: the writer must survive it.
+/// A real store that panics in the commit (or probe) it is told to: the writer must
+/// survive it.
 struct PanicsOnCommit {
     store: Arc<dyn store_server::store::Store>,
     panic_next: AtomicBool,
@@ -380,6 +381,9 @@ impl store_server::store::Store for PanicsOnCommit {
         self.store.commit(batch, at).await
     }
     async fn probe(&self) -> Result<(), store_server::store::Error> {
+        if self.panic_next.swap(false, Ordering::SeqCst) {
+            panic!("a bug in a probe");
+        }
         self.store.probe().await
     }
     async fn read_stream(
@@ -446,7 +450,7 @@ async fn a_commit_that_panics_fails_its_batch_and_the_writer_goes_on() {
     let store = Arc::new(PanicsOnCommit { store: sqlite, panic_next: AtomicBool::new(true) });
     let metrics = Arc::new(store_server::metrics::Metrics::new().unwrap());
     let (committed, _) = tokio::sync::watch::channel(store_server::protocol::Position(0));
-    let (writer, task) = Writer::start(store, Default::default(), metrics, committed);
+    let (writer, task) = Writer::start(store.clone(), Default::default(), metrics, committed);
     let append = || {
         let request: store_server::protocol::AppendRequest =
             serde_json::from_value(json!({"events": [{"type": "E", "data": 1}]})).unwrap();
@@ -456,6 +460,10 @@ async fn a_commit_that_panics_fails_its_batch_and_the_writer_goes_on() {
     assert!(writer.append(append()).await.is_err(), "the batch that panicked fails");
     assert!(matches!(writer.append(append()).await, Ok(Outcome::Created(_))), "the next commits");
     assert!(writer.probe().await.is_ok(), "and the write path is healthy");
+    // A probe that panics (nothing else to write, so it writes on its own) fails alone too.
+    store.panic_next.store(true, Ordering::SeqCst);
+    assert!(writer.probe().await.is_err());
+    assert!(matches!(writer.append(append()).await, Ok(Outcome::Created(_))), "the writer lives");
     drop(writer);
     task.await.expect("the writer ends cleanly once its handles are gone");
 }

@@ -184,15 +184,28 @@ async fn run(
                 _ if failed_at.is_some_and(|at| at.elapsed() < FAILURE_HOLD) => {
                     Err(Error::Unavailable)
                 }
-                Committed::Nothing => store.probe().await.map_err(|err| {
-                    warn!(cause = %crate::error_chain(&err), "the write probe failed");
-                    metrics.storage_errors_total.with_label_values(&[err.kind()]).inc();
-                    Error::Unavailable
-                }),
+                Committed::Nothing => probe(store.clone(), &metrics).await,
             };
             for reply in probes {
                 let _ = reply.send(probed);
             }
+        }
+    }
+}
+
+/// A write of its own, for the probes of a batch that wrote nothing. In a task of its own,
+/// like a commit: whatever the backend does, the writer's loop goes on.
+async fn probe(store: Arc<dyn Store>, metrics: &Metrics) -> Result<(), Error> {
+    match tokio::spawn(async move { store.probe().await }).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => {
+            warn!(cause = %crate::error_chain(&err), "the write probe failed");
+            metrics.storage_errors_total.with_label_values(&[err.kind()]).inc();
+            Err(Error::Unavailable)
+        }
+        Err(panicked) => {
+            error!(cause = %panicked, "the write probe panicked");
+            Err(Error::Unavailable)
         }
     }
 }
