@@ -118,7 +118,7 @@ impl TestServer {
 
     /// Serves `config` on `address` (a server restarted where its clients expect it).
     pub async fn start_at(config: Config, address: &str) -> Self {
-        let listener = TcpListener::bind(address).await.expect("bind a loopback port");
+        let listener = bind(address).await;
         let url = format!("http://{}", listener.local_addr().expect("bound address"));
         let tls = config.transport.tls.is_some();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -252,6 +252,22 @@ impl TestServer {
         assert_eq!(status, StatusCode::OK, "{info}");
         info["head"].as_u64().expect("head")
     }
+}
+
+/// Binds `address`, waiting a little while it is taken. A server restarted on its old port
+/// can find it held for a moment: a client retrying while nothing listened there may have
+/// been given that very port for its own end, and connected to itself.
+async fn bind(address: &str) -> TcpListener {
+    for _ in 0..100 {
+        match TcpListener::bind(address).await {
+            Ok(listener) => return listener,
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(err) => panic!("cannot bind {address}: {err}"),
+        }
+    }
+    panic!("{address} stayed in use for 5 s")
 }
 
 /// An event with `type` and `data`.
