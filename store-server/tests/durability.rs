@@ -309,3 +309,28 @@ async fn a_full_disk_refuses_appends_loses_nothing_and_recovers_without_a_restar
     assert_eq!(stored.len(), acknowledged.len() + 1, "and nothing refused was stored");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_data_folder_keeps_readiness_down_while_reads_go_on() {
+    let Some(disk) = SmallDisk::mount("16m") else { return };
+    let data = disk.dir.path().join("data");
+    let config = || store_server::config::Config::sqlite(&data);
+    let server = store_testing::TestServer::start(config()).await;
+    let events = || json!([{"type": "E", "data": 1}]);
+    assert_eq!(server.append("ro-1", json!("any"), events()).await.0, StatusCode::CREATED);
+    server.stop().await;
+    // The folder turns read-only (a read-only bind mount over it), the server starts again.
+    let mount = |args: &[&str]| {
+        let status = std::process::Command::new("mount").args(args).arg(&data).status();
+        assert!(status.unwrap().success(), "mount {args:?}");
+    };
+    mount(&["--bind", data.to_str().unwrap()]);
+    mount(&["-o", "remount,bind,ro"]);
+    let server = store_testing::TestServer::start_unready(config()).await;
+    let (status, problem) = server.append("ro-1", json!("any"), events()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert_eq!(server.get("/health/ready").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(server.get("/streams/ro-1").await.0, StatusCode::OK, "reads go on");
+    server.stop().await;
+    let _ = std::process::Command::new("umount").arg(&data).status();
+}

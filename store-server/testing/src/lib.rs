@@ -116,8 +116,18 @@ impl TestServer {
         Self::start_at(config, "127.0.0.1:0").await
     }
 
+    /// Serves `config` on a free loopback port, waiting only until it is live: for a server
+    /// that is meant not to be ready.
+    pub async fn start_unready(config: Config) -> Self {
+        Self::serve(config, "127.0.0.1:0", "/health/live").await
+    }
+
     /// Serves `config` on `address` (a server restarted where its clients expect it).
     pub async fn start_at(config: Config, address: &str) -> Self {
+        Self::serve(config, address, "/health/ready").await
+    }
+
+    async fn serve(config: Config, address: &str, ready: &str) -> Self {
         let listener = bind(address).await;
         let url = format!("http://{}", listener.local_addr().expect("bound address"));
         let tls = config.transport.tls.is_some();
@@ -127,13 +137,13 @@ impl TestServer {
         }));
         let server =
             Self { url, client: reqwest::Client::new(), stop: Some(stop), task, _dir: None };
-        server.wait_ready(tls).await;
+        server.wait_ready(tls, ready).await;
         server
     }
 
-    /// Waits until it answers `/health/ready` (over TLS, until it accepts connections: the
+    /// Waits until it answers `ready` with 200 (over TLS, until it accepts connections: the
     /// caller holds the certificate to trust).
-    async fn wait_ready(&self, tls: bool) {
+    async fn wait_ready(&self, tls: bool, ready: &str) {
         for _ in 0..200 {
             if self.task.is_finished() {
                 panic!("the server stopped while starting");
@@ -143,7 +153,7 @@ impl TestServer {
             let ready = match tls {
                 true => tokio::net::TcpStream::connect(self.address()).await.is_ok(),
                 false => reqwest::Client::new()
-                    .get(format!("{}/health/ready", self.url))
+                    .get(format!("{}{ready}", self.url))
                     .send()
                     .await
                     .is_ok_and(|response| response.status() == StatusCode::OK),
