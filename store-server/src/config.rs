@@ -4,7 +4,7 @@
 use crate::append::BatchLimits;
 use crate::decide::RequestLimits;
 use crate::store::PostgresOptions;
-use crate::{append, decide, http, listen, store, subscriptions};
+use crate::{append, decide, http, listen, scavenger, store, subscriptions};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,6 +12,16 @@ use std::time::Duration;
 
 /// An append-only event store: streams with optimistic concurrency, reads by stream,
 /// category and log, on an embedded SQLite file or a shared PostgreSQL.
+///
+/// Deletion and retention: `DELETE /streams/{s}` soft-deletes a stream (an append recreates
+/// it, revisions continuing) or, with `hard=true`, closes its name for good (410). A
+/// stream's metadata (`PUT /streams/{s}/metadata`) caps what it keeps: `max_count`,
+/// `max_age_seconds`, `truncate_before`; a category's metadata gives its streams defaults.
+/// Stream reads skip what retention gives up at once. The scavenger, one per server (one
+/// per database on PostgreSQL, through an advisory lock), removes those rows every
+/// --scavenge-interval-ms, in steps of --scavenge-chunk-events run between group commits,
+/// so the space is reused; other reads and subscriptions stop returning them by then.
+/// System events ($stream-deleted, $stream-truncated) are kept for every reader.
 #[derive(Debug, Parser)]
 #[command(name = "store-server", version)]
 pub struct Cli {
@@ -153,6 +163,16 @@ pub struct Cli {
     #[arg(long, env = "STORE_REQUEST_TIMEOUT_MS", default_value_t = http::REQUEST_TIMEOUT_MS, value_parser = millis_positive, global = true)]
     pub request_timeout_ms: u64,
 
+    /// Time between the starts of two scavenger passes: how long deleted, truncated and
+    /// expired events may still show in category and log reads and subscriptions.
+    #[arg(long, env = "STORE_SCAVENGE_INTERVAL_MS", default_value_t = scavenger::INTERVAL_MS, value_parser = millis_positive, global = true)]
+    pub scavenge_interval_ms: u64,
+
+    /// Most revisions of one stream a scavenger step removes in one transaction: what
+    /// bounds how long a step holds the write lock.
+    #[arg(long, env = "STORE_SCAVENGE_CHUNK_EVENTS", default_value_t = scavenger::CHUNK_EVENTS, value_parser = positive_u64, global = true)]
+    pub scavenge_chunk_events: u64,
+
     /// How long to wait for a storage connection before answering 503.
     #[arg(long, env = "STORE_STORAGE_TIMEOUT_MS", default_value_t = store::POSTGRES_CONNECT_TIMEOUT_MS, value_parser = millis_positive, global = true)]
     pub storage_timeout_ms: u64,
@@ -204,6 +224,10 @@ fn millis_positive(text: &str) -> Result<u64, String> {
     positive(text).map(|ms| ms as u64)
 }
 
+fn positive_u64(text: &str) -> Result<u64, String> {
+    positive(text).map(|n| n as u64)
+}
+
 fn header_bytes(text: &str) -> Result<usize, String> {
     match positive(text)? {
         bytes if bytes < 8192 => Err("must be at least 8192 (hyper's smallest buffer)".into()),
@@ -234,6 +258,8 @@ pub struct Config {
     pub subscriptions: subscriptions::Limits,
     /// Connections.
     pub transport: listen::Transport,
+    /// The scavenger.
+    pub scavenger: scavenger::Options,
     /// Who may do what; `None`: anyone (loopback only, unless `insecure_no_auth`).
     pub auth: Option<std::sync::Arc<crate::auth::Tokens>>,
     /// `/metrics` without a token.
@@ -253,6 +279,7 @@ impl Config {
             batch: BatchLimits::default(),
             subscriptions: subscriptions::Limits::default(),
             transport: listen::Transport::default(),
+            scavenger: scavenger::Options::default(),
             auth: None,
             public_metrics: false,
             insecure_no_auth: false,
@@ -311,6 +338,10 @@ impl Cli {
                 header_bytes_max: self.header_bytes_max,
                 header_read_timeout: millis(self.header_read_timeout_ms),
                 write_timeout: millis(self.write_timeout_ms),
+            },
+            scavenger: scavenger::Options {
+                interval: millis(self.scavenge_interval_ms),
+                chunk_events: self.scavenge_chunk_events,
             },
             append: RequestLimits {
                 append_events_max: self.append_events_max,

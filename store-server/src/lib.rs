@@ -12,8 +12,9 @@
 //! | `server` | `run(listener, config, shutdown)`, the one entry point |
 //! | `listen` | the accept loop: TLS, connection and header limits, graceful shutdown |
 //! | `http` | the routes and who may call each, one file per resource; `problem.rs` turns errors into problem documents |
-//! | `decide` | the decision model: an append request, and how a batch of them is decided (pure) |
+//! | `decide` | the decision model: appends, deletions and retention changes, and how a batch of them is decided; what retention keeps (pure) |
 //! | `append` | the write path: the writer's queue and group commit |
+//! | `scavenger` | removes what retention gives up, in steps the writer runs between commits |
 //! | `store` | the backend trait, `sqlite.rs`, `postgres/`, shared row checks and SQL, migrations |
 //! | `subscriptions` | live delivery: the tailer and its broadcast (`Hub`), one follower per SSE connection |
 //! | `metrics` | the Prometheus registry |
@@ -24,8 +25,8 @@
 //! `decide::decide`, insert) → each request gets its own outcome.
 //!
 //! Modules import downward only, in this order (a test keeps it so): `protocol`, `decide`,
-//! `store`, `metrics`, `append`, `subscriptions`, `auth`, `http`, `listen`, `config`,
-//! `server`.
+//! `store`, `metrics`, `append`, `scavenger`, `subscriptions`, `auth`, `http`, `listen`,
+//! `config`, `server`.
 //!
 //! Build with `default-features = false` for [`protocol`] alone.
 
@@ -45,6 +46,8 @@ pub mod http;
 pub mod listen;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod scavenger;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

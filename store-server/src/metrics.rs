@@ -46,6 +46,14 @@ pub struct Metrics {
     pub storage_pool_connections: IntGaugeVec,
     /// Storage failures by kind (`sqlite`, `postgres`, `pool`, …).
     pub storage_errors_total: IntCounterVec,
+    /// Streams deleted here, by kind (`soft`, `hard`).
+    pub streams_deleted_total: IntCounterVec,
+    /// Event rows the scavenger removed.
+    pub scavenged_events_total: IntCounter,
+    /// Scavenger passes, start to end.
+    pub scavenge_pass_duration_seconds: Histogram,
+    /// Removable events the scavenger has not removed yet, as of its current or last pass.
+    pub scavenge_pending_events: IntGauge,
 }
 
 impl Metrics {
@@ -144,6 +152,28 @@ impl Metrics {
                 "Storage failures by kind",
                 &["kind"],
             )?,
+            streams_deleted_total: counter_vec(
+                &r,
+                "eventstore_streams_deleted_total",
+                "Streams deleted, by kind",
+                &["kind"],
+            )?,
+            scavenged_events_total: counter(
+                &r,
+                "eventstore_scavenged_events_total",
+                "Event rows the scavenger removed",
+            )?,
+            scavenge_pass_duration_seconds: histogram(
+                &r,
+                "eventstore_scavenge_pass_duration_seconds",
+                "Scavenger passes, start to end",
+                &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0],
+            )?,
+            scavenge_pending_events: gauge(
+                &r,
+                "eventstore_scavenge_pending_events",
+                "Removable events not removed yet (for max_age, at most this many)",
+            )?,
             registry: r,
         };
         // Known label values start at 0, so that rates and alerts see them before the first
@@ -153,6 +183,9 @@ impl Metrics {
         }
         for kind in crate::store::Error::KINDS {
             metrics.storage_errors_total.with_label_values(&[kind]);
+        }
+        for kind in ["soft", "hard"] {
+            metrics.streams_deleted_total.with_label_values(&[kind]);
         }
         Ok(metrics)
     }

@@ -45,9 +45,10 @@ pub struct Started {
     stopping: watch::Sender<bool>,
     writer_task: tokio::task::JoinHandle<()>,
     tailer: tokio::task::JoinHandle<()>,
+    scavenger: tokio::task::JoinHandle<()>,
 }
 
-/// Opens storage and starts the writer and the tailer.
+/// Opens storage and starts the writer, the tailer and the scavenger.
 ///
 /// # Errors
 /// Storage cannot be opened (unreachable, migration refused, unsafe durability).
@@ -61,6 +62,13 @@ pub async fn start(config: &Config) -> Result<Started, Error> {
     let (hub, tailer) = Hub::start(store.clone(), config.subscriptions, head, stop.clone());
     let (writer, writer_task) =
         Writer::start(store.clone(), config.batch, metrics.clone(), hub.committed());
+    let scavenger = crate::scavenger::start(
+        store.clone(),
+        writer.clone(),
+        config.scavenger,
+        metrics.clone(),
+        stop.clone(),
+    );
     let state = AppState {
         store,
         writer,
@@ -75,7 +83,7 @@ pub async fn start(config: &Config) -> Result<Started, Error> {
         auth: config.auth.clone(),
         public_metrics: config.public_metrics,
     };
-    Ok(Started { state, stopping, writer_task, tailer })
+    Ok(Started { state, stopping, writer_task, tailer, scavenger })
 }
 
 impl Started {
@@ -87,8 +95,10 @@ impl Started {
     /// Ends every subscription, answers every queued append, and waits for the background
     /// tasks. Every clone of the state (and of [`Started::app`]) must be gone by then.
     pub async fn stop(self) {
-        let Self { state, stopping, writer_task, tailer } = self;
+        let Self { state, stopping, writer_task, tailer, scavenger } = self;
         let _ = stopping.send(true);
+        // The scavenger holds a handle to the writer: it goes first.
+        let _ = scavenger.await;
         // The writer ends once every handle to it is gone and its queue is drained.
         drop(state);
         let _ = writer_task.await;

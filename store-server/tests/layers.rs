@@ -12,6 +12,7 @@ const LAYERS: &[&str] = &[
     "store",
     "metrics",
     "append",
+    "scavenger",
     "subscriptions",
     "auth",
     "http",

@@ -372,9 +372,9 @@ impl store_server::store::Store for PanicsOnCommit {
     }
     async fn commit(
         &self,
-        batch: Arc<[store_server::decide::Append]>,
+        batch: Arc<[store_server::decide::Command]>,
         at: store_server::protocol::Timestamp,
-    ) -> Result<Vec<store_server::decide::Outcome>, store_server::store::Error> {
+    ) -> Result<store_server::store::Committed, store_server::store::Error> {
         if self.panic_next.swap(false, Ordering::SeqCst) {
             panic!("a bug in a commit");
         }
@@ -389,11 +389,35 @@ impl store_server::store::Store for PanicsOnCommit {
     async fn read_stream(
         &self,
         query: store_server::store::StreamQuery,
-    ) -> Result<
-        Option<store_server::protocol::Page<store_server::protocol::StreamRevision>>,
-        store_server::store::Error,
-    > {
-        self.store.read_stream(query).await
+        now: store_server::protocol::Timestamp,
+    ) -> Result<store_server::store::StreamRead, store_server::store::Error> {
+        self.store.read_stream(query, now).await
+    }
+    async fn stream_state(
+        &self,
+        stream: &store_server::protocol::StreamName,
+    ) -> Result<Option<store_server::decide::StreamState>, store_server::store::Error> {
+        self.store.stream_state(stream).await
+    }
+    async fn category_retention(
+        &self,
+        category: &store_server::protocol::Category,
+    ) -> Result<store_server::protocol::CategoryRetention, store_server::store::Error> {
+        self.store.category_retention(category).await
+    }
+    async fn removable(
+        &self,
+        now: store_server::protocol::Timestamp,
+    ) -> Result<Vec<store_server::store::Removable>, store_server::store::Error> {
+        self.store.removable(now).await
+    }
+    async fn scavenge(
+        &self,
+        stream: &store_server::protocol::StreamName,
+        now: store_server::protocol::Timestamp,
+        chunk: u64,
+    ) -> Result<store_server::store::Scavenged, store_server::store::Error> {
+        self.store.scavenge(stream, now, chunk).await
     }
     async fn read_log(
         &self,

@@ -2,10 +2,10 @@
 //! drains whatever is queued and commits it as one transaction (group commit), so one
 //! fsync serves many requests. Each request is still decided on its own ([`crate::decide`]).
 
-use crate::decide::{Append, Outcome};
+use crate::decide::{Append, Command, Outcome};
 use crate::metrics::Metrics;
-use crate::protocol::{Position, Timestamp};
-use crate::store::Store;
+use crate::protocol::{Position, StreamName, Timestamp};
+use crate::store::{Scavenged, Store};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -52,11 +52,13 @@ impl Default for BatchLimits {
 
 /// What waits in the writer's queue.
 enum Request {
-    /// An append, and where its outcome goes.
-    Append { append: Append, reply: oneshot::Sender<Result<Outcome, Error>> },
+    /// An append, a deletion or a retention change, and where its outcome goes.
+    Command { command: Command, reply: oneshot::Sender<Result<Outcome, Error>> },
     /// Whether a durable write succeeds now (readiness): answered by the commit it rides
     /// along with, or by a write of its own when there is nothing else to write.
     Probe(oneshot::Sender<Result<(), Error>>),
+    /// One scavenger step in a stream: in turn with commits, in a transaction of its own.
+    Scavenge { stream: StreamName, chunk: u64, reply: oneshot::Sender<Result<Scavenged, Error>> },
 }
 
 /// The handle HTTP handlers queue appends through. Cloning it is cheap; the writer task
@@ -85,10 +87,30 @@ impl Writer {
     /// # Errors
     /// [`Error::Unavailable`] when the commit failed or the writer is gone.
     pub async fn append(&self, append: Append) -> Result<Outcome, Error> {
+        self.submit(Command::Append(append)).await
+    }
+
+    /// Queues `command` and waits until it is committed or refused.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the commit failed or the writer is gone.
+    pub async fn submit(&self, command: Command) -> Result<Outcome, Error> {
         let (reply, outcome) = oneshot::channel();
-        let request = Request::Append { append, reply };
+        let request = Request::Command { command, reply };
         self.queue.send(request).await.map_err(|_| Error::Unavailable)?;
         outcome.await.map_err(|_| Error::Unavailable)?
+    }
+
+    /// Removes what `stream`'s retention gives up among its next `chunk` revisions not
+    /// removed yet, in turn with the commits queued before.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the step failed or the writer is gone.
+    pub async fn scavenge(&self, stream: StreamName, chunk: u64) -> Result<Scavenged, Error> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Scavenge { stream, chunk, reply };
+        self.queue.send(request).await.map_err(|_| Error::Unavailable)?;
+        answer.await.map_err(|_| Error::Unavailable)?
     }
 
     /// Whether the write path works now: a durable write, in turn with the appends queued
@@ -108,7 +130,7 @@ impl Writer {
 const FAILURE_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a commit did.
-enum Committed {
+enum Commit {
     /// Wrote, up to this head.
     Wrote(Position),
     /// Committed, but every request was a retry or a conflict: nothing written.
@@ -139,18 +161,20 @@ async fn run(
                 None => break,
             },
         };
-        let (mut batch, mut probes, mut events) = (Vec::new(), Vec::new(), 0);
+        let (mut batch, mut probes, mut steps, mut events) =
+            (Vec::new(), Vec::new(), Vec::new(), 0);
         let mut next = Some(first);
         while let Some(request) = next.take() {
             match request {
                 Request::Probe(reply) => probes.push(reply),
-                Request::Append { append, reply } => {
-                    events += append.events.len();
+                Request::Scavenge { stream, chunk, reply } => steps.push((stream, chunk, reply)),
+                Request::Command { command, reply } => {
+                    events += command.events();
                     if !batch.is_empty() && events > limits.commit_events_max {
-                        carried = Some(Request::Append { append, reply });
+                        carried = Some(Request::Command { command, reply });
                         break;
                     }
-                    batch.push((append, reply));
+                    batch.push((command, reply));
                 }
             }
             if batch.len() < limits.commit_requests_max {
@@ -158,37 +182,62 @@ async fn run(
             }
         }
         let outcome = match batch.is_empty() {
-            true => Committed::Nothing,
+            true => Commit::Nothing,
             // In a task of its own: a panic in a commit fails that batch (its requests get
             // 503), and the writer goes on with the next one.
             false => match tokio::spawn(commit(store.clone(), batch, metrics.clone())).await {
                 Ok(outcome) => outcome,
                 Err(panicked) => {
                     error!(cause = %panicked, "group commit panicked; its requests were answered 503");
-                    Committed::Failed
+                    Commit::Failed
                 }
             },
         };
         match outcome {
-            Committed::Wrote(head) => {
+            Commit::Wrote(head) => {
                 committed.send_replace(head);
                 failed_at = None;
             }
-            Committed::Failed => failed_at = Some(Instant::now()),
-            Committed::Nothing => {}
+            Commit::Failed => failed_at = Some(Instant::now()),
+            Commit::Nothing => {}
         }
         if !probes.is_empty() {
             let probed = match outcome {
-                Committed::Wrote(_) => Ok(()),
-                Committed::Failed => Err(Error::Unavailable),
+                Commit::Wrote(_) => Ok(()),
+                Commit::Failed => Err(Error::Unavailable),
                 _ if failed_at.is_some_and(|at| at.elapsed() < FAILURE_HOLD) => {
                     Err(Error::Unavailable)
                 }
-                Committed::Nothing => probe(store.clone(), &metrics).await,
+                Commit::Nothing => probe(store.clone(), &metrics).await,
             };
             for reply in probes {
                 let _ = reply.send(probed);
             }
+        }
+        for (stream, chunk, reply) in steps {
+            let _ = reply.send(scavenge(store.clone(), stream, chunk, &metrics).await);
+        }
+    }
+}
+
+/// One scavenger step, in a task of its own like a commit.
+async fn scavenge(
+    store: Arc<dyn Store>,
+    stream: StreamName,
+    chunk: u64,
+    metrics: &Metrics,
+) -> Result<Scavenged, Error> {
+    let step = tokio::spawn(async move { store.scavenge(&stream, Timestamp::now(), chunk).await });
+    match step.await {
+        Ok(Ok(scavenged)) => Ok(scavenged),
+        Ok(Err(err)) => {
+            warn!(cause = %crate::error_chain(&err), "a scavenger step failed");
+            metrics.storage_errors_total.with_label_values(&[err.kind()]).inc();
+            Err(Error::Unavailable)
+        }
+        Err(panicked) => {
+            error!(cause = %panicked, "a scavenger step panicked");
+            Err(Error::Unavailable)
         }
     }
 }
@@ -213,28 +262,26 @@ async fn probe(store: Arc<dyn Store>, metrics: &Metrics) -> Result<(), Error> {
 /// Commits `batch` and answers each request.
 async fn commit(
     store: Arc<dyn Store>,
-    batch: Vec<(Append, oneshot::Sender<Result<Outcome, Error>>)>,
+    batch: Vec<(Command, oneshot::Sender<Result<Outcome, Error>>)>,
     metrics: Arc<Metrics>,
-) -> Committed {
-    let (appends, replies): (Vec<Append>, Vec<_>) = batch.into_iter().unzip();
-    let requests = appends.len();
+) -> Commit {
+    let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+    let requests = commands.len();
     let started = Instant::now();
-    let result = store.commit(appends.into(), Timestamp::now()).await;
+    let result = store.commit(commands.into(), Timestamp::now()).await;
     metrics.commit_duration_seconds.observe(started.elapsed().as_secs_f64());
     metrics.commit_requests.observe(requests as f64);
     match result {
-        Ok(outcomes) => {
-            assert_eq!(outcomes.len(), replies.len(), "one outcome per request");
-            let mut head = None;
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                if let Outcome::Created(result) = &outcome {
-                    metrics.head_position.set(crate::store::to_i64(result.last_position.0));
-                    head = head.max(Some(result.last_position));
-                }
-                // The client may have gone; its append stands all the same.
+        Ok(committed) => {
+            assert_eq!(committed.outcomes.len(), replies.len(), "one outcome per request");
+            for (reply, outcome) in replies.into_iter().zip(committed.outcomes) {
+                // The client may have gone; what it asked for stands all the same.
                 let _ = reply.send(Ok(outcome));
             }
-            head.map_or(Committed::Nothing, Committed::Wrote)
+            if let Some(head) = committed.head {
+                metrics.head_position.set(crate::store::to_i64(head.0));
+            }
+            committed.head.map_or(Commit::Nothing, Commit::Wrote)
         }
         Err(err) => {
             error!(requests, cause = %crate::error_chain(&err), "group commit failed");
@@ -242,7 +289,7 @@ async fn commit(
             for reply in replies {
                 let _ = reply.send(Err(Error::Unavailable));
             }
-            Committed::Failed
+            Commit::Failed
         }
     }
 }

@@ -1,7 +1,10 @@
 //! An append request as the writer queues it: validated against the request limits, every
 //! event's id settled.
 
-use crate::protocol::{AppendRequest, EventId, ExpectedRevision, NewEvent, StreamName};
+use crate::protocol::{
+    AppendRequest, Category, CategoryRetention, EventId, ExpectedRevision, NewEvent, StreamName,
+    StreamRetention,
+};
 use std::collections::HashSet;
 
 /// An append ready to commit: validated, with every event's id settled.
@@ -127,5 +130,71 @@ impl Append {
             events.push((id, event));
         }
         Ok(Self { stream, expected: request.expected_revision, events, ids_from_client })
+    }
+}
+
+/// A delete request as the writer queues it.
+#[derive(Debug, Clone)]
+pub struct Delete {
+    /// The stream.
+    pub stream: StreamName,
+    /// What the stream must look like (`no_stream` is refused before it gets here).
+    pub expected: ExpectedRevision,
+    /// Close the name for good.
+    pub hard: bool,
+    /// The id of the `$stream-deleted` event it records.
+    pub id: EventId,
+}
+
+/// A change of a stream's retention, as the writer queues it.
+#[derive(Debug, Clone)]
+pub struct SetStreamRetention {
+    /// The stream.
+    pub stream: StreamName,
+    /// The new settings, all of them (`PUT`).
+    pub retention: StreamRetention,
+    /// The id of the `$stream-truncated` event it records if it raises `truncate_before`.
+    pub id: EventId,
+}
+
+/// A change of a category's defaults, as the writer queues it.
+#[derive(Debug, Clone)]
+pub struct SetCategoryRetention {
+    /// The category.
+    pub category: Category,
+    /// The new defaults, all of them; none set forgets the category's row.
+    pub retention: CategoryRetention,
+}
+
+/// What the writer decides, in order, in a group commit.
+#[derive(Debug)]
+pub enum Command {
+    /// Append events to a stream.
+    Append(Append),
+    /// Delete a stream.
+    Delete(Delete),
+    /// Set a stream's retention.
+    SetStreamRetention(SetStreamRetention),
+    /// Set a category's defaults.
+    SetCategoryRetention(SetCategoryRetention),
+}
+
+impl Command {
+    /// The stream whose state it reads and changes; `None` for a category's defaults.
+    pub fn stream(&self) -> Option<&StreamName> {
+        match self {
+            Self::Append(append) => Some(&append.stream),
+            Self::Delete(delete) => Some(&delete.stream),
+            Self::SetStreamRetention(set) => Some(&set.stream),
+            Self::SetCategoryRetention(_) => None,
+        }
+    }
+
+    /// Events it brings (system events aside).
+    pub fn events(&self) -> usize {
+        match self {
+            Self::Append(append) => append.events.len(),
+            _ => 0,
+        }
     }
 }

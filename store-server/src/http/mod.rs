@@ -3,6 +3,7 @@
 mod authorize;
 mod body;
 mod consumers;
+mod lifecycle;
 mod log;
 mod ops;
 mod params;
@@ -14,7 +15,7 @@ pub use authorize::{Access, Table};
 pub use problem::ApiError;
 
 use crate::append::Writer;
-use crate::auth::Role::{Admin, Read, Write};
+use crate::auth::Role::{Admin, Delete, Read, Write};
 use crate::decide::RequestLimits;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -126,9 +127,29 @@ fn routes(public_metrics: bool) -> Routes {
     Routes { router: Router::new(), table: Table::default() }
         .route(Method::POST, "/streams/{stream}", Stream(Write), streams::append)
         .route(Method::GET, "/streams/{stream}", Stream(Read), streams::read)
+        .route(Method::DELETE, "/streams/{stream}", Stream(Delete), lifecycle::delete)
         .route(Method::GET, "/streams/{stream}/subscribe", Stream(Read), subscribe::stream)
+        .route(Method::GET, "/streams/{stream}/metadata", Stream(Read), lifecycle::stream_metadata)
+        .route(
+            Method::PUT,
+            "/streams/{stream}/metadata",
+            Stream(Delete),
+            lifecycle::set_stream_metadata,
+        )
         .route(Method::GET, "/categories/{category}", Category(Read), log::read_category)
         .route(Method::GET, "/categories/{category}/subscribe", Category(Read), subscribe::category)
+        .route(
+            Method::GET,
+            "/categories/{category}/metadata",
+            Category(Read),
+            lifecycle::category_metadata,
+        )
+        .route(
+            Method::PUT,
+            "/categories/{category}/metadata",
+            Category(Delete),
+            lifecycle::set_category_metadata,
+        )
         .route(Method::GET, "/all", Everything(Read), log::read_all)
         .route(Method::GET, "/all/subscribe", Everything(Read), subscribe::all)
         .route(Method::GET, "/consumers", InScope(Read), consumers::list)

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// `404 stream-not-found`.
     #[error("stream {0} does not exist")]
     StreamNotFound(StreamName),
+    /// `410 stream-deleted`: the stream is hard-deleted, its name closed for good.
+    #[error("stream {0} is deleted for good")]
+    StreamDeleted(StreamName),
     /// `404 consumer-not-found`.
     #[error("consumer {0} does not exist")]
     ConsumerNotFound(crate::protocol::ConsumerName),
@@ -114,6 +117,38 @@ impl From<crate::store::Error> for ApiError {
 }
 
 impl ApiError {
+    /// The refusal `outcome` stands for, for a command on `stream` that expected `expected`.
+    /// A success is not a refusal: the handler answers those itself.
+    pub fn refused(
+        stream: StreamName,
+        expected: ExpectedRevision,
+        outcome: decide::Outcome,
+    ) -> Self {
+        use decide::Outcome;
+        match outcome {
+            Outcome::WrongExpectedRevision { current } => {
+                Self::WrongExpectedRevision { stream, expected, current }
+            }
+            Outcome::DuplicateEventId { id } => Self::DuplicateEventId { stream, id },
+            Outcome::StreamDeleted => Self::StreamDeleted(stream),
+            Outcome::StreamNotFound => Self::StreamNotFound(stream),
+            Outcome::TruncateRefused { current, next } => Self::InvalidRequest(match current {
+                Some(current) => format!(
+                    "truncate_before of stream {stream} is {current}: it never moves backwards, \
+                     and goes at most to {next}, the stream's next revision"
+                ),
+                None => format!(
+                    "truncate_before of stream {stream} goes at most to {next}, the stream's \
+                     next revision"
+                ),
+            }),
+            success => {
+                error!(?success, "a success reached the refusal of another request");
+                Self::Unavailable(None)
+            }
+        }
+    }
+
     /// The problem type this error is answered as.
     pub fn kind(&self) -> ProblemType {
         use crate::protocol::ConsumerConflict;
@@ -121,6 +156,7 @@ impl ApiError {
             Self::InvalidRequest(_) => ProblemType::InvalidRequest,
             Self::InvalidStreamName(_) => ProblemType::InvalidStreamName,
             Self::StreamNotFound(_) => ProblemType::StreamNotFound,
+            Self::StreamDeleted(_) => ProblemType::StreamDeleted,
             Self::NotFound => ProblemType::NotFound,
             Self::Unauthorized => ProblemType::Unauthorized,
             Self::Forbidden(_) => ProblemType::Forbidden,
@@ -150,7 +186,7 @@ impl IntoResponse for ApiError {
         let code = kind.code();
         let mut extensions = serde_json::Map::new();
         match &self {
-            Self::StreamNotFound(stream) => {
+            Self::StreamNotFound(stream) | Self::StreamDeleted(stream) => {
                 extensions.insert("stream".into(), json!(stream));
             }
             Self::WrongExpectedRevision { stream, expected, current } => {

@@ -4,8 +4,8 @@ use super::body::json;
 use super::params::{RawQuery, ReadParams, segment};
 use super::{ApiError, AppState};
 use crate::decide::{Append, Outcome};
-use crate::protocol::{AppendRequest, StreamName, StreamRevision};
-use crate::store::StreamQuery;
+use crate::protocol::{AppendRequest, StreamName, StreamRevision, Timestamp};
+use crate::store::{StreamQuery, StreamRead};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -54,10 +54,7 @@ async fn decide_append(
             Ok((StatusCode::CREATED, Json(result)))
         }
         Outcome::Idempotent(result) => Ok((StatusCode::OK, Json(result))),
-        Outcome::WrongExpectedRevision { current } => {
-            Err(ApiError::WrongExpectedRevision { stream, expected, current })
-        }
-        Outcome::DuplicateEventId { id } => Err(ApiError::DuplicateEventId { stream, id }),
+        refused => Err(ApiError::refused(stream, expected, refused)),
     }
 }
 
@@ -76,8 +73,9 @@ pub async fn read(
         limit: params.limit,
         bytes_max: state.http.read_bytes_max,
     };
-    match state.store.read_stream(query).await? {
-        Some(page) => Ok(super::body::page(page)),
-        None => Err(ApiError::StreamNotFound(stream)),
+    match state.store.read_stream(query, Timestamp::now()).await? {
+        StreamRead::Page(page) => Ok(super::body::page(page)),
+        StreamRead::NotFound => Err(ApiError::StreamNotFound(stream)),
+        StreamRead::Deleted => Err(ApiError::StreamDeleted(stream)),
     }
 }

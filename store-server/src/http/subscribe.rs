@@ -60,6 +60,12 @@ pub async fn stream(
 ) -> Result<Response, ApiError> {
     let stream = StreamName::new(segment(path)?)?;
     let query = params::query(query)?;
+    // A closed name answers 410 here as it does to reads; any other stream may be
+    // subscribed to before it is written.
+    let deleted = state.store.stream_state(&stream).await?.and_then(|s| s.deleted);
+    if deleted == Some(crate::protocol::Deletion::Hard) {
+        return Err(ApiError::StreamDeleted(stream));
+    }
     let filter = Filter { stream: Some(stream), ..Filter::default() };
     subscribe(state, filter, &headers, &query).await
 }

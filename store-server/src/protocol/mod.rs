@@ -3,6 +3,7 @@
 
 mod consumers;
 mod events;
+mod lifecycle;
 mod names;
 mod problems;
 mod strict;
@@ -10,6 +11,11 @@ mod strict;
 pub use consumers::{Consumer, ConsumerConflict, ConsumerName, ConsumerWait, SetConsumer};
 pub use events::{
     AppendRequest, AppendResult, Direction, NewEvent, Page, RecordedEvent, Timestamp,
+};
+pub use lifecycle::{
+    CategoryMetadata, CategoryRetention, Deletion, InvalidRetention, MAX_AGE_SECONDS_MAX,
+    STREAM_DELETED, STREAM_TRUNCATED, StreamDeleted, StreamMetadata, StreamRetention,
+    StreamTruncated,
 };
 pub use names::{
     Category, EventId, EventType, ExpectedRevision, InvalidName, NAME_BYTES_MAX, Position,

@@ -7,6 +7,7 @@
 
 mod migrations;
 mod postgres;
+mod retention;
 mod rows;
 mod sql;
 mod sqlite;
@@ -18,10 +19,10 @@ pub use postgres::{
 pub use rows::to_i64;
 pub use sqlite::{FILE_NAME as SQLITE_FILE_NAME, Sqlite};
 
-use crate::decide::{Append, Outcome};
+use crate::decide::{Command, Outcome, StreamState};
 use crate::protocol::{
-    Category, ConsumerConflict, ConsumerName, EventType, Page, Position, SetConsumer, StreamName,
-    StreamRevision, Timestamp,
+    Category, CategoryRetention, ConsumerConflict, ConsumerName, EventType, Page, Position,
+    SetConsumer, StreamName, StreamRevision, Timestamp,
 };
 use std::sync::Arc;
 
@@ -137,6 +138,45 @@ pub struct LogQuery {
     pub bytes_max: usize,
 }
 
+/// What a stream read found.
+#[derive(Debug)]
+pub enum StreamRead {
+    /// The stream's events that are kept, as a page (possibly empty).
+    Page(Page<StreamRevision>),
+    /// Never written, or soft-deleted and not written since.
+    NotFound,
+    /// Hard-deleted.
+    Deleted,
+}
+
+/// What a group commit did.
+#[derive(Debug)]
+pub struct Committed {
+    /// One outcome per command, in order.
+    pub outcomes: Vec<Outcome>,
+    /// The log head after it, when it wrote events.
+    pub head: Option<Position>,
+}
+
+/// A stream in which the scavenger has work, as a pass starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removable {
+    /// The stream.
+    pub stream: StreamName,
+    /// How many of its events are removable: exact for deletion, truncation and
+    /// `max_count`; for `max_age`, at most this many.
+    pub events: u64,
+}
+
+/// What one scavenger step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scavenged {
+    /// Event rows removed.
+    pub removed: u64,
+    /// Whether the stream may hold more to remove now.
+    pub more: bool,
+}
+
 /// What a backend does. Every method is safe to call concurrently, but `commit` is only
 /// ever called by the one writer task of a server.
 #[async_trait::async_trait]
@@ -148,17 +188,43 @@ pub trait Store: Send + Sync + 'static {
     /// request, in order. On `Err`, nothing of the batch is known to be written.
     async fn commit(
         &self,
-        batch: Arc<[Append]>,
+        batch: Arc<[Command]>,
         recorded_at: Timestamp,
-    ) -> Result<Vec<Outcome>, Error>;
+    ) -> Result<Committed, Error>;
 
     /// Writes durably without changing anything, as a commit would (under the same write
     /// lock): whether appends can succeed now. Only the writer task calls it, between
     /// commits.
     async fn probe(&self) -> Result<(), Error>;
 
-    /// Reads one stream; `None` when the stream does not exist.
-    async fn read_stream(&self, query: StreamQuery) -> Result<Option<Page<StreamRevision>>, Error>;
+    /// Reads one stream, skipping at once what its retention gives up (deleted, truncated,
+    /// past `max_count`, expired at `now`), whether or not the scavenger removed it yet.
+    async fn read_stream(&self, query: StreamQuery, now: Timestamp) -> Result<StreamRead, Error>;
+
+    /// A stream's state; `None` for a stream never written.
+    async fn stream_state(&self, stream: &StreamName) -> Result<Option<StreamState>, Error>;
+
+    /// A category's defaults (none set: empty).
+    async fn category_retention(&self, category: &Category) -> Result<CategoryRetention, Error>;
+
+    /// The streams that hold events their retention gives up at `now`, not removed yet.
+    async fn removable(&self, now: Timestamp) -> Result<Vec<Removable>, Error>;
+
+    /// Removes, in one transaction under the write lock, what `stream`'s retention gives up
+    /// at `now` among its next `chunk` revisions not removed yet, system events aside (they
+    /// stay, so that every reader learns of deletions). Only the writer task calls it.
+    async fn scavenge(
+        &self,
+        stream: &StreamName,
+        now: Timestamp,
+        chunk: u64,
+    ) -> Result<Scavenged, Error>;
+
+    /// Whether this server may run the scavenger now: with several instances on one
+    /// database, exactly one at a time does. By default always: only this server writes.
+    async fn scavenger_turn(&self) -> Result<bool, Error> {
+        Ok(true)
+    }
 
     /// Reads the log by position. The page's `head` is at least every position the read
     /// could see: a reader that continues after `head` (when `next` is `None`) misses nothing.

@@ -2,10 +2,10 @@
 //! out of range, or a name that breaks the rules, is [`Error::Corrupt`], never a default.
 
 use super::{Error, StoredConsumer};
-use crate::decide::{Append, Snapshot, StoredId};
+use crate::decide::{Command, Snapshot, StoredId, StreamState};
 use crate::protocol::{
-    ConsumerName, EventId, EventType, Page, Position, RecordedEvent, SchemaVersion, StreamName,
-    StreamRevision, Timestamp,
+    CategoryRetention, ConsumerName, Deletion, EventId, EventType, Page, Position, RecordedEvent,
+    SchemaVersion, StreamName, StreamRetention, StreamRevision, Timestamp,
 };
 use serde_json::value::RawValue;
 
@@ -124,26 +124,88 @@ impl<C, F: Fn(&RecordedEvent) -> C> PageBuilder<C, F> {
     }
 }
 
-/// What a batch's decisions need looked up: the distinct streams it appends to, and the
-/// client-chosen ids it carries.
-pub(super) fn batch_keys(batch: &[Append]) -> (Vec<&StreamName>, Vec<uuid::Uuid>) {
-    let mut streams: Vec<&StreamName> = batch.iter().map(|a| &a.stream).collect();
+/// What a batch's decisions need looked up: the distinct streams its commands touch, and
+/// the client-chosen ids its appends carry.
+pub(super) fn batch_keys(batch: &[Command]) -> (Vec<&StreamName>, Vec<uuid::Uuid>) {
+    let mut streams: Vec<&StreamName> = batch.iter().filter_map(Command::stream).collect();
     streams.sort_unstable();
     streams.dedup();
     let ids = batch
         .iter()
-        .filter(|a| a.ids_from_client)
+        .filter_map(|command| match command {
+            Command::Append(append) if append.ids_from_client => Some(append),
+            _ => None,
+        })
         .flat_map(|a| a.events.iter().map(|(id, _)| id.0))
         .collect();
     (streams, ids)
 }
 
+/// The columns of a [`StreamRow`], in order.
+/// From `streams s`.
+pub(super) const STREAM_COLUMNS: &str =
+    "s.name, s.revision, s.deleted, s.max_count, s.max_age_seconds, s.truncate_before";
+
+/// A `streams` row as both backends read it, before its columns are checked.
+pub(super) struct StreamRow {
+    pub name: String,
+    pub revision: i64,
+    pub deleted: Option<String>,
+    pub max_count: Option<i64>,
+    pub max_age_seconds: Option<i64>,
+    pub truncate_before: Option<i64>,
+}
+
+impl StreamRow {
+    pub(super) fn into_state(self) -> Result<(StreamName, StreamState), Error> {
+        let corrupt = |why: String| Error::Corrupt { position: 0, why };
+        let name = StreamName::new(self.name).map_err(|e| corrupt(e.to_string()))?;
+        let deleted = match self.deleted.as_deref() {
+            None => None,
+            Some("soft") => Some(Deletion::Soft),
+            Some("hard") => Some(Deletion::Hard),
+            Some(other) => return Err(corrupt(format!("stream {name} deleted = {other:?}"))),
+        };
+        let state = StreamState {
+            revision: StreamRevision(to_u64(self.revision, 0, "stream revision")?),
+            deleted,
+            retention: StreamRetention {
+                max_count: optional(self.max_count, "max_count")?,
+                max_age_seconds: optional(self.max_age_seconds, "max_age_seconds")?,
+                truncate_before: optional(self.truncate_before, "truncate_before")?
+                    .map(StreamRevision),
+            },
+        };
+        Ok((name, state))
+    }
+}
+
+/// A category's defaults as both backends read them.
+pub(super) fn category_retention(
+    max_count: Option<i64>,
+    max_age_seconds: Option<i64>,
+) -> Result<CategoryRetention, Error> {
+    Ok(CategoryRetention {
+        max_count: optional(max_count, "max_count")?,
+        max_age_seconds: optional(max_age_seconds, "max_age_seconds")?,
+    })
+}
+
+fn optional(value: Option<i64>, column: &str) -> Result<Option<u64>, Error> {
+    value.map(|v| to_u64(v, 0, column)).transpose()
+}
+
+/// A value for a nullable count column.
+pub(super) fn to_sql(value: Option<u64>) -> Option<i64> {
+    value.map(to_i64)
+}
+
 /// Builds the snapshot a batch is decided against from what the backend looked up:
-/// the log head, `(stream, revision)` of the streams that exist, and
+/// the log head, the rows of the streams that exist, and
 /// `(id, stream, revision, position)` of the ids already stored.
 pub(super) fn snapshot(
     head: i64,
-    streams: Vec<(String, i64)>,
+    streams: Vec<StreamRow>,
     ids: Vec<(uuid::Uuid, String, i64, i64)>,
 ) -> Result<Snapshot, Error> {
     let name = |name: String, position| {
@@ -151,12 +213,7 @@ pub(super) fn snapshot(
     };
     Ok(Snapshot {
         head: Position(to_u64(head, 0, "log head")?),
-        streams: streams
-            .into_iter()
-            .map(|(stream, revision)| {
-                Ok((name(stream, 0)?, StreamRevision(to_u64(revision, 0, "stream revision")?)))
-            })
-            .collect::<Result<_, Error>>()?,
+        streams: streams.into_iter().map(StreamRow::into_state).collect::<Result<_, Error>>()?,
         ids: ids
             .into_iter()
             .map(|(id, stream, revision, position)| {

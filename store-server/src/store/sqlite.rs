@@ -3,15 +3,25 @@
 //! a pool of read-only connections for reads. SQLite calls block, so they run on
 //! tokio's blocking threads.
 
-use super::rows::{EVENT_COLUMNS, EventRow, PageBuilder, batch_keys, snapshot, to_i64, to_u64};
+use super::retention::{self, CANDIDATE_COLUMNS, Candidate, OWN_RETENTION};
+use super::rows::{
+    EVENT_COLUMNS, EventRow, PageBuilder, STREAM_COLUMNS, StreamRow, batch_keys,
+    category_retention, snapshot, to_i64, to_sql, to_u64,
+};
 use super::sql::Param;
-use super::{Backend, Direction, Error, LogQuery, Store, StoredConsumer, StreamQuery, migrations};
-use crate::decide::{Append, Outcome};
+use super::{
+    Backend, Committed, Direction, Error, LogQuery, Removable, Scavenged, Store, StoredConsumer,
+    StreamQuery, StreamRead, migrations,
+};
+use crate::decide::retention::Retention;
+use crate::decide::{Command, StreamState};
 use crate::protocol::{
-    ConsumerConflict, ConsumerName, Page, Position, SetConsumer, StreamRevision, Timestamp,
+    Category, CategoryRetention, ConsumerConflict, ConsumerName, Page, Position, SetConsumer,
+    StreamName, StreamRevision, Timestamp,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -153,9 +163,9 @@ impl Store for Sqlite {
 
     async fn commit(
         &self,
-        batch: Arc<[Append]>,
+        batch: Arc<[Command]>,
         recorded_at: Timestamp,
-    ) -> Result<Vec<Outcome>, Error> {
+    ) -> Result<Committed, Error> {
         self.write(move |connection| commit(connection, &batch, recorded_at)).await
     }
 
@@ -171,44 +181,113 @@ impl Store for Sqlite {
         .await
     }
 
-    async fn read_stream(&self, query: StreamQuery) -> Result<Option<Page<StreamRevision>>, Error> {
+    async fn read_stream(&self, query: StreamQuery, now: Timestamp) -> Result<StreamRead, Error> {
         self.read(move |connection| {
-            // One read transaction: the events and the head come from the same snapshot.
+            // One read transaction: the state, the events and the head come from the same
+            // snapshot.
             let tx = connection.transaction()?;
-            let exists = tx
-                .prepare_cached("SELECT 1 FROM streams WHERE name = ?1")?
-                .query_row([query.stream.as_str()], |_| Ok(()))
-                .optional()?;
-            if exists.is_none() {
-                return Ok(None);
-            }
-            let (sql, from) = match query.direction {
-                Direction::Forward => (
-                    "WHERE stream = ?1 AND revision >= ?2 ORDER BY revision LIMIT ?3",
-                    query.from.map_or(0, |r| to_i64(r.0)),
-                ),
-                Direction::Backward => (
-                    "WHERE stream = ?1 AND revision <= ?2 ORDER BY revision DESC LIMIT ?3",
-                    query.from.map_or(i64::MAX, |r| to_i64(r.0)),
-                ),
+            let Some((state, defaults)) = state_and_defaults(&tx, &query.stream)? else {
+                return Ok(StreamRead::NotFound);
             };
-            let sql = format!("SELECT {EVENT_COLUMNS} FROM events {sql}");
+            let visible = match retention::visible(&state, &defaults, &query, now) {
+                Ok(visible) => visible,
+                Err(nothing) => return Ok(nothing),
+            };
+            let order = match query.direction {
+                Direction::Forward => "",
+                Direction::Backward => " DESC",
+            };
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE stream = ?1 AND revision >= ?2
+                 AND revision <= ?3 AND recorded_at >= ?4 ORDER BY revision{order} LIMIT ?5"
+            );
             let limit = to_i64(query.limit as u64 + 1);
             let mut page = PageBuilder::new(query.limit, query.bytes_max, |e| e.revision);
             let mut statement = tx.prepare_cached(&sql)?;
+            let params = params![
+                query.stream.as_str(),
+                visible.low,
+                visible.high,
+                visible.since.map_or(i64::MIN, Timestamp::unix_micros),
+                limit
+            ];
             // Rows are read one at a time, and no further than the page takes.
-            for row in
-                statement.query_map(params![query.stream.as_str(), from, limit], event_row)?
-            {
+            for row in statement.query_map(params, event_row)? {
                 if !page.push(row?)? {
                     break;
                 }
             }
             drop(statement);
             let head = log_head(&tx)?;
-            page.finish(head).map(Some)
+            page.finish(head).map(StreamRead::Page)
         })
         .await
+    }
+
+    async fn stream_state(&self, stream: &StreamName) -> Result<Option<StreamState>, Error> {
+        let stream = stream.clone();
+        self.read(move |connection| {
+            let sql = format!("SELECT {STREAM_COLUMNS} FROM streams s WHERE s.name = ?1");
+            let row = connection
+                .prepare_cached(&sql)?
+                .query_row([stream.as_str()], stream_row)
+                .optional()?;
+            row.map(|row| row.into_state().map(|(_, state)| state)).transpose()
+        })
+        .await
+    }
+
+    async fn category_retention(&self, category: &Category) -> Result<CategoryRetention, Error> {
+        let category = category.clone();
+        self.read(move |connection| {
+            let row = connection
+                .prepare_cached(
+                    "SELECT max_count, max_age_seconds FROM category_retention WHERE category = ?1",
+                )?
+                .query_row([category.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            row.map_or(Ok(CategoryRetention::default()), |(count, age)| {
+                category_retention(count, age)
+            })
+        })
+        .await
+    }
+
+    async fn removable(&self, now: Timestamp) -> Result<Vec<Removable>, Error> {
+        self.read(move |connection| {
+            let tx = connection.transaction()?;
+            let categories = categories(&tx)?;
+            let mut candidates = Vec::new();
+            let own = format!("SELECT {CANDIDATE_COLUMNS} FROM streams s WHERE {OWN_RETENTION}");
+            let mut statement = tx.prepare_cached(&own)?;
+            for row in statement.query_map([], candidate_row)? {
+                candidates.push(row?);
+            }
+            let by_category = format!(
+                "SELECT {CANDIDATE_COLUMNS} FROM streams s
+                 WHERE s.name = ?1 OR (s.name >= ?2 AND s.name < ?3)"
+            );
+            let mut statement = tx.prepare_cached(&by_category)?;
+            for category in categories.keys() {
+                let (from, until) = retention::category_range(category);
+                let params = params![category.as_str(), from, until];
+                for row in statement.query_map(params, candidate_row)? {
+                    candidates.push(row?);
+                }
+            }
+            retention::removable(candidates, &categories, now)
+        })
+        .await
+    }
+
+    async fn scavenge(
+        &self,
+        stream: &StreamName,
+        now: Timestamp,
+        chunk: u64,
+    ) -> Result<Scavenged, Error> {
+        let stream = stream.clone();
+        self.write(move |connection| scavenge(connection, &stream, now, chunk)).await
     }
 
     async fn read_log(&self, query: LogQuery) -> Result<Page<Position>, Error> {
@@ -349,22 +428,138 @@ fn event_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
     })
 }
 
+fn stream_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StreamRow> {
+    Ok(StreamRow {
+        name: row.get(0)?,
+        revision: row.get(1)?,
+        deleted: row.get(2)?,
+        max_count: row.get(3)?,
+        max_age_seconds: row.get(4)?,
+        truncate_before: row.get(5)?,
+    })
+}
+
+fn candidate_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Candidate> {
+    let oldest: Option<i64> = row.get(7)?;
+    Ok(Candidate {
+        row: stream_row(row)?,
+        removed_before: row.get(6)?,
+        oldest: oldest.and_then(Timestamp::from_unix_micros),
+    })
+}
+
+/// A stream's state and its category's defaults; `None` for a stream never written.
+fn state_and_defaults(
+    connection: &Connection,
+    stream: &StreamName,
+) -> Result<Option<(StreamState, CategoryRetention)>, Error> {
+    Ok(state_row(connection, stream)?.map(|(state, defaults, _)| (state, defaults)))
+}
+
+/// A stream's state, its category's defaults, and where removal has reached.
+fn state_row(
+    connection: &Connection,
+    stream: &StreamName,
+) -> Result<Option<(StreamState, CategoryRetention, i64)>, Error> {
+    let sql = format!(
+        "SELECT {STREAM_COLUMNS}, s.removed_before, c.max_count, c.max_age_seconds
+         FROM streams s LEFT JOIN category_retention c ON c.category = ?2 WHERE s.name = ?1"
+    );
+    let row = connection
+        .prepare_cached(&sql)?
+        .query_row([stream.as_str(), stream.category()], |row| {
+            Ok((stream_row(row)?, row.get(6)?, row.get(7)?, row.get(8)?))
+        })
+        .optional()?;
+    let Some((row, removed_before, count, age)) = row else {
+        return Ok(None);
+    };
+    let (_, state) = row.into_state()?;
+    Ok(Some((state, category_retention(count, age)?, removed_before)))
+}
+
+fn categories(connection: &Connection) -> Result<HashMap<Category, CategoryRetention>, Error> {
+    let mut statement = connection
+        .prepare_cached("SELECT category, max_count, max_age_seconds FROM category_retention")?;
+    let rows = statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<Result<Vec<(String, Option<i64>, Option<i64>)>, _>>()?;
+    rows.into_iter()
+        .map(|(name, count, age)| {
+            let category = Category::new(name)
+                .map_err(|e| Error::Corrupt { position: 0, why: e.to_string() })?;
+            Ok((category, category_retention(count, age)?))
+        })
+        .collect()
+}
+
+/// One scavenger step on `stream`, in a write transaction of its own.
+fn scavenge(
+    connection: &mut Connection,
+    stream: &StreamName,
+    now: Timestamp,
+    chunk: u64,
+) -> Result<Scavenged, Error> {
+    // Under the write lock, the state the step rests on cannot change before it commits: a
+    // limit raised meanwhile is seen here, so nothing it keeps is removed.
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let Some((state, defaults, removed_before)) = state_row(&tx, stream)? else {
+        return Ok(Scavenged::default());
+    };
+    let retention = Retention::of(&state.retention, &defaults);
+    let removed_before = StreamRevision(to_u64(removed_before, 0, "removed_before")?);
+    let window_end = to_i64(removed_before.0.saturating_add(chunk));
+    let first_unexpired = match retention.expired_before(now) {
+        None => None,
+        Some(before) => tx
+            .prepare_cached(
+                "SELECT revision FROM events WHERE stream = ?1 AND revision >= ?2
+                 AND revision < ?3 AND recorded_at >= ?4 ORDER BY revision LIMIT 1",
+            )?
+            .query_row(
+                params![
+                    stream.as_str(),
+                    to_i64(removed_before.0),
+                    window_end,
+                    before.unix_micros()
+                ],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(|r| to_u64(r, 0, "revision").map(StreamRevision))
+            .transpose()?,
+    };
+    let step = retention::step(&retention, state.revision, removed_before, chunk, first_unexpired);
+    if step.until <= step.from {
+        return Ok(Scavenged::default());
+    }
+    let removed = tx
+        .prepare_cached(
+            "DELETE FROM events WHERE stream = ?1 AND revision >= ?2 AND revision < ?3
+             AND substr(type, 1, 1) <> '$'",
+        )?
+        .execute(params![stream.as_str(), to_i64(step.from.0), to_i64(step.until.0)])?;
+    tx.prepare_cached("UPDATE streams SET removed_before = ?2 WHERE name = ?1")?
+        .execute(params![stream.as_str(), to_i64(step.until.0)])?;
+    tx.commit()?;
+    Ok(Scavenged { removed: removed as u64, more: step.more })
+}
+
 fn commit(
     connection: &mut Connection,
-    batch: &[Append],
+    batch: &[Command],
     recorded_at: Timestamp,
-) -> Result<Vec<Outcome>, Error> {
+) -> Result<Committed, Error> {
     // BEGIN IMMEDIATE takes SQLite's write lock before anything is read: the snapshot the
     // decisions rest on cannot change before commit, and positions are handed out in
     // commit order, gap-free.
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let (streams, ids) = batch_keys(batch);
-    let mut heads = Vec::with_capacity(streams.len());
-    let mut revision = tx.prepare_cached("SELECT revision FROM streams WHERE name = ?1")?;
+    let mut states = Vec::with_capacity(streams.len());
+    let state_sql = format!("SELECT {STREAM_COLUMNS} FROM streams s WHERE s.name = ?1");
+    let mut state = tx.prepare_cached(&state_sql)?;
     for name in streams {
-        if let Some(r) = revision.query_row([name.as_str()], |row| row.get(0)).optional()? {
-            heads.push((name.as_str().to_owned(), r));
-        }
+        states.extend(state.query_row([name.as_str()], stream_row).optional()?);
     }
     let mut stored_ids = Vec::new();
     let mut stored =
@@ -375,10 +570,11 @@ fn commit(
             .optional()?;
         stored_ids.extend(found);
     }
-    drop((revision, stored));
-    let snapshot = snapshot(log_head(&tx)?, heads, stored_ids)?;
+    drop((state, stored));
+    let snapshot = snapshot(log_head(&tx)?, states, stored_ids)?;
     let decision = crate::decide::decide(batch, snapshot);
-    if !decision.rows.is_empty() {
+    let wrote = !decision.rows.is_empty();
+    if wrote {
         let mut insert = tx.prepare_cached(
             "INSERT INTO events (position, stream, category, revision, id, type, schema_version,
                                  data, metadata, recorded_at)
@@ -398,19 +594,62 @@ fn commit(
                 recorded_at.unix_micros(),
             ])?;
         }
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO streams (name, revision) VALUES (?1, ?2)
-             ON CONFLICT (name) DO UPDATE SET revision = excluded.revision",
-        )?;
-        for (stream, revision) in &decision.stream_heads {
-            upsert.execute(params![stream.as_str(), to_i64(revision.0)])?;
-        }
         tx.prepare_cached("UPDATE log_head SET position = ?1")?
             .execute([to_i64(decision.head.0)])?;
     }
-    drop(decision.rows);
+    if !decision.streams.is_empty() {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO streams (name, revision, deleted, max_count, max_age_seconds,
+                                  truncate_before)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (name) DO UPDATE SET revision = excluded.revision,
+                 deleted = excluded.deleted, max_count = excluded.max_count,
+                 max_age_seconds = excluded.max_age_seconds,
+                 truncate_before = excluded.truncate_before",
+        )?;
+        for (stream, state) in &decision.streams {
+            let retention = &state.retention;
+            upsert.execute(params![
+                stream.as_str(),
+                to_i64(state.revision.0),
+                state.deleted.map(|d| d.as_str()),
+                to_sql(retention.max_count),
+                to_sql(retention.max_age_seconds),
+                to_sql(retention.truncate_before.map(|r| r.0)),
+            ])?;
+        }
+    }
+    for (category, retention) in &decision.categories {
+        set_category(&tx, category, retention)?;
+    }
+    let head = wrote.then_some(decision.head);
+    let outcomes = decision.outcomes;
     tx.commit()?;
-    Ok(decision.outcomes)
+    Ok(Committed { outcomes, head })
+}
+
+fn set_category(
+    tx: &Connection,
+    category: &Category,
+    retention: &CategoryRetention,
+) -> Result<(), Error> {
+    if retention.is_empty() {
+        tx.prepare_cached("DELETE FROM category_retention WHERE category = ?1")?
+            .execute([category.as_str()])?;
+        return Ok(());
+    }
+    tx.prepare_cached(
+        "INSERT INTO category_retention (category, max_count, max_age_seconds)
+         VALUES (?1, ?2, ?3)
+         ON CONFLICT (category) DO UPDATE
+         SET max_count = excluded.max_count, max_age_seconds = excluded.max_age_seconds",
+    )?
+    .execute(params![
+        category.as_str(),
+        to_sql(retention.max_count),
+        to_sql(retention.max_age_seconds)
+    ])?;
+    Ok(())
 }
 
 #[cfg(test)]

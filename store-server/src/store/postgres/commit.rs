@@ -2,10 +2,10 @@
 //! under the log head's row lock.
 
 use super::NOTIFY_CHANNEL;
-use crate::decide::{Append, Outcome};
+use crate::decide::Command;
 use crate::protocol::Timestamp;
-use crate::store::Error;
-use crate::store::rows::{batch_keys, snapshot, to_i64};
+use crate::store::rows::{STREAM_COLUMNS, batch_keys, snapshot, to_i64, to_sql};
+use crate::store::{Committed, Error};
 use tokio_postgres::types::ToSql;
 
 /// One group commit in two round trips. Statements pipelined on one connection run in
@@ -13,10 +13,10 @@ use tokio_postgres::types::ToSql;
 /// run once it is held and see every earlier commit.
 pub(super) async fn commit(
     client: &deadpool_postgres::Client,
-    batch: &[Append],
+    batch: &[Command],
     recorded_at: Timestamp,
     instance: &str,
-) -> Result<Vec<Outcome>, Error> {
+) -> Result<Committed, Error> {
     let statements = Statements::prepare(client).await?;
     let (streams, ids) = batch_keys(batch);
     let streams: Vec<&str> = streams.iter().map(|s| s.as_str()).collect();
@@ -39,13 +39,27 @@ pub(super) async fn commit(
     )?;
     let snapshot = snapshot(
         head.get(0),
-        heads.iter().map(|row| (row.get(0), row.get(1))).collect(),
+        heads.iter().map(super::stream_row).collect(),
         stored.iter().map(|row| (row.get(0), row.get(1), row.get(2), row.get(3))).collect(),
     )?;
     let decision = crate::decide::decide(batch, snapshot);
-    if decision.rows.is_empty() {
+    if !decision.writes() {
         client.batch_execute("COMMIT").await?;
-        return Ok(decision.outcomes);
+        return Ok(Committed { outcomes: decision.outcomes, head: None });
+    }
+    // Deletions and retention changes are rare: their categories are written on their own.
+    for (category, retention) in &decision.categories {
+        super::retention::set_category(client, category, retention).await?;
+    }
+    if decision.rows.is_empty() {
+        // Retention changed without a system event: the streams' rows only.
+        let (names, states) = stream_states(&decision.streams);
+        let params = states.params(&names);
+        tokio::try_join!(
+            client.execute(&statements.upsert_streams, &params),
+            client.batch_execute("COMMIT"),
+        )?;
+        return Ok(Committed { outcomes: decision.outcomes, head: None });
     }
 
     // Round trip 2: write, advance the head, notify, COMMIT. Should a write fail, its error
@@ -61,8 +75,7 @@ pub(super) async fn commit(
     let data: Vec<&str> = rows.iter().map(|r| r.event.data.get()).collect();
     let metadata: Vec<Option<&str>> =
         rows.iter().map(|r| r.event.metadata.as_ref().map(|m| m.get())).collect();
-    let head_names: Vec<&str> = decision.stream_heads.iter().map(|(s, _)| s.as_str()).collect();
-    let head_revisions: Vec<i64> = decision.stream_heads.iter().map(|(_, r)| to_i64(r.0)).collect();
+    let (head_names, head_states) = stream_states(&decision.streams);
     let new_head = to_i64(decision.head.0);
     let at = recorded_at.to_offset_date_time();
     let event_params: [&(dyn ToSql + Sync); 10] = [
@@ -77,18 +90,57 @@ pub(super) async fn commit(
         &metadata,
         &at,
     ];
-    let heads_params: [&(dyn ToSql + Sync); 2] = [&head_names, &head_revisions];
+    let heads_params = head_states.params(&head_names);
     let log_head_params: [&(dyn ToSql + Sync); 1] = [&new_head];
     // One notification per group commit, not per event: NOTIFY serialises commits.
     let notify_params: [&(dyn ToSql + Sync); 2] = [&NOTIFY_CHANNEL, &instance];
     tokio::try_join!(
         client.execute(&statements.insert_events, &event_params),
-        client.execute(&statements.upsert_stream_heads, &heads_params),
+        client.execute(&statements.upsert_streams, &heads_params),
         client.execute(&statements.advance_log_head, &log_head_params),
         client.execute(&statements.notify, &notify_params),
         client.batch_execute("COMMIT"),
     )?;
-    Ok(decision.outcomes)
+    Ok(Committed { outcomes: decision.outcomes, head: Some(decision.head) })
+}
+
+/// The new state of each changed stream, column by column.
+struct StreamStates {
+    revisions: Vec<i64>,
+    deleted: Vec<Option<&'static str>>,
+    max_counts: Vec<Option<i64>>,
+    max_ages: Vec<Option<i64>>,
+    truncate_befores: Vec<Option<i64>>,
+}
+
+fn stream_states<'a>(
+    streams: &[(&'a crate::protocol::StreamName, crate::decide::StreamState)],
+) -> (Vec<&'a str>, StreamStates) {
+    let names = streams.iter().map(|(s, _)| s.as_str()).collect();
+    let states = StreamStates {
+        revisions: streams.iter().map(|(_, s)| to_i64(s.revision.0)).collect(),
+        deleted: streams.iter().map(|(_, s)| s.deleted.map(|d| d.as_str())).collect(),
+        max_counts: streams.iter().map(|(_, s)| to_sql(s.retention.max_count)).collect(),
+        max_ages: streams.iter().map(|(_, s)| to_sql(s.retention.max_age_seconds)).collect(),
+        truncate_befores: streams
+            .iter()
+            .map(|(_, s)| to_sql(s.retention.truncate_before.map(|r| r.0)))
+            .collect(),
+    };
+    (names, states)
+}
+
+impl StreamStates {
+    fn params<'a>(&'a self, names: &'a Vec<&'a str>) -> [&'a (dyn ToSql + Sync); 6] {
+        [
+            names,
+            &self.revisions,
+            &self.deleted,
+            &self.max_counts,
+            &self.max_ages,
+            &self.truncate_befores,
+        ]
+    }
 }
 
 /// The write path's statements, prepared once per connection (then cached by the pool).
@@ -97,24 +149,25 @@ struct Statements {
     stream_heads: tokio_postgres::Statement,
     stored_ids: tokio_postgres::Statement,
     insert_events: tokio_postgres::Statement,
-    upsert_stream_heads: tokio_postgres::Statement,
+    upsert_streams: tokio_postgres::Statement,
     advance_log_head: tokio_postgres::Statement,
     notify: tokio_postgres::Statement,
 }
 
 impl Statements {
     async fn prepare(client: &deadpool_postgres::Client) -> Result<Self, Error> {
+        let stream_heads = format!("SELECT {STREAM_COLUMNS} FROM streams s WHERE s.name = ANY($1)");
         let (
             lock,
             stream_heads,
             stored_ids,
             insert_events,
-            upsert_stream_heads,
+            upsert_streams,
             advance_log_head,
             notify,
         ) = tokio::try_join!(
             client.prepare_cached("SELECT position FROM log_head FOR UPDATE"),
-            client.prepare_cached("SELECT name, revision FROM streams WHERE name = ANY($1)"),
+            client.prepare_cached(&stream_heads),
             client.prepare_cached(
                 "SELECT id, stream, revision, position FROM events WHERE id = ANY($1)"
             ),
@@ -126,9 +179,14 @@ impl Statements {
                      AS e"
             ),
             client.prepare_cached(
-                "INSERT INTO streams (name, revision)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[])
-                 ON CONFLICT (name) DO UPDATE SET revision = EXCLUDED.revision"
+                "INSERT INTO streams (name, revision, deleted, max_count, max_age_seconds,
+                                      truncate_before)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[],
+                                      $5::bigint[], $6::bigint[])
+                 ON CONFLICT (name) DO UPDATE SET revision = EXCLUDED.revision,
+                     deleted = EXCLUDED.deleted, max_count = EXCLUDED.max_count,
+                     max_age_seconds = EXCLUDED.max_age_seconds,
+                     truncate_before = EXCLUDED.truncate_before"
             ),
             client.prepare_cached("UPDATE log_head SET position = $1"),
             client.prepare_cached("SELECT pg_notify($1, $2)"),
@@ -138,7 +196,7 @@ impl Statements {
             stream_heads,
             stored_ids,
             insert_events,
-            upsert_stream_heads,
+            upsert_streams,
             advance_log_head,
             notify,
         })

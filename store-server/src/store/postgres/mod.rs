@@ -7,12 +7,17 @@
 mod commit;
 mod listen;
 mod read;
+mod retention;
 
-use super::rows::{to_i64, to_u64};
-use super::{Backend, Error, LogQuery, Store, StoredConsumer, StreamQuery, migrations};
-use crate::decide::{Append, Outcome};
+use super::rows::{StreamRow, to_i64, to_u64};
+use super::{
+    Backend, Committed, Error, LogQuery, Removable, Scavenged, Store, StoredConsumer, StreamQuery,
+    StreamRead, migrations,
+};
+use crate::decide::{Command, StreamState};
 use crate::protocol::{
-    ConsumerConflict, ConsumerName, Page, Position, SetConsumer, StreamRevision, Timestamp,
+    Category, CategoryRetention, ConsumerConflict, ConsumerName, Page, Position, SetConsumer,
+    StreamName, Timestamp,
 };
 use deadpool_postgres::PoolError;
 use deadpool_postgres::{GenericClient, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -71,6 +76,8 @@ pub struct Postgres {
     connect_timeout: Duration,
     /// Until when the database is taken to refuse new connections (it refused the last).
     refused_until: std::sync::Mutex<Option<Instant>>,
+    /// The scavenger's advisory lock session.
+    scavenger: retention::ScavengerLock,
 }
 
 /// How long a refused connection keeps the pool from opening new ones: meanwhile requests
@@ -126,6 +133,7 @@ impl Postgres {
             instance: hex::encode(id),
             connect_timeout: options.connect_timeout,
             refused_until: std::sync::Mutex::new(None),
+            scavenger: retention::ScavengerLock::default(),
         })
     }
 }
@@ -204,9 +212,9 @@ impl Store for Postgres {
 
     async fn commit(
         &self,
-        batch: Arc<[Append]>,
+        batch: Arc<[Command]>,
         recorded_at: Timestamp,
-    ) -> Result<Vec<Outcome>, Error> {
+    ) -> Result<Committed, Error> {
         let client = self.connection().await?;
         let result = commit::commit(&client, &batch, recorded_at, &self.instance).await;
         if result.is_err() {
@@ -229,8 +237,39 @@ impl Store for Postgres {
         Ok(result?)
     }
 
-    async fn read_stream(&self, query: StreamQuery) -> Result<Option<Page<StreamRevision>>, Error> {
-        read::stream(&self.connection().await?, query).await
+    async fn read_stream(&self, query: StreamQuery, now: Timestamp) -> Result<StreamRead, Error> {
+        read::stream(&self.connection().await?, query, now).await
+    }
+
+    async fn stream_state(&self, stream: &StreamName) -> Result<Option<StreamState>, Error> {
+        retention::stream_state(&self.connection().await?, stream).await
+    }
+
+    async fn category_retention(&self, category: &Category) -> Result<CategoryRetention, Error> {
+        retention::category(&self.connection().await?, category).await
+    }
+
+    async fn removable(&self, now: Timestamp) -> Result<Vec<Removable>, Error> {
+        retention::removable(&self.connection().await?, now).await
+    }
+
+    async fn scavenge(
+        &self,
+        stream: &StreamName,
+        now: Timestamp,
+        chunk: u64,
+    ) -> Result<Scavenged, Error> {
+        let client = self.connection().await?;
+        let result = retention::scavenge(&client, stream, now, chunk).await;
+        if result.is_err() {
+            // Its transaction may still be open: this connection never goes back to the pool.
+            let _ = deadpool_postgres::Object::take(client);
+        }
+        result
+    }
+
+    async fn scavenger_turn(&self) -> Result<bool, Error> {
+        self.scavenger.held(&self.config).await
     }
 
     async fn read_log(&self, query: LogQuery) -> Result<Page<Position>, Error> {
@@ -299,6 +338,18 @@ impl Store for Postgres {
         let mut config = self.config.clone();
         config.application_name("store-server-listen");
         tokio::spawn(listen::listen(config, self.instance.clone(), commits, shutdown));
+    }
+}
+
+/// Reads the [`super::rows::STREAM_COLUMNS`] at the start of `row`.
+fn stream_row(row: &tokio_postgres::Row) -> StreamRow {
+    StreamRow {
+        name: row.get(0),
+        revision: row.get(1),
+        deleted: row.get(2),
+        max_count: row.get(3),
+        max_age_seconds: row.get(4),
+        truncate_before: row.get(5),
     }
 }
 

@@ -1,49 +1,57 @@
 //! Reads on PostgreSQL. Each pipelines the log head before its events, so the page's head
 //! covers every event the read could see.
 
-use crate::protocol::{Page, Position, StreamRevision};
+use crate::protocol::{Page, Position, Timestamp};
+use crate::store::retention;
 use crate::store::rows::{EVENT_COLUMNS, EventRow, PageBuilder, to_i64};
 use crate::store::sql::{self, Dialect, Param};
-use crate::store::{Direction, Error, LogQuery, StreamQuery};
+use crate::store::{Direction, Error, LogQuery, StreamQuery, StreamRead};
 use deadpool_postgres::{Client, GenericClient};
 use tokio_postgres::types::ToSql;
 use tokio_stream::StreamExt;
 
-/// One stream by revision; `None` when it does not exist.
+/// One stream by revision, what its retention keeps at `now`.
 pub(super) async fn stream(
     client: &Client,
     query: StreamQuery,
-) -> Result<Option<Page<StreamRevision>>, Error> {
-    let (condition, from) = match query.direction {
-        Direction::Forward => {
-            ("revision >= $2 ORDER BY revision", query.from.map_or(0, |r| to_i64(r.0)))
-        }
-        Direction::Backward => {
-            ("revision <= $2 ORDER BY revision DESC", query.from.map_or(i64::MAX, |r| to_i64(r.0)))
-        }
+    now: Timestamp,
+) -> Result<StreamRead, Error> {
+    let order = match query.direction {
+        Direction::Forward => "",
+        Direction::Backward => " DESC",
     };
-    let sql =
-        format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 AND {condition} LIMIT $3");
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 AND revision >= $2
+         AND revision <= $3 AND ($4::timestamptz IS NULL OR recorded_at >= $4)
+         ORDER BY revision{order} LIMIT $5"
+    );
     let limit = to_i64(query.limit as u64 + 1);
     let name = query.stream.as_str();
-    let (head_stmt, exists_stmt, events_stmt) = tokio::try_join!(
+    let (head_stmt, state_stmt, events_stmt) = tokio::try_join!(
         client.prepare_cached(LOG_HEAD_SQL),
-        client.prepare_cached("SELECT 1 FROM streams WHERE name = $1"),
+        client.prepare_cached(super::retention::STATE_SQL),
         client.prepare_cached(&sql),
     )?;
-    let exists_params: [&(dyn ToSql + Sync); 1] = [&name];
-    let events_params: [&(dyn ToSql + Sync); 3] = [&name, &from, &limit];
+    let state_params: [&(dyn ToSql + Sync); 2] = [&name, &query.stream.category()];
     // Pipelined, sent in this order: the head is read before the events (see `finish`).
-    let (head, exists, events) = tokio::try_join!(
+    let (head, state) = tokio::try_join!(
         client.query_one(&head_stmt, &[]),
-        client.query_opt(&exists_stmt, &exists_params),
-        client.query_raw(&events_stmt, events_params),
+        client.query_opt(&state_stmt, &state_params),
     )?;
-    if exists.is_none() {
-        return Ok(None);
-    }
+    let Some(state) = state else {
+        return Ok(StreamRead::NotFound);
+    };
+    let (state, defaults, _) = super::retention::state_row(&state)?;
+    let visible = match retention::visible(&state, &defaults, &query, now) {
+        Ok(visible) => visible,
+        Err(nothing) => return Ok(nothing),
+    };
+    let since = visible.since.map(Timestamp::to_offset_date_time);
+    let events_params: [&(dyn ToSql + Sync); 5] =
+        [&name, &visible.low, &visible.high, &since, &limit];
+    let events = client.query_raw(&events_stmt, events_params).await?;
     let page = PageBuilder::new(query.limit, query.bytes_max, |e| e.revision);
-    fill(page, events).await?.finish(head.get(0)).map(Some)
+    fill(page, events).await?.finish(head.get(0)).map(StreamRead::Page)
 }
 
 /// The log by position, filtered.
