@@ -18,6 +18,20 @@ pub async fn json<T: DeserializeOwned>(
         .map_err(|e| ApiError::InvalidRequest(format!("malformed {what}: {e}")))
 }
 
+/// Like [`json`], for a body that must be a JSON object: serde would take `[1]` for a
+/// struct whose first field is 1.
+pub async fn json_object<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    what: &str,
+) -> Result<T, ApiError> {
+    let object: serde_json::Map<String, serde_json::Value> =
+        json(headers, body, limit, what).await?;
+    serde_json::from_value(serde_json::Value::Object(object))
+        .map_err(|e| ApiError::InvalidRequest(format!("malformed {what}: {e}")))
+}
+
 /// Reads the body up to `limit` bytes; a larger declared length is refused before reading.
 async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let too_large =

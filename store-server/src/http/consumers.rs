@@ -2,7 +2,7 @@
 //! position (how a client reads its own write from a read model).
 
 use super::authorize::Visible;
-use super::body::json;
+use super::body::json_object;
 use super::params::{self, RawQuery, number, segment};
 use super::{ApiError, AppState};
 use crate::protocol::{Consumer, ConsumerName, ConsumerWait, Position, SetConsumer, Timestamp};
@@ -46,7 +46,7 @@ pub async fn put(
 ) -> Result<Json<Consumer>, ApiError> {
     let name = name(path)?;
     let update: SetConsumer =
-        json(&headers, body, state.http.request_body_bytes_max, "consumer position").await?;
+        json_object(&headers, body, state.http.request_body_bytes_max, "consumer position").await?;
     // Positions are stored as 64-bit signed integers; the log never gets near that.
     let in_range = |p: Position| i64::try_from(p.0).is_ok();
     if !in_range(update.position) || !update.expected_position.is_none_or(in_range) {

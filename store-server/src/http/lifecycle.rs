@@ -1,7 +1,7 @@
 //! Stream lifecycle: `DELETE /streams/{stream}`, and the retention of a stream or a
 //! category (`…/metadata`). Changes go through the writer, decided in order with appends.
 
-use super::body::json;
+use super::body::json_object;
 use super::params::{self, RawQuery, number, segment};
 use super::{ApiError, AppState};
 use crate::decide::{Command, Delete, Outcome, SetCategoryRetention, SetStreamRetention};
@@ -78,7 +78,7 @@ pub async fn set_stream_metadata(
 ) -> Result<Json<StreamMetadata>, ApiError> {
     let stream = StreamName::new(segment(path)?)?;
     let retention: StreamRetention =
-        json(&headers, body, state.http.request_body_bytes_max, "stream metadata").await?;
+        json_object(&headers, body, state.http.request_body_bytes_max, "stream metadata").await?;
     retention.check().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let id = EventId(uuid::Uuid::now_v7());
     let set = SetStreamRetention { stream: stream.clone(), retention, id };
@@ -107,7 +107,7 @@ pub async fn set_category_metadata(
 ) -> Result<Json<CategoryMetadata>, ApiError> {
     let category = Category::new(segment(path)?)?;
     let retention: CategoryRetention =
-        json(&headers, body, state.http.request_body_bytes_max, "category metadata").await?;
+        json_object(&headers, body, state.http.request_body_bytes_max, "category metadata").await?;
     retention.check().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let set = SetCategoryRetention { category, retention };
     match state.writer.submit(Command::SetCategoryRetention(set)).await? {

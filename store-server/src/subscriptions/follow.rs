@@ -163,22 +163,22 @@ impl Follower {
             };
             match wake {
                 Wake::Batch(Ok(batch)) => {
-                    for encoded in batch.iter() {
+                    if batch.after > self.scanned {
+                        self.flush().await?;
+                        return Ok(()); // a stretch we did not get: never skip, read storage
+                    }
+                    for encoded in &batch.events {
                         let event = &encoded.event;
                         if event.position <= self.scanned {
                             continue; // already read from storage
                         }
-                        if event.position != self.scanned.after(1) {
-                            self.flush().await?;
-                            return Ok(()); // a gap: never skip, read storage
-                        }
                         if self.filter.matches(event) {
                             self.pending.extend_from_slice(encoded.message());
                             self.delivered(event.position);
-                        } else {
-                            self.scanned = event.position;
                         }
                     }
+                    // Removed positions inside the stretch are holes, not gaps.
+                    self.scanned = self.scanned.max(batch.through);
                     self.checkpoint_if_due();
                 }
                 Wake::Batch(Err(RecvError::Lagged(_))) => return Ok(()),

@@ -18,8 +18,20 @@ use std::time::Duration;
 use tokio::sync::{Notify, broadcast, watch};
 use tracing::warn;
 
-/// A run of consecutive events of the log, as the tailer read it, each with its SSE message.
-pub type Batch = Arc<[Encoded]>;
+/// A stretch of the log as the tailer read it: every event in `(after, through]`, each
+/// with its SSE message. Positions inside it may be missing (events the scavenger removed):
+/// the stretch, not the positions, says what was read, so a hole is never taken for a gap.
+pub type Batch = Arc<Stretch>;
+
+/// What a [`Batch`] holds.
+pub struct Stretch {
+    /// The read started after this position.
+    pub after: Position,
+    /// Every event up to this position that exists is in `events`.
+    pub through: Position,
+    /// The events, in position order.
+    pub events: Vec<Encoded>,
+}
 
 /// An event and its SSE message, encoded at most once for every live subscriber: by the
 /// first whose filter matches it. Measured: 100 subscribers each encoding every event for
@@ -189,10 +201,13 @@ async fn tail(
             };
             match store.read_log(query).await {
                 Ok(page) => {
-                    if let Some(event) = page.events.last() {
-                        last = event.position;
+                    // Read up to the next page, or (at the end) up to the head.
+                    let through = page.next.map_or(page.head, |next| Position(next.0 - 1));
+                    if through > last {
+                        let events = page.events.into_iter().map(Encoded::new).collect();
                         // No receiver left is fine: there is nobody to deliver to.
-                        let _ = batches.send(page.events.into_iter().map(Encoded::new).collect());
+                        let _ = batches.send(Arc::new(Stretch { after: last, through, events }));
+                        last = through;
                     }
                     if page.next.is_none() {
                         break;

@@ -99,7 +99,7 @@ impl Cluster {
     /// Starts the (stopped) cluster and waits until it accepts connections.
     pub fn start_again(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c autovacuum_naptime=1",
             self.port,
             path(&self.dir)
         );
