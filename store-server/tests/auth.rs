@@ -308,6 +308,11 @@ fn api_access_table() -> Vec<(Method, &'static str, Access)> {
         (Method::GET, "/consumers/{name}/wait", InScope(Read)),
         (Method::PUT, "/consumers/{name}", Everything(Admin)),
         (Method::DELETE, "/consumers/{name}", Everything(Admin)),
+        (Method::GET, "/streams/{stream}/metadata", Stream(Read)),
+        (Method::PUT, "/streams/{stream}/metadata", Stream(Delete)),
+        (Method::GET, "/categories/{category}/metadata", Category(Read)),
+        (Method::PUT, "/categories/{category}/metadata", Category(Delete)),
+        (Method::DELETE, "/streams/{stream}", Stream(Delete)),
         (Method::GET, "/health/live", Public),
         (Method::GET, "/health/ready", Public),
         (Method::GET, "/openapi.json", Public),
@@ -378,6 +383,7 @@ async fn every_route_answers_each_token_as_the_access_table_says() {
         }
         let body = match method {
             Method::POST => json!({"events": [{"type": "E", "data": 1}]}).to_string(),
+            Method::PUT if path.ends_with("/metadata") => json!({}).to_string(),
             Method::PUT => json!({"position": 1}).to_string(),
             _ => String::new(),
         };
@@ -397,8 +403,12 @@ async fn every_route_answers_each_token_as_the_access_table_says() {
         for (path, in_scope) in paths(template) {
             for (caller, token) in &callers {
                 if method == Method::DELETE {
-                    // Something to delete.
-                    call(Method::PUT, &path, Some(&admin)).await.unwrap();
+                    // Something to delete (an append recreates a soft-deleted stream).
+                    let create = match template.starts_with("/streams") {
+                        true => Method::POST,
+                        false => Method::PUT,
+                    };
+                    call(create, &path, Some(&admin)).await.unwrap();
                 }
                 let status = call(method.clone(), &path, token.as_deref()).await.unwrap().status();
                 let want = expected(access, *caller, in_scope);
