@@ -117,7 +117,10 @@ impl CommandHandler {
             self.client.read_stream(stream, &StreamRead::forward().from(from).limit(1000)).await?
         {
             for event in &page.events {
-                aggregate.apply(&self.upcasters.decode(event)?);
+                // The server's own records (a truncation) are not the aggregate's events.
+                if !event.event_type.as_str().starts_with('$') {
+                    aggregate.apply(&self.upcasters.decode(event)?);
+                }
                 revision = Some(event.revision);
             }
             match page.next {

@@ -2,9 +2,10 @@
 
 use crate::backoff::Backoff;
 use crate::protocol::{
-    AppendRequest, AppendResult, Category, Consumer, ConsumerConflict, ConsumerName, ConsumerWait,
-    Direction, EventId, EventType, ExpectedRevision, NewEvent, Page, Position, Problem,
-    ProblemType, SetConsumer, StreamName, StreamRevision,
+    AppendRequest, AppendResult, Category, CategoryMetadata, CategoryRetention, Consumer,
+    ConsumerConflict, ConsumerName, ConsumerWait, Deletion, Direction, EventId, EventType,
+    ExpectedRevision, NewEvent, Page, Position, Problem, ProblemType, SetConsumer, StreamMetadata,
+    StreamName, StreamRetention, StreamRevision,
 };
 use crate::subscription::{Subscription, Target};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -35,6 +36,9 @@ pub enum Error {
     /// The stream does not exist (404 `stream-not-found`), where its absence is an error.
     #[error("stream {0} does not exist")]
     StreamNotFound(StreamName),
+    /// The stream is hard-deleted: its name is closed for good (410 `stream-deleted`).
+    #[error("stream {0} is deleted for good")]
+    StreamDeleted(StreamName),
     /// A consumer's position was not stored (409 `wrong-expected-position` or
     /// `position-moves-backwards`).
     #[error("consumer {name}: {conflict}")]
@@ -73,6 +77,7 @@ impl Error {
             Self::WrongExpectedRevision { .. } => Some(ProblemType::WrongExpectedRevision),
             Self::DuplicateEventId { .. } => Some(ProblemType::DuplicateEventId),
             Self::StreamNotFound(_) => Some(ProblemType::StreamNotFound),
+            Self::StreamDeleted(_) => Some(ProblemType::StreamDeleted),
             Self::ConsumerConflict {
                 conflict: ConsumerConflict::WrongExpectedPosition { .. },
                 ..
@@ -103,6 +108,7 @@ impl Error {
                 .zip(field("event_id").and_then(|v| serde_json::from_value(v.clone()).ok()))
                 .map(|(stream, id)| Self::DuplicateEventId { stream, id }),
             Some(ProblemType::StreamNotFound) => stream().map(Self::StreamNotFound),
+            Some(ProblemType::StreamDeleted) => stream().map(Self::StreamDeleted),
             Some(ProblemType::WrongExpectedPosition) => consumer()
                 .zip(position("expected_position").zip(position("current_position")))
                 .map(|(name, (expected, current))| Self::ConsumerConflict {
@@ -356,10 +362,12 @@ impl Client {
         self.send(request.json(&body), Retry::Safe).await
     }
 
-    /// Reads a page of `stream` as `read` says; `None` when the stream does not exist.
+    /// Reads a page of `stream` as `read` says; `None` when the stream does not exist (or is
+    /// soft-deleted). Events its retention gives up are skipped.
     ///
     /// # Errors
-    /// [`Error::Problem`] or [`Error::Http`].
+    /// [`Error::StreamDeleted`] for a hard-deleted stream; [`Error::Problem`] or
+    /// [`Error::Http`].
     pub async fn read_stream(
         &self,
         stream: &StreamName,
@@ -370,6 +378,101 @@ impl Client {
             Err(Error::StreamNotFound(_)) => Ok(None),
             other => other.map(Some),
         }
+    }
+
+    /// Deletes `stream` if it is at `expected` (`Any`, `StreamExists` or a revision):
+    /// [`Deletion::Soft`] lets a later append recreate it, its revisions continuing;
+    /// [`Deletion::Hard`] closes the name for good. The server records `$stream-deleted`.
+    /// Not retried: a delete whose answer was lost would find its own deletion.
+    ///
+    /// ```no_run
+    /// # async fn example(client: projection_sdk::Client) -> Result<(), projection_sdk::Error> {
+    /// use projection_sdk::protocol::{Deletion, ExpectedRevision, StreamName, StreamRevision};
+    ///
+    /// let stream = StreamName::new("account-42").unwrap();
+    /// client.delete_stream(&stream, ExpectedRevision::Exact(StreamRevision(7)), Deletion::Soft).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::WrongExpectedRevision`]; [`Error::StreamNotFound`] when it was never
+    /// written or is soft-deleted already; [`Error::StreamDeleted`]; [`Error::Problem`];
+    /// [`Error::Http`].
+    pub async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+        deletion: Deletion,
+    ) -> Result<(), Error> {
+        let path = format!(
+            "/streams/{}?hard={}&expected_revision={expected}",
+            encode(stream.as_str()),
+            deletion == Deletion::Hard
+        );
+        self.send(self.request(Method::DELETE, &path), Retry::Never).await
+    }
+
+    /// A stream's retention and deletion state; `None` for a stream never written.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] or [`Error::Http`].
+    pub async fn stream_metadata(
+        &self,
+        stream: &StreamName,
+    ) -> Result<Option<StreamMetadata>, Error> {
+        let path = format!("/streams/{}/metadata", encode(stream.as_str()));
+        match self.send(self.request(Method::GET, &path), Retry::Safe).await {
+            Err(Error::StreamNotFound(_)) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    /// Sets every retention field of `stream` (`None`: unset); answers its metadata.
+    /// Raising `truncate_before` records `$stream-truncated`; it never moves backwards.
+    ///
+    /// ```no_run
+    /// # async fn example(client: projection_sdk::Client) -> Result<(), projection_sdk::Error> {
+    /// use projection_sdk::protocol::{StreamName, StreamRetention};
+    ///
+    /// let stream = StreamName::new("telemetry-7").unwrap();
+    /// let keep = StreamRetention { max_count: Some(1000), max_age_seconds: Some(86_400), ..Default::default() };
+    /// client.set_stream_retention(&stream, &keep).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::StreamNotFound`]; [`Error::StreamDeleted`]; [`Error::Problem`] (a limit
+    /// out of range, `truncate_before` moving backwards); [`Error::Http`].
+    pub async fn set_stream_retention(
+        &self,
+        stream: &StreamName,
+        retention: &StreamRetention,
+    ) -> Result<StreamMetadata, Error> {
+        let path = format!("/streams/{}/metadata", encode(stream.as_str()));
+        // Setting the same values twice has the effect of setting them once.
+        self.send(self.request(Method::PUT, &path).json(retention), Retry::Safe).await
+    }
+
+    /// The retention defaults of `category`'s streams (unset: `None`).
+    ///
+    /// # Errors
+    /// [`Error::Problem`] or [`Error::Http`].
+    pub async fn category_metadata(&self, category: &Category) -> Result<CategoryMetadata, Error> {
+        let path = format!("/categories/{}/metadata", encode(category.as_str()));
+        self.send(self.request(Method::GET, &path), Retry::Safe).await
+    }
+
+    /// Sets the retention defaults of `category`'s streams; a stream's own value wins.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] or [`Error::Http`].
+    pub async fn set_category_retention(
+        &self,
+        category: &Category,
+        retention: &CategoryRetention,
+    ) -> Result<CategoryMetadata, Error> {
+        let path = format!("/categories/{}/metadata", encode(category.as_str()));
+        self.send(self.request(Method::PUT, &path).json(retention), Retry::Safe).await
     }
 
     /// Reads a page of the whole log as `read` says.
@@ -527,7 +630,9 @@ async fn exchange<T: DeserializeOwned>(
         Err(err) => return (Err(err.into()), None),
     };
     if status.is_success() {
-        return (serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string())), None);
+        // No content is what `()` decodes from.
+        let body: &[u8] = if status == StatusCode::NO_CONTENT { b"null" } else { &bytes };
+        return (serde_json::from_slice(body).map_err(|e| Error::Decode(e.to_string())), None);
     }
     (Err(Error::from_problem(problem(status, &bytes))), retry_after)
 }

@@ -7,8 +7,8 @@ use projection_sdk::protocol::{
 };
 use projection_sdk::{
     Aggregate, Backoff, Client, CommandHandler, Envelope, ExecuteError, HandlerError, Message,
-    OnFailure, Projection, RunError, Runner, RunnerOptions, ServerRunnerOptions, StreamRead,
-    Target, Upcasters,
+    OnFailure, Projection, Recorded, RunError, Runner, RunnerOptions, ServerRunnerOptions,
+    StreamRead, Target, Upcasters,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -212,11 +212,14 @@ impl Projection for Balances {
         event: &Envelope<AccountEvent>,
     ) -> Result<(), HandlerError> {
         let amount = match &event.event {
-            AccountEvent::Deposited { amount: 13, .. } if !self.fixed.load(Ordering::SeqCst) => {
+            Recorded::Event(AccountEvent::Deposited { amount: 13, .. })
+                if !self.fixed.load(Ordering::SeqCst) =>
+            {
                 return Err("thirteen is unlucky".into());
             }
-            AccountEvent::Deposited { amount, .. } => *amount,
-            AccountEvent::Withdrawn { amount } => -amount,
+            Recorded::Event(AccountEvent::Deposited { amount, .. }) => *amount,
+            Recorded::Event(AccountEvent::Withdrawn { amount }) => -amount,
+            _ => return Ok(()),
         };
         tx.execute(
             "INSERT INTO balances (account, balance) VALUES ($1, $2)
@@ -425,7 +428,7 @@ impl projection_sdk::Handler for Totals {
         if event.position.0 <= self.applied_through {
             return Ok(()); // seen before: at-least-once delivery
         }
-        if let AccountEvent::Deposited { amount, .. } = event.event {
+        if let Recorded::Event(AccountEvent::Deposited { amount, .. }) = event.event {
             self.total += amount;
         }
         self.applied_through = event.position.0;
@@ -690,5 +693,120 @@ async fn a_negative_stored_position_is_an_error_not_zero() {
         .unwrap();
     let read = runner.dead_letters().await;
     assert!(matches!(&read, Err(RunError::OutOfRange(why)) if why.contains("-1")), "{read:?}");
+    server.stop().await;
+}
+
+/// Keeps what a runner hands it of the system events, by stream.
+#[derive(Default)]
+struct Lifecycle {
+    seen: Vec<(String, String)>,
+}
+
+#[async_trait::async_trait]
+impl projection_sdk::Handler for Lifecycle {
+    type Event = AccountEvent;
+
+    fn name(&self) -> &str {
+        "lifecycle"
+    }
+
+    fn target(&self) -> Target {
+        // A types filter: the runner still asks for the system events.
+        let category = projection_sdk::protocol::Category::new("account").unwrap();
+        Target::Category { category, types: vec![EventType::new("Deposited").unwrap()] }
+    }
+
+    async fn apply(&mut self, event: &Envelope<AccountEvent>) -> Result<(), HandlerError> {
+        let what = match &event.event {
+            Recorded::Event(AccountEvent::Deposited { amount, .. }) => {
+                format!("deposited {amount}")
+            }
+            Recorded::Event(other) => format!("{other:?}"),
+            Recorded::StreamDeleted(deleted) => {
+                format!("deleted through {} (hard: {})", deleted.revision, deleted.hard)
+            }
+            Recorded::StreamTruncated(truncated) => {
+                format!("truncated before {}", truncated.before)
+            }
+            _ => "something new".into(),
+        };
+        self.seen.push((event.stream.to_string(), what));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_deletes_and_sets_retention_and_runners_hand_system_events_to_the_projection() {
+    use projection_sdk::ServerRunner;
+    use projection_sdk::protocol::{
+        Category, CategoryRetention, Deletion, ProblemType, StreamRetention, StreamRevision,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), "127.0.0.1:0").await;
+    let client = Client::new(&server.url);
+    deposit(&client, "account-a", &[1, 2, 3]).await;
+    deposit(&client, "account-b", &[4]).await;
+    let a = StreamName::new("account-a").unwrap();
+    let b = StreamName::new("account-b").unwrap();
+
+    let truncate =
+        StreamRetention { truncate_before: Some(StreamRevision(2)), ..Default::default() };
+    let metadata = client.set_stream_retention(&a, &truncate).await.unwrap();
+    assert_eq!((metadata.revision, metadata.deleted), (StreamRevision(3), None));
+    let page = client.read_stream(&a, &StreamRead::forward()).await.unwrap().unwrap();
+    let revisions: Vec<u64> = page.events.iter().map(|e| e.revision.0).collect();
+    assert_eq!(revisions, [2, 3]);
+    client
+        .delete_stream(&b, ExpectedRevision::Exact(StreamRevision(0)), Deletion::Hard)
+        .await
+        .unwrap();
+    let refused = client.delete_stream(&b, ExpectedRevision::Any, Deletion::Soft).await;
+    assert!(
+        matches!(&refused, Err(projection_sdk::Error::StreamDeleted(s)) if *s == b),
+        "{refused:?}"
+    );
+    let refused = client.read_stream(&b, &StreamRead::forward()).await;
+    assert_eq!(refused.unwrap_err().problem_type(), Some(ProblemType::StreamDeleted));
+    assert_eq!(client.stream_metadata(&b).await.unwrap().unwrap().deleted, Some(Deletion::Hard));
+    assert!(
+        client.stream_metadata(&StreamName::new("account-z").unwrap()).await.unwrap().is_none()
+    );
+    let category = Category::new("account").unwrap();
+    let defaults = CategoryRetention { max_count: Some(50), max_age_seconds: None };
+    assert_eq!(
+        client.set_category_retention(&category, &defaults).await.unwrap().retention,
+        defaults
+    );
+    assert_eq!(client.category_metadata(&category).await.unwrap().retention, defaults);
+
+    let mut runner = ServerRunner::new(
+        Lifecycle::default(),
+        client.clone(),
+        upcasters(),
+        ServerRunnerOptions::default(),
+    )
+    .await
+    .unwrap();
+    let head = client.read_all(&projection_sdk::LogRead::forward().limit(1)).await.unwrap().head;
+    let caught_up = async {
+        let name = projection_sdk::protocol::ConsumerName::new("lifecycle").unwrap();
+        while client.consumer(&name).await.unwrap().is_none_or(|c| c.position < head) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    runner.run(caught_up).await.unwrap();
+    let seen: Vec<(&str, &str)> =
+        runner.handler().seen.iter().map(|(s, w)| (s.as_str(), w.as_str())).collect();
+    assert_eq!(
+        seen,
+        [
+            ("account-a", "deposited 1"),
+            ("account-a", "deposited 2"),
+            ("account-a", "deposited 3"),
+            ("account-b", "deposited 4"),
+            ("account-a", "truncated before 2"),
+            ("account-b", "deleted through 0 (hard: true)"),
+        ]
+    );
     server.stop().await;
 }

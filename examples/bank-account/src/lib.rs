@@ -3,7 +3,7 @@
 //! This library is what they share: the events, the aggregate, the projection.
 
 use projection_sdk::protocol::{Category, EventType, StreamName};
-use projection_sdk::{Aggregate, Envelope, HandlerError, Projection, Target, Upcasters};
+use projection_sdk::{Aggregate, Envelope, HandlerError, Projection, Recorded, Target, Upcasters};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Transaction;
 
@@ -134,22 +134,36 @@ impl Projection for Balances {
         self.apply_batch(tx, std::slice::from_ref(event)).await
     }
 
-    /// Sums the batch's changes per account and writes them in one statement.
+    /// Sums the batch's changes per account and writes them in two statements: the rows of
+    /// accounts deleted in the batch go, then the changes made since are added.
     async fn apply_batch(
         &self,
         tx: &Transaction<'_>,
         events: &[Envelope<AccountEvent>],
     ) -> Result<(), HandlerError> {
+        let mut deleted: std::collections::BTreeSet<&str> = Default::default();
         let mut changes: std::collections::BTreeMap<&str, i64> = Default::default();
         for event in events {
-            let change = match &event.event {
-                AccountEvent::Deposited { amount, .. } => *amount,
-                AccountEvent::Withdrawn { amount } => -amount,
-            };
             let account_id = event.stream.as_str().strip_prefix("account-").unwrap_or_default();
+            let change = match &event.event {
+                Recorded::Event(AccountEvent::Deposited { amount, .. }) => *amount,
+                Recorded::Event(AccountEvent::Withdrawn { amount }) => -amount,
+                // A closed account's row goes; a recreated one starts again from nothing.
+                Recorded::StreamDeleted(_) => {
+                    deleted.insert(account_id);
+                    changes.remove(account_id);
+                    continue;
+                }
+                // A truncated stream keeps its balance: it was built from the events before.
+                _ => continue,
+            };
             *changes.entry(account_id).or_default() += change;
         }
+        let deleted: Vec<&str> = deleted.into_iter().collect();
         let (ids, amounts): (Vec<&str>, Vec<i64>) = changes.into_iter().unzip();
+        if !deleted.is_empty() {
+            tx.execute("DELETE FROM balances_v1 WHERE account_id = ANY($1)", &[&deleted]).await?;
+        }
         tx.execute(
             "INSERT INTO balances_v1 (account_id, balance)
              SELECT * FROM UNNEST($1::text[], $2::bigint[])

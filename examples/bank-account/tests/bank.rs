@@ -286,3 +286,79 @@ async fn deposits_ride_out_a_store_restart_each_stored_exactly_once() {
     assert_eq!(stored, DEPOSITS);
     store.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_account_stream_drops_its_balance_row_and_a_recreated_account_starts_at_zero() {
+    let Some(db) = postgres::fresh_database().await else {
+        return postgres::skip("deleting_an_account_stream_drops_its_balance_row");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store_address = free_address();
+    let store = start_store(dir.path(), &store_address).await;
+    let store_url = format!("http://{store_address}");
+    let (accounts, balances) = (free_address(), free_address());
+    let _accounts =
+        spawn(env!("CARGO_BIN_EXE_accounts"), &["--listen", &accounts, "--store", &store_url])
+            .await;
+    let _balances = spawn(
+        env!("CARGO_BIN_EXE_balances"),
+        &["--listen", &balances, "--store", &store_url, "--database-url", &db],
+    )
+    .await;
+    wait_until_serving(&accounts).await;
+    wait_until_serving(&balances).await;
+    let http = reqwest::Client::new();
+    let deposit = |id: &'static str, amount: i64| {
+        let (http, url) = (http.clone(), format!("http://{accounts}/accounts/{id}/deposit"));
+        async move {
+            let response = http.post(url).json(&json!({"amount": amount})).send().await.unwrap();
+            assert!(response.status().is_success());
+            response.json::<Value>().await.unwrap()["position"].as_u64().unwrap()
+        }
+    };
+    let (read_model, connection) =
+        tokio_postgres::connect(&db, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row_of = |id: &'static str| {
+        let read_model = &read_model;
+        async move {
+            let rows = read_model
+                .query("SELECT balance FROM balances_v1 WHERE account_id = $1", &[&id])
+                .await
+                .unwrap();
+            rows.first().map(|row| row.get::<_, i64>(0))
+        }
+    };
+    let balance_at = |id: &'static str, position: u64| {
+        let (http, url) =
+            (http.clone(), format!("http://{balances}/balances/{id}?min_position={position}"));
+        async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    deposit("closed", 70).await;
+    let kept = deposit("kept", 5).await;
+    assert_eq!(balance_at("kept", kept).await["balance"], 5);
+    assert_eq!(row_of("closed").await, Some(70));
+
+    let client = Client::new(&store_url);
+    let stream = bank_account::stream("closed").unwrap();
+    client
+        .delete_stream(
+            &stream,
+            ExpectedRevision::StreamExists,
+            projection_sdk::protocol::Deletion::Soft,
+        )
+        .await
+        .unwrap();
+    let head = client.read_all(&projection_sdk::LogRead::forward().limit(1)).await.unwrap().head;
+    assert_eq!(balance_at("kept", head.0).await["position"].as_u64(), Some(head.0));
+    assert_eq!(row_of("closed").await, None, "the closed account's row is gone");
+    assert_eq!(row_of("kept").await, Some(5), "others are untouched");
+
+    let reopened = deposit("closed", 3).await;
+    assert_eq!(
+        balance_at("closed", reopened).await["balance"],
+        3,
+        "a recreated account starts at 0"
+    );
+    store.stop().await;
+}

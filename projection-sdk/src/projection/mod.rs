@@ -13,7 +13,10 @@ pub use server::{Handler, ServerRunner};
 use crate::backoff::Backoff;
 use crate::client::Error;
 use crate::events::{EventError, Upcasters};
-use crate::protocol::{EventId, Position, RecordedEvent, StreamName, StreamRevision, Timestamp};
+use crate::protocol::{
+    EventId, EventType, Position, RecordedEvent, STREAM_DELETED, STREAM_TRUNCATED, StreamDeleted,
+    StreamName, StreamRevision, StreamTruncated, Timestamp,
+};
 use crate::subscription::{Message, Subscription, Target};
 use futures_util::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
@@ -23,11 +26,46 @@ use tokio_postgres::Transaction;
 /// What a handler's failure is.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What a projection is handed: one of its domain events, or a system event the server
+/// recorded about a stream, so that the read model can drop what it holds of the stream.
+///
+/// ```
+/// use projection_sdk::{Envelope, Recorded};
+///
+/// #[derive(serde::Deserialize)]
+/// #[serde(tag = "type", content = "data")]
+/// enum AccountEvent {
+///     Deposited { amount: i64 },
+/// }
+///
+/// /// The change an event makes to an account's balance; `None`: the account is gone.
+/// fn change(envelope: &Envelope<AccountEvent>) -> Option<i64> {
+///     match &envelope.event {
+///         Recorded::Event(AccountEvent::Deposited { amount }) => Some(*amount),
+///         Recorded::StreamDeleted(_) => None,
+///         // A truncation keeps the balance: it was built from the events before.
+///         _ => Some(0),
+///     }
+/// }
+/// # let _ = change;
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Recorded<E> {
+    /// A domain event, upcast to its latest shape.
+    Event(E),
+    /// `$stream-deleted`: the stream's events up to `revision` are deleted (`hard`: and
+    /// its name is closed for good).
+    StreamDeleted(StreamDeleted),
+    /// `$stream-truncated`: the stream's events before `before` are removed.
+    StreamTruncated(StreamTruncated),
+}
+
 /// A decoded event and where it came from.
 #[derive(Debug, Clone)]
 pub struct Envelope<E> {
-    /// The domain event, upcast to its latest shape.
-    pub event: E,
+    /// The event: a domain event, upcast to its latest shape, or a system event.
+    pub event: Recorded<E>,
     /// Its position in the log.
     pub position: Position,
     /// Its stream.
@@ -320,12 +358,43 @@ async fn next_batch(
     Ok(Some((batch, through)))
 }
 
+/// What a runner follows: `target`, with the system events a `types` filter would leave out.
+pub(crate) fn with_system_events(target: Target) -> Target {
+    let add = |mut types: Vec<EventType>| {
+        if !types.is_empty() {
+            for system in [STREAM_DELETED, STREAM_TRUNCATED] {
+                types.push(EventType::new(system).expect("system event types are valid"));
+            }
+        }
+        types
+    };
+    match target {
+        Target::All { types } => Target::All { types: add(types) },
+        Target::Category { category, types } => Target::Category { category, types: add(types) },
+        stream => stream,
+    }
+}
+
 pub(crate) fn envelope<E: DeserializeOwned>(
     upcasters: &Upcasters,
     event: &RecordedEvent,
 ) -> Result<Envelope<E>, EventError> {
+    let system = |e: serde_json::Error| EventError::Decode {
+        position: event.position.0,
+        event_type: event.event_type.to_string(),
+        reason: e.to_string(),
+    };
+    let decoded = match event.event_type.as_str() {
+        STREAM_DELETED => {
+            Recorded::StreamDeleted(serde_json::from_str(event.data.get()).map_err(system)?)
+        }
+        STREAM_TRUNCATED => {
+            Recorded::StreamTruncated(serde_json::from_str(event.data.get()).map_err(system)?)
+        }
+        _ => Recorded::Event(upcasters.decode(event)?),
+    };
     Ok(Envelope {
-        event: upcasters.decode(event)?,
+        event: decoded,
         position: event.position,
         stream: event.stream.clone(),
         revision: event.revision,

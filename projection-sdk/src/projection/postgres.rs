@@ -129,7 +129,9 @@ impl<P: Projection> Runner<P> {
     /// [`RunError::Handler`] (with [`OnFailure::Stop`]), [`RunError::AnotherRunner`],
     /// [`RunError::Database`], or [`RunError::Store`] when the server refuses for good.
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-        let subscription = self.store.subscribe(self.projection.target(), self.position);
+        let subscription = self
+            .store
+            .subscribe(super::with_system_events(self.projection.target()), self.position);
         let batch_events_max = self.options.batch_events_max;
         super::run(self, subscription, batch_events_max, shutdown).await
     }

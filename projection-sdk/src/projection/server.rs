@@ -78,7 +78,8 @@ impl<H: Handler> ServerRunner<H> {
     /// # Errors
     /// [`RunError::Handler`], [`RunError::AnotherRunner`], [`RunError::Store`].
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-        let subscription = self.store.subscribe(self.handler.target(), self.position);
+        let subscription =
+            self.store.subscribe(super::with_system_events(self.handler.target()), self.position);
         let batch_events_max = self.options.batch_events_max;
         super::run(self, subscription, batch_events_max, shutdown).await
     }

@@ -53,8 +53,8 @@ pub(super) async fn commit(
     }
     if decision.rows.is_empty() {
         // Retention changed without a system event: the streams' rows only.
-        let (names, states) = stream_states(&decision.streams);
-        let params = states.params(&names);
+        let states = stream_states(&decision.streams);
+        let params = states.params();
         tokio::try_join!(
             client.execute(&statements.upsert_streams, &params),
             client.batch_execute("COMMIT"),
@@ -75,7 +75,7 @@ pub(super) async fn commit(
     let data: Vec<&str> = rows.iter().map(|r| r.event.data.get()).collect();
     let metadata: Vec<Option<&str>> =
         rows.iter().map(|r| r.event.metadata.as_ref().map(|m| m.get())).collect();
-    let (head_names, head_states) = stream_states(&decision.streams);
+    let head_states = stream_states(&decision.streams);
     let new_head = to_i64(decision.head.0);
     let at = recorded_at.to_offset_date_time();
     let event_params: [&(dyn ToSql + Sync); 10] = [
@@ -90,7 +90,7 @@ pub(super) async fn commit(
         &metadata,
         &at,
     ];
-    let heads_params = head_states.params(&head_names);
+    let heads_params = head_states.params();
     let log_head_params: [&(dyn ToSql + Sync); 1] = [&new_head];
     // One notification per group commit, not per event: NOTIFY serialises commits.
     let notify_params: [&(dyn ToSql + Sync); 2] = [&NOTIFY_CHANNEL, &instance];
@@ -105,7 +105,8 @@ pub(super) async fn commit(
 }
 
 /// The new state of each changed stream, column by column.
-struct StreamStates {
+struct StreamStates<'a> {
+    names: Vec<&'a str>,
     revisions: Vec<i64>,
     deleted: Vec<Option<&'static str>>,
     max_counts: Vec<Option<i64>>,
@@ -115,9 +116,9 @@ struct StreamStates {
 
 fn stream_states<'a>(
     streams: &[(&'a crate::protocol::StreamName, crate::decide::StreamState)],
-) -> (Vec<&'a str>, StreamStates) {
-    let names = streams.iter().map(|(s, _)| s.as_str()).collect();
-    let states = StreamStates {
+) -> StreamStates<'a> {
+    StreamStates {
+        names: streams.iter().map(|(s, _)| s.as_str()).collect(),
         revisions: streams.iter().map(|(_, s)| to_i64(s.revision.0)).collect(),
         deleted: streams.iter().map(|(_, s)| s.deleted.map(|d| d.as_str())).collect(),
         max_counts: streams.iter().map(|(_, s)| to_sql(s.retention.max_count)).collect(),
@@ -126,14 +127,13 @@ fn stream_states<'a>(
             .iter()
             .map(|(_, s)| to_sql(s.retention.truncate_before.map(|r| r.0)))
             .collect(),
-    };
-    (names, states)
+    }
 }
 
-impl StreamStates {
-    fn params<'a>(&'a self, names: &'a Vec<&'a str>) -> [&'a (dyn ToSql + Sync); 6] {
+impl StreamStates<'_> {
+    fn params(&self) -> [&(dyn ToSql + Sync); 6] {
         [
-            names,
+            &self.names,
             &self.revisions,
             &self.deleted,
             &self.max_counts,
