@@ -22,6 +22,7 @@ per_backend!(
     a_subscriber_resuming_inside_a_removed_range_continues_from_the_next_event,
     a_live_subscriber_gets_every_remaining_event_once_in_order_during_a_scavenge_pass,
     concurrent_deletes_and_appends_with_expected_revisions_admit_one_each,
+    consumer_lag_leaves_out_removed_events_within_the_interval,
 );
 
 /// How often the scavenger runs in these tests.
@@ -465,5 +466,22 @@ async fn concurrent_deletes_and_appends_with_expected_revisions_admit_one_each(
         }
     });
     join_all(races).await;
+    server.stop().await;
+}
+
+async fn consumer_lag_leaves_out_removed_events_within_the_interval(backend: Backend, test: &str) {
+    let Some(server) = server(backend, test).await else { return };
+    append_many(&server, "gone-1", "Noise", 10).await;
+    append_many(&server, "keep-1", "Signal", 2).await;
+    let (status, consumer) = put(&server, "/consumers/reader", json!({"position": 1})).await;
+    assert_eq!((status, consumer["lag"].clone()), (StatusCode::OK, json!(11)));
+    assert_eq!(delete(&server, "/streams/gone-1").await.0, StatusCode::NO_CONTENT);
+    eventually("the lag counts the two kept events and the deletion's", || async {
+        server.get("/consumers/reader").await.1["lag"] == 3
+    })
+    .await;
+    assert_eq!(server.get("/consumers").await.1[0]["lag"], 3);
+    let (_, metrics) = server.get_text("/metrics").await;
+    assert!(metrics.contains("eventstore_consumer_lag_events{consumer=\"reader\"} 3"), "{metrics}");
     server.stop().await;
 }

@@ -431,6 +431,13 @@ impl store_server::store::Store for PanicsOnCommit {
     async fn head(&self) -> Result<store_server::protocol::Position, store_server::store::Error> {
         self.store.head().await
     }
+    async fn count_events(
+        &self,
+        after: store_server::protocol::Position,
+        through: store_server::protocol::Position,
+    ) -> Result<u64, store_server::store::Error> {
+        self.store.count_events(after, through).await
+    }
     async fn consumers(
         &self,
     ) -> Result<Vec<store_server::store::StoredConsumer>, store_server::store::Error> {

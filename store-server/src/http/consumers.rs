@@ -28,13 +28,35 @@ fn name(path: Result<Path<String>, PathRejection>) -> Result<ConsumerName, ApiEr
         .map_err(|e| ApiError::InvalidRequest(format!("consumer name: {e}")))
 }
 
-fn with_lag(consumer: StoredConsumer, head: Position) -> Consumer {
-    Consumer {
-        lag: head.0.saturating_sub(consumer.position.0),
+/// Lags up to this many positions are counted event by event, so that events the scavenger
+/// removed do not count; a larger lag is the distance to the head (counting it would read
+/// that many rows at every request and scrape).
+const LAG_COUNTED_MAX: u64 = 100_000;
+
+/// How many stored events lie beyond `position` up to `head`.
+pub async fn lag(
+    store: &dyn crate::store::Store,
+    position: Position,
+    head: Position,
+) -> Result<u64, crate::store::Error> {
+    match head.0.saturating_sub(position.0) {
+        0 => Ok(0),
+        distance if distance > LAG_COUNTED_MAX => Ok(distance),
+        _ => store.count_events(position, head).await,
+    }
+}
+
+async fn with_lag(
+    state: &AppState,
+    consumer: StoredConsumer,
+    head: Position,
+) -> Result<Consumer, ApiError> {
+    Ok(Consumer {
+        lag: lag(&*state.store, consumer.position, head).await?,
         name: consumer.name,
         position: consumer.position,
         updated_at: consumer.updated_at,
-    }
+    })
 }
 
 /// `PUT /consumers/{name}`.
@@ -63,7 +85,7 @@ pub async fn put(
     let stored = state.store.set_consumer(&name, &update, Timestamp::now()).await?;
     let stored = stored.map_err(|conflict| ApiError::ConsumerConflict { name, conflict })?;
     state.consumer_updates.notify_waiters();
-    Ok(Json(with_lag(stored, head)))
+    Ok(Json(with_lag(&state, stored, head).await?))
 }
 
 /// A scoped token sees the consumers its patterns cover, by name, and no other.
@@ -86,7 +108,11 @@ pub async fn list(
     let consumers = state.store.consumers().await?;
     let head = state.store.head().await?;
     let covered = |c: &StoredConsumer| Visible::covers(visible.as_ref(), c.name.as_str());
-    Ok(Json(consumers.into_iter().filter(covered).map(|c| with_lag(c, head)).collect()))
+    let mut answer = Vec::with_capacity(consumers.len());
+    for consumer in consumers.into_iter().filter(covered) {
+        answer.push(with_lag(&state, consumer, head).await?);
+    }
+    Ok(Json(answer))
 }
 
 /// `GET /consumers/{name}`.
@@ -97,7 +123,8 @@ pub async fn get(
 ) -> Result<Json<Consumer>, ApiError> {
     let name = visible_name(path, visible.as_ref())?;
     let consumer = state.store.consumer(&name).await?.ok_or(ApiError::ConsumerNotFound(name))?;
-    Ok(Json(with_lag(consumer, state.store.head().await?)))
+    let head = state.store.head().await?;
+    Ok(Json(with_lag(&state, consumer, head).await?))
 }
 
 /// `DELETE /consumers/{name}`.

@@ -60,7 +60,14 @@ pub async fn metrics(
             metrics.consumer_lag_events.reset();
             for consumer in consumers {
                 let label = [consumer.name.as_str()];
-                let lag = head.0.saturating_sub(consumer.position.0);
+                let lag = match super::consumers::lag(&*state.store, consumer.position, head).await
+                {
+                    Ok(lag) => lag,
+                    Err(err) => {
+                        warn!(cause = %crate::error_chain(&err), "cannot count a consumer's lag");
+                        head.0.saturating_sub(consumer.position.0)
+                    }
+                };
                 metrics
                     .consumer_position
                     .with_label_values(&label)

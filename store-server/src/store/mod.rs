@@ -233,6 +233,10 @@ pub trait Store: Send + Sync + 'static {
     /// The last position in the log (0 when empty).
     async fn head(&self) -> Result<Position, Error>;
 
+    /// How many events are stored at positions in `(after, through]`: positions the
+    /// scavenger removed do not count.
+    async fn count_events(&self, after: Position, through: Position) -> Result<u64, Error>;
+
     /// Every consumer, by name.
     async fn consumers(&self) -> Result<Vec<StoredConsumer>, Error>;
 

@@ -391,6 +391,19 @@ impl Store for Sqlite {
         let head = self.read(|connection| log_head(connection)).await?;
         Ok(Position(to_u64(head, 0, "log head")?))
     }
+
+    async fn count_events(&self, after: Position, through: Position) -> Result<u64, Error> {
+        let count: i64 = self
+            .read(move |connection| {
+                Ok(connection
+                    .prepare_cached(
+                        "SELECT count(*) FROM events WHERE position > ?1 AND position <= ?2",
+                    )?
+                    .query_row(params![to_i64(after.0), to_i64(through.0)], |row| row.get(0))?)
+            })
+            .await?;
+        to_u64(count, 0, "count")
+    }
 }
 
 fn consumer_row(

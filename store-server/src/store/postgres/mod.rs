@@ -282,6 +282,15 @@ impl Store for Postgres {
         Ok(Position(to_u64(head, 0, "log head")?))
     }
 
+    async fn count_events(&self, after: Position, through: Position) -> Result<u64, Error> {
+        let client = self.connection().await?;
+        let stmt = client
+            .prepare_cached("SELECT count(*) FROM events WHERE position > $1 AND position <= $2")
+            .await?;
+        let row = client.query_one(&stmt, &[&to_i64(after.0), &to_i64(through.0)]).await?;
+        to_u64(row.get(0), 0, "count")
+    }
+
     async fn consumers(&self) -> Result<Vec<StoredConsumer>, Error> {
         let client = self.connection().await?;
         let stmt = client
