@@ -27,6 +27,13 @@ async fn commit_requests(http: &reqwest::Client, url: &str) -> Option<(f64, f64)
     Some((sum, crate::metric(http, url, "eventstore_commit_requests_count").await?))
 }
 
+impl Args {
+    /// `clients` clients appending one event per request, over 300 categories.
+    pub fn single_events(clients: usize, window: crate::Window) -> Self {
+        Self { clients, events_per_request: 1, window, categories: 300 }
+    }
+}
+
 /// Runs the scenario and returns its report.
 pub async fn run(url: &str, args: Args) -> Value {
     let http = reqwest::Client::builder()

@@ -7,6 +7,8 @@
 //! cargo run --release -p benches -- catchup --events 1000000
 //! cargo run --release -p benches -- live --subscribers 100 --rate 5000
 //! cargo run --release -p benches -- projection --events 100000 --database-url postgres://…
+//! cargo run --release -p benches -- scavenge --backlog 1000000 --clients 64
+//! cargo run --release -p benches -- expire-size --data-dir data --minutes 2
 //! ```
 
 mod appends;
@@ -15,6 +17,7 @@ mod projection;
 mod raw;
 mod reads;
 mod report;
+mod retention;
 mod sse;
 mod subscribe;
 
@@ -55,6 +58,11 @@ enum Scenario {
     SqliteInserts(raw::SqliteInsertArgs),
     /// Baseline: one connection paging through the store's own `events` table.
     RawReads(raw::ReadArgs),
+    /// Append throughput while the scavenger removes a backlog of expired events, against
+    /// the same load with nothing to remove.
+    Scavenge(retention::ScavengeArgs),
+    /// The SQLite file's size over a steady append-and-expire run.
+    ExpireSize(retention::ExpireSizeArgs),
     /// Tables and PNG plots from a file of report lines.
     Report(report::Args),
 }
@@ -69,6 +77,8 @@ async fn main() {
         Scenario::Catchup(args) => ("catchup", subscribe::catchup(&cli.url, args).await),
         Scenario::Live(args) => ("live", subscribe::live(&cli.url, args).await),
         Scenario::Projection(args) => ("projection", projection::run(&cli.url, args).await),
+        Scenario::Scavenge(args) => ("scavenge", retention::scavenge(&cli.url, args).await),
+        Scenario::ExpireSize(args) => ("expire-size", retention::expire_size(&cli.url, args).await),
         Scenario::SqliteInserts(args) => ("appends", raw::sqlite_inserts(args).await),
         Scenario::RawReads(args) => ("reads", raw::reads(args).await),
         Scenario::Report(args) => return report::run(args),
@@ -86,7 +96,7 @@ async fn main() {
 
 /// The measured window of a load scenario.
 #[derive(Debug, Clone, Copy, clap::Args)]
-struct Window {
+pub struct Window {
     /// Seconds of load before measuring.
     #[arg(long, default_value_t = 2)]
     warmup_secs: u64,
