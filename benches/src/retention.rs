@@ -16,6 +16,10 @@ pub struct ScavengeArgs {
     /// Concurrent appending clients, one event a request.
     #[arg(long, default_value_t = 64)]
     clients: usize,
+    /// Seconds to wait after filling the backlog, so that the checkpoints and vacuums the
+    /// fill set off do not weigh on the first measurement.
+    #[arg(long, default_value_t = 10)]
+    settle_secs: u64,
     #[command(flatten)]
     window: crate::Window,
 }
@@ -69,6 +73,7 @@ async fn scavenged(http: &reqwest::Client, url: &str) -> f64 {
 pub async fn scavenge(url: &str, args: ScavengeArgs) -> Value {
     let http = reqwest::Client::new();
     fill_backlog(&http, url, args.backlog).await;
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let load = || crate::appends::Args::single_events(args.clients, args.window);
     let idle = crate::appends::run(url, load()).await;
 

@@ -173,6 +173,11 @@ pub struct Cli {
     #[arg(long, env = "STORE_SCAVENGE_CHUNK_EVENTS", default_value_t = scavenger::CHUNK_EVENTS, value_parser = positive_u64, global = true)]
     pub scavenge_chunk_events: u64,
 
+    /// While appends go on, the share of the time (percent) the scavenger may work through a
+    /// backlog; raise it when expiry outpaces removal, lower it to favour appends.
+    #[arg(long, env = "STORE_SCAVENGE_BUSY_PERCENT", default_value_t = scavenger::BUSY_PERCENT, value_parser = clap::value_parser!(u32).range(1..=100), global = true)]
+    pub scavenge_busy_percent: u32,
+
     /// How long to wait for a storage connection before answering 503.
     #[arg(long, env = "STORE_STORAGE_TIMEOUT_MS", default_value_t = store::POSTGRES_CONNECT_TIMEOUT_MS, value_parser = millis_positive, global = true)]
     pub storage_timeout_ms: u64,
@@ -342,6 +347,7 @@ impl Cli {
             scavenger: scavenger::Options {
                 interval: millis(self.scavenge_interval_ms),
                 chunk_events: self.scavenge_chunk_events,
+                busy_percent: self.scavenge_busy_percent,
             },
             append: RequestLimits {
                 append_events_max: self.append_events_max,

@@ -62,13 +62,8 @@ pub async fn start(config: &Config) -> Result<Started, Error> {
     let (hub, tailer) = Hub::start(store.clone(), config.subscriptions, head, stop.clone());
     let (writer, writer_task) =
         Writer::start(store.clone(), config.batch, metrics.clone(), hub.committed());
-    let scavenger = crate::scavenger::start(
-        store.clone(),
-        writer.clone(),
-        config.scavenger,
-        metrics.clone(),
-        stop.clone(),
-    );
+    let scavenger =
+        crate::scavenger::start(store.clone(), config.scavenger, metrics.clone(), stop.clone());
     let state = AppState {
         store,
         writer,
@@ -97,7 +92,6 @@ impl Started {
     pub async fn stop(self) {
         let Self { state, stopping, writer_task, tailer, scavenger } = self;
         let _ = stopping.send(true);
-        // The scavenger holds a handle to the writer: it goes first.
         let _ = scavenger.await;
         // The writer ends once every handle to it is gone and its queue is drained.
         drop(state);

@@ -39,8 +39,9 @@ async fn storage_bytes(backend: Backend, location: &str) -> u64 {
 }
 
 /// Events of about 1 KiB expire after a second while 8 clients append them for 12 s: the
-/// storage at the end is at most 1.5 times what it was after 4 s, and under a quarter of
-/// what was appended. It grows only until the first removals, then reuses their space.
+/// storage at the end is at most 1.5 times what it was after 4 s, and under half of what
+/// was appended (SQLite's WAL alone may hold 4 MB). It grows only until the first
+/// removals, then reuses their space.
 async fn a_steady_append_and_expire_load_keeps_storage_bounded(backend: Backend, test: &str) {
     let Some((mut config, dir)) = backend.fresh_config(test).await else { return };
     config.scavenger.interval = Duration::from_millis(200);
@@ -85,7 +86,7 @@ async fn a_steady_append_and_expire_load_keeps_storage_bounded(backend: Backend,
         "{test}: appended {appended} bytes of data; storage {early} after 4 s, {end} at the end"
     );
     assert!(end <= early * 3 / 2, "storage grew from {early} to {end} bytes");
-    assert!(end < appended / 4, "storage {end} bytes for {appended} appended");
+    assert!(end < appended / 2, "storage {end} bytes for {appended} appended");
     server.stop().await;
 }
 

@@ -4,8 +4,8 @@
 
 use crate::decide::{Append, Command, Outcome};
 use crate::metrics::Metrics;
-use crate::protocol::{Position, StreamName, Timestamp};
-use crate::store::{Scavenged, Store};
+use crate::protocol::{Position, Timestamp};
+use crate::store::Store;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -57,8 +57,6 @@ enum Request {
     /// Whether a durable write succeeds now (readiness): answered by the commit it rides
     /// along with, or by a write of its own when there is nothing else to write.
     Probe(oneshot::Sender<Result<(), Error>>),
-    /// One scavenger step in a stream: in turn with commits, in a transaction of its own.
-    Scavenge { stream: StreamName, chunk: u64, reply: oneshot::Sender<Result<Scavenged, Error>> },
 }
 
 /// The handle HTTP handlers queue appends through. Cloning it is cheap; the writer task
@@ -99,18 +97,6 @@ impl Writer {
         let request = Request::Command { command, reply };
         self.queue.send(request).await.map_err(|_| Error::Unavailable)?;
         outcome.await.map_err(|_| Error::Unavailable)?
-    }
-
-    /// Removes what `stream`'s retention gives up among its next `chunk` revisions not
-    /// removed yet, in turn with the commits queued before.
-    ///
-    /// # Errors
-    /// [`Error::Unavailable`] when the step failed or the writer is gone.
-    pub async fn scavenge(&self, stream: StreamName, chunk: u64) -> Result<Scavenged, Error> {
-        let (reply, answer) = oneshot::channel();
-        let request = Request::Scavenge { stream, chunk, reply };
-        self.queue.send(request).await.map_err(|_| Error::Unavailable)?;
-        answer.await.map_err(|_| Error::Unavailable)?
     }
 
     /// Whether the write path works now: a durable write, in turn with the appends queued
@@ -161,13 +147,11 @@ async fn run(
                 None => break,
             },
         };
-        let (mut batch, mut probes, mut steps, mut events) =
-            (Vec::new(), Vec::new(), Vec::new(), 0);
+        let (mut batch, mut probes, mut events) = (Vec::new(), Vec::new(), 0);
         let mut next = Some(first);
         while let Some(request) = next.take() {
             match request {
                 Request::Probe(reply) => probes.push(reply),
-                Request::Scavenge { stream, chunk, reply } => steps.push((stream, chunk, reply)),
                 Request::Command { command, reply } => {
                     events += command.events();
                     if !batch.is_empty() && events > limits.commit_events_max {
@@ -213,31 +197,6 @@ async fn run(
             for reply in probes {
                 let _ = reply.send(probed);
             }
-        }
-        for (stream, chunk, reply) in steps {
-            let _ = reply.send(scavenge(store.clone(), stream, chunk, &metrics).await);
-        }
-    }
-}
-
-/// One scavenger step, in a task of its own like a commit.
-async fn scavenge(
-    store: Arc<dyn Store>,
-    stream: StreamName,
-    chunk: u64,
-    metrics: &Metrics,
-) -> Result<Scavenged, Error> {
-    let step = tokio::spawn(async move { store.scavenge(&stream, Timestamp::now(), chunk).await });
-    match step.await {
-        Ok(Ok(scavenged)) => Ok(scavenged),
-        Ok(Err(err)) => {
-            warn!(cause = %crate::error_chain(&err), "a scavenger step failed");
-            metrics.storage_errors_total.with_label_values(&[err.kind()]).inc();
-            Err(Error::Unavailable)
-        }
-        Err(panicked) => {
-            error!(cause = %panicked, "a scavenger step panicked");
-            Err(Error::Unavailable)
         }
     }
 }

@@ -210,9 +210,10 @@ pub trait Store: Send + Sync + 'static {
     /// The streams that hold events their retention gives up at `now`, not removed yet.
     async fn removable(&self, now: Timestamp) -> Result<Vec<Removable>, Error>;
 
-    /// Removes, in one transaction under the write lock, what `stream`'s retention gives up
-    /// at `now` among its next `chunk` revisions not removed yet, system events aside (they
-    /// stay, so that every reader learns of deletions). Only the writer task calls it.
+    /// Removes, in one transaction, what `stream`'s retention gives up at `now` among its
+    /// next `chunk` revisions not removed yet, system events aside (they stay, so that every
+    /// reader learns of deletions). The stream's state is read under a lock that commits
+    /// changing it take too. Only the scavenger calls it, one step at a time.
     async fn scavenge(
         &self,
         stream: &StreamName,

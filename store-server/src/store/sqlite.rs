@@ -286,8 +286,14 @@ impl Store for Sqlite {
         now: Timestamp,
         chunk: u64,
     ) -> Result<Scavenged, Error> {
-        let stream = stream.clone();
-        self.write(move |connection| scavenge(connection, &stream, now, chunk)).await
+        let (writer, stream) = (self.writer.clone(), stream.clone());
+        // On a blocking thread of its own, not the caller's worker: the scavenger can wait,
+        // and the writer's next commit waits for the connection at most one step.
+        tokio::task::spawn_blocking(move || {
+            let mut connection = writer.lock().unwrap_or_else(PoisonError::into_inner);
+            scavenge(&mut connection, &stream, now, chunk)
+        })
+        .await?
     }
 
     async fn read_log(&self, query: LogQuery) -> Result<Page<Position>, Error> {
@@ -513,8 +519,8 @@ fn scavenge(
     now: Timestamp,
     chunk: u64,
 ) -> Result<Scavenged, Error> {
-    // Under the write lock, the state the step rests on cannot change before it commits: a
-    // limit raised meanwhile is seen here, so nothing it keeps is removed.
+    // Under SQLite's write lock, the state the step rests on cannot change before it
+    // commits: a limit raised meanwhile is seen here, so nothing it keeps is removed.
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let Some((state, defaults, removed_before)) = state_row(&tx, stream)? else {
         return Ok(Scavenged::default());

@@ -41,7 +41,7 @@ pub(super) async fn stream(
     let Some(state) = state else {
         return Ok(StreamRead::NotFound);
     };
-    let (state, defaults, _) = super::retention::state_row(&state)?;
+    let (state, defaults) = super::retention::state_row(&state)?;
     let visible = match retention::visible(&state, &defaults, &query, now) {
         Ok(visible) => visible,
         Err(nothing) => return Ok(nothing),

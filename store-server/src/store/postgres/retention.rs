@@ -15,17 +15,17 @@ use tokio_postgres::types::ToSql;
 /// Key of the advisory lock the scavenging instance holds ("evsc" in ASCII).
 const SCAVENGER_LOCK_KEY: i64 = 0x6576_7363;
 
-/// A stream's state, its category's defaults, and where removal has reached.
+/// A stream's state and its category's defaults, for a stream read.
 pub(super) const STATE_SQL: &str = "SELECT s.name, s.revision, s.deleted, s.max_count, \
-    s.max_age_seconds, s.truncate_before, s.removed_before, c.max_count, c.max_age_seconds \
+    s.max_age_seconds, s.truncate_before, c.max_count, c.max_age_seconds \
     FROM streams s LEFT JOIN category_retention c ON c.category = $2 WHERE s.name = $1";
 
 /// Reads a row of [`STATE_SQL`].
 pub(super) fn state_row(
     row: &tokio_postgres::Row,
-) -> Result<(StreamState, CategoryRetention, i64), Error> {
+) -> Result<(StreamState, CategoryRetention), Error> {
     let (_, state) = super::stream_row(row).into_state()?;
-    Ok((state, category_retention(row.get(7), row.get(8))?, row.get(6)))
+    Ok((state, category_retention(row.get(6), row.get(7))?))
 }
 
 /// A stream's state; `None` for a stream never written.
@@ -118,28 +118,44 @@ pub(super) async fn removable(
     retention::removable(candidates, &categories, now)
 }
 
-/// One scavenger step on `stream`, in a transaction of its own under the log head's row
-/// lock: in order with every instance's commits, so a limit raised meanwhile is seen here
-/// and nothing it keeps is removed.
+/// One scavenger step on `stream`, in a transaction of its own beside the commits: it
+/// locks the category's row (shared) and then the stream's, in the order a commit that
+/// changes them takes them, so a limit raised meanwhile is seen here (nothing it keeps is
+/// removed) and the two never deadlock. Appends to other streams go on meanwhile.
 pub(super) async fn scavenge(
     client: &deadpool_postgres::Client,
     stream: &StreamName,
     now: Timestamp,
     chunk: u64,
 ) -> Result<Scavenged, Error> {
-    let state_stmt = client.prepare_cached(STATE_SQL).await?;
+    let state_sql = format!(
+        "SELECT {STREAM_COLUMNS}, s.removed_before FROM streams s WHERE s.name = $1 FOR UPDATE"
+    );
+    let (category_stmt, state_stmt) = tokio::try_join!(
+        client.prepare_cached(
+            "SELECT max_count, max_age_seconds FROM category_retention WHERE category = $1
+             FOR SHARE"
+        ),
+        client.prepare_cached(&state_sql),
+    )?;
     let (name, category) = (stream.as_str(), stream.category());
-    let state_params: [&(dyn ToSql + Sync); 2] = [&name, &category];
-    let ((), _, state) = tokio::try_join!(
+    let (category_params, state_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
+        ([&category], [&name]);
+    let ((), defaults, state) = tokio::try_join!(
         client.batch_execute("BEGIN"),
-        client.query_one("SELECT position FROM log_head FOR UPDATE", &[]),
+        client.query_opt(&category_stmt, &category_params),
         client.query_opt(&state_stmt, &state_params),
     )?;
     let Some(row) = state else {
         client.batch_execute("COMMIT").await?;
         return Ok(Scavenged::default());
     };
-    let (state, defaults, removed_before) = state_row(&row)?;
+    let defaults = match defaults {
+        Some(row) => category_retention(row.get(0), row.get(1))?,
+        None => CategoryRetention::default(),
+    };
+    let (_, state) = super::stream_row(&row).into_state()?;
+    let removed_before: i64 = row.get(6);
     let retention = Retention::of(&state.retention, &defaults);
     let removed_before = StreamRevision(to_u64(removed_before, 0, "removed_before")?);
     let from = to_i64(removed_before.0);
