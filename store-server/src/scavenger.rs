@@ -63,12 +63,15 @@ struct Share {
     configured: u32,
     busy: u32,
     last_pending: u64,
+    /// The last stream a pass worked on: the next one starts after it, so that a pass cut
+    /// short at the interval never leaves the same streams waiting.
+    cursor: Option<crate::protocol::StreamName>,
 }
 
 impl Share {
     fn new(configured: u32) -> Self {
         let configured = configured.clamp(1, 100);
-        Self { configured, busy: configured, last_pending: 0 }
+        Self { configured, busy: configured, last_pending: 0, cursor: None }
     }
 
     /// Takes in what a pass found waiting as it starts.
@@ -136,7 +139,9 @@ async fn run(
     }
 }
 
-/// One pass over every stream with removable events; answers how many rows it removed.
+/// One pass over the streams with removable events, from after the one the last pass ended
+/// on; answers how many rows it removed. It ends at the next interval even if work is
+/// left, so that every interval looks again at how much waits (and the share follows).
 async fn pass(
     store: &dyn Store,
     options: Options,
@@ -144,7 +149,8 @@ async fn pass(
     metrics: &Metrics,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<u64, Interrupted> {
-    let streams = store.removable(Timestamp::now()).await.map_err(|err| {
+    let started = Instant::now();
+    let mut streams = store.removable(Timestamp::now()).await.map_err(|err| {
         warn!(cause = %crate::error_chain(&err), "the scavenger cannot list removable events");
         metrics.storage_errors_total.with_label_values(&[err.kind()]).inc();
         Interrupted::Failed
@@ -152,8 +158,16 @@ async fn pass(
     let mut pending: u64 = streams.iter().map(|s| s.events).sum();
     metrics.scavenge_pending_events.set(crate::store::to_i64(pending));
     share.found(pending);
+    if let Some(cursor) = &share.cursor {
+        let first = streams.partition_point(|r| r.stream <= *cursor);
+        streams.rotate_left(first);
+    }
     let mut removed = 0;
     for removable in streams {
+        if started.elapsed() >= options.interval {
+            break;
+        }
+        share.cursor = Some(removable.stream.clone());
         let mut left = removable.events;
         loop {
             let step_started = Instant::now();
@@ -183,7 +197,7 @@ async fn pass(
                 () = tokio::time::sleep(pause) => {}
                 _ = shutdown.wait_for(|stopping| *stopping) => return Err(Interrupted::Shutdown),
             }
-            if !step.more {
+            if !step.more || started.elapsed() >= options.interval {
                 break;
             }
         }
