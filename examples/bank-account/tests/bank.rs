@@ -39,6 +39,22 @@ async fn wait_until_serving(address: &str) {
     panic!("{address} does not serve");
 }
 
+/// `accounts` and `balances` against the store at `store_url`, serving: their addresses,
+/// and the processes (killed when dropped).
+async fn start_services(store_url: &str, db: &str) -> (String, String, [tokio::process::Child; 2]) {
+    let (accounts, balances) = (free_address(), free_address());
+    let accounts_process =
+        spawn(env!("CARGO_BIN_EXE_accounts"), &["--listen", &accounts, "--store", store_url]).await;
+    let balances_process = spawn(
+        env!("CARGO_BIN_EXE_balances"),
+        &["--listen", &balances, "--store", store_url, "--database-url", db],
+    )
+    .await;
+    wait_until_serving(&accounts).await;
+    wait_until_serving(&balances).await;
+    (accounts, balances, [accounts_process, balances_process])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_reads_its_own_write_from_the_read_model() {
     let Some(db) = postgres::fresh_database().await else {
@@ -48,17 +64,7 @@ async fn the_demo_reads_its_own_write_from_the_read_model() {
     let store_address = free_address();
     let store = start_store(dir.path(), &store_address).await;
     let store_url = format!("http://{store_address}");
-    let (accounts, balances) = (free_address(), free_address());
-    let _accounts =
-        spawn(env!("CARGO_BIN_EXE_accounts"), &["--listen", &accounts, "--store", &store_url])
-            .await;
-    let _balances = spawn(
-        env!("CARGO_BIN_EXE_balances"),
-        &["--listen", &balances, "--store", &store_url, "--database-url", &db],
-    )
-    .await;
-    wait_until_serving(&accounts).await;
-    wait_until_serving(&balances).await;
+    let (accounts, balances, _services) = start_services(&store_url, &db).await;
     let demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_bank-demo"))
         .args([
             "--accounts",
@@ -296,17 +302,7 @@ async fn deleting_an_account_stream_drops_its_balance_row_and_a_recreated_accoun
     let store_address = free_address();
     let store = start_store(dir.path(), &store_address).await;
     let store_url = format!("http://{store_address}");
-    let (accounts, balances) = (free_address(), free_address());
-    let _accounts =
-        spawn(env!("CARGO_BIN_EXE_accounts"), &["--listen", &accounts, "--store", &store_url])
-            .await;
-    let _balances = spawn(
-        env!("CARGO_BIN_EXE_balances"),
-        &["--listen", &balances, "--store", &store_url, "--database-url", &db],
-    )
-    .await;
-    wait_until_serving(&accounts).await;
-    wait_until_serving(&balances).await;
+    let (accounts, balances, _services) = start_services(&store_url, &db).await;
     let http = reqwest::Client::new();
     let deposit = |id: &'static str, amount: i64| {
         let (http, url) = (http.clone(), format!("http://{accounts}/accounts/{id}/deposit"));
