@@ -27,31 +27,10 @@ pub struct ScavengeArgs {
 /// Appends `events` to the 1,000 streams `backlog-0` … `backlog-999`, 100 a request.
 async fn fill_backlog(http: &reqwest::Client, url: &str, events: u64) {
     let requests = events.div_ceil(100);
-    let next = Arc::new(AtomicU64::new(0));
-    let writers = (0..8).map(|client| {
-        let (http, url, next) = (http.clone(), url.to_owned(), next.clone());
-        tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= requests {
-                    break;
-                }
-                let events: Vec<Value> = (0..100)
-                    .map(|i| json!({"type": "Expiring", "data": crate::payload(client, i)}))
-                    .collect();
-                let response = http
-                    .post(format!("{url}/streams/backlog-{}", n % 1000))
-                    .json(&json!({"events": events}))
-                    .send()
-                    .await
-                    .expect("append");
-                assert!(response.status().is_success(), "append failed: {}", response.status());
-            }
-        })
-    });
-    for writer in writers {
-        writer.await.expect("writer");
-    }
+    crate::subscribe::append_requests(http, url, requests, "Expiring", |_, n| {
+        format!("backlog-{}", n % 1000)
+    })
+    .await;
 }
 
 async fn set_category(http: &reqwest::Client, url: &str, category: &str, retention: Value) {

@@ -38,17 +38,35 @@ async fn head(http: &reqwest::Client, url: &str) -> u64 {
 /// Fills the log up to `events` with 100-event appends from 8 clients.
 pub async fn fill(http: &reqwest::Client, url: &str, events: u64) {
     let missing = events.saturating_sub(head(http, url).await);
-    let requests = missing.div_ceil(100);
+    append_requests(http, url, missing.div_ceil(100), "Deposited", |client, _| {
+        format!("fill{client}-1")
+    })
+    .await;
+}
+
+/// Sends `requests` appends of 100 `event_type` events from 8 clients; request `n` of
+/// client `c` goes to `stream(c, n)`.
+pub async fn append_requests(
+    http: &reqwest::Client,
+    url: &str,
+    requests: u64,
+    event_type: &'static str,
+    stream: fn(usize, u64) -> String,
+) {
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writers = (0..8).map(|client| {
         let (http, url, next) = (http.clone(), url.to_owned(), next.clone());
         tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < requests {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= requests {
+                    break;
+                }
                 let events: Vec<Value> = (0..100)
-                    .map(|n| json!({"type": "Deposited", "data": crate::payload(client, n)}))
+                    .map(|i| json!({"type": event_type, "data": crate::payload(client, i)}))
                     .collect();
                 let response = http
-                    .post(format!("{url}/streams/fill{client}-1"))
+                    .post(format!("{url}/streams/{}", stream(client, n)))
                     .json(&json!({"events": events}))
                     .send()
                     .await
