@@ -178,6 +178,13 @@ pub struct Cli {
     #[arg(long, env = "STORE_SCAVENGE_BUSY_PERCENT", default_value_t = scavenger::BUSY_PERCENT, value_parser = clap::value_parser!(u32).range(1..=100), global = true)]
     pub scavenge_busy_percent: u32,
 
+    /// Seal the data of events with a data_subject under a key of that subject's own,
+    /// wrapped by the key in this file (64 hex digits; `store-server key new` prints one).
+    /// Keep the file apart from the database and its backups: erasing a subject destroys its
+    /// key, and without the file no personal data can be read.
+    #[arg(long, env = "STORE_ENCRYPTION_KEY_FILE", global = true)]
+    pub encryption_key_file: Option<PathBuf>,
+
     /// How long to wait for a storage connection before answering 503.
     #[arg(long, env = "STORE_STORAGE_TIMEOUT_MS", default_value_t = store::POSTGRES_CONNECT_TIMEOUT_MS, value_parser = millis_positive, global = true)]
     pub storage_timeout_ms: u64,
@@ -202,6 +209,39 @@ pub enum Command {
     /// Manage bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage the key file personal data is sealed under.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+/// What to do with key files.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeyCommand {
+    /// Print a fresh random key, for a key file (`store-server key new > store.key`).
+    New,
+    /// Re-wrap every data subject's key from the --old key file to the --new one, with the
+    /// servers stopped; afterwards the store starts only with the new file. Safe to
+    /// interrupt and run again.
+    Rotate {
+        /// The key file the store uses now.
+        #[arg(long)]
+        old: PathBuf,
+        /// The key file to use from now on.
+        #[arg(long)]
+        new: PathBuf,
+    },
+}
+
+/// Why the flags do not make a configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The auth file.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::Error),
+    /// The encryption key file.
+    #[error(transparent)]
+    Key(#[from] crate::crypto::KeyFileError),
 }
 
 /// What to do with tokens.
@@ -271,6 +311,9 @@ pub struct Config {
     pub public_metrics: bool,
     /// Allow listening beyond loopback without auth.
     pub insecure_no_auth: bool,
+    /// The key file's key, which seals personal data; `None`: events may not name a data
+    /// subject.
+    pub encryption: Option<std::sync::Arc<crate::crypto::MasterKey>>,
 }
 
 impl Config {
@@ -288,7 +331,15 @@ impl Config {
             auth: None,
             public_metrics: false,
             insecure_no_auth: false,
+            encryption: None,
         }
+    }
+
+    /// The same, sealing personal data with `master`.
+    pub fn with_encryption(mut self, master: crate::crypto::MasterKey) -> Self {
+        self.encryption = Some(std::sync::Arc::new(master));
+        self.append.encryption = true;
+        self
     }
 
     /// The defaults, over SQLite in `data_dir`.
@@ -306,13 +357,17 @@ impl Cli {
     /// The validated configuration these flags describe.
     ///
     /// # Errors
-    /// The auth file cannot be read or is not valid.
-    pub fn config(&self) -> Result<Config, crate::auth::Error> {
+    /// The auth file or the encryption key file cannot be read or is not valid.
+    pub fn config(&self) -> Result<Config, Error> {
         let auth = match &self.auth_file {
             Some(path) => Some(std::sync::Arc::new(crate::auth::Tokens::load(path)?)),
             None => None,
         };
-        Ok(Config { auth, ..self.config_without_auth() })
+        let config = Config { auth, ..self.config_without_auth() };
+        Ok(match &self.encryption_key_file {
+            Some(path) => config.with_encryption(crate::crypto::MasterKey::read(path)?),
+            None => config,
+        })
     }
 
     fn config_without_auth(&self) -> Config {
@@ -352,6 +407,7 @@ impl Cli {
             append: RequestLimits {
                 append_events_max: self.append_events_max,
                 event_bytes_max: self.event_bytes_max,
+                encryption: false,
             },
             batch: BatchLimits {
                 queue_requests_max: self.append_queue_requests_max,
@@ -369,6 +425,7 @@ impl Cli {
             auth: None,
             public_metrics: self.public_metrics,
             insecure_no_auth: self.insecure_no_auth,
+            encryption: None,
         }
     }
 }

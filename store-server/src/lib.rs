@@ -13,6 +13,7 @@
 //! | `listen` | the accept loop: TLS, connection and header limits, graceful shutdown |
 //! | `http` | the routes and who may call each, one file per resource; `problem.rs` turns errors into problem documents |
 //! | `decide` | the decision model: appends, deletions and retention changes, and how a batch of them is decided; what retention keeps (pure) |
+//! | `crypto` | the keys of crypto-shredding: the key file's master key wraps each data subject's key, which seals its events' data |
 //! | `append` | the write path: the writer's queue and group commit |
 //! | `scavenger` | removes what retention gives up, in steps the writer runs between commits |
 //! | `store` | the backend trait, `sqlite.rs`, `postgres/`, shared row checks and SQL, migrations |
@@ -25,7 +26,7 @@
 //! `decide::decide`, insert) → each request gets its own outcome.
 //!
 //! Modules import downward only, in this order (a test keeps it so): `protocol`, `decide`,
-//! `store`, `metrics`, `append`, `scavenger`, `subscriptions`, `auth`, `http`, `listen`,
+//! `crypto`, `store`, `metrics`, `append`, `scavenger`, `subscriptions`, `auth`, `http`, `listen`,
 //! `config`, `server`.
 //!
 //! Build with `default-features = false` for [`protocol`] alone.
@@ -38,6 +39,8 @@ pub mod append;
 pub mod auth;
 #[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
+pub mod crypto;
 #[cfg(feature = "server")]
 pub mod decide;
 #[cfg(feature = "server")]

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use store_server::config::{Cli, Command, LogFormat, TokenCommand};
+use store_server::config::{Cli, Command, KeyCommand, LogFormat, TokenCommand};
 use tracing::error;
 
 #[tokio::main]
@@ -40,7 +40,12 @@ async fn main() -> ExitCode {
                 Err(err) => Err(err.into()),
             }
         }
-        Command::Migrate => store_server::store::open(&config.storage)
+        Command::Key(KeyCommand::New) => {
+            println!("{}", store_server::crypto::MasterKey::generate_hex());
+            Ok(())
+        }
+        Command::Key(KeyCommand::Rotate { old, new }) => rotate(&config, &old, &new).await,
+        Command::Migrate => store_server::store::open(&config.storage, None)
             .await
             .map(|_| tracing::info!("migrations applied"))
             .map_err(|e| Box::new(e) as Box<dyn std::error::Error>),
@@ -58,6 +63,26 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `store-server key rotate`: re-wraps every subject key, then says how many.
+async fn rotate(
+    config: &store_server::config::Config,
+    old: &std::path::Path,
+    new: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use store_server::crypto::MasterKey;
+    let (old, new) = (MasterKey::read(old)?, MasterKey::read(new)?);
+    if old.id() == new.id() {
+        return Err("--old and --new hold the same key".into());
+    }
+    let store = store_server::store::open(&config.storage, None).await?;
+    let keys = store.rotate_key(&old, &new).await?;
+    tracing::info!(
+        keys,
+        "every data subject key is wrapped by the new key file; start the servers with it"
+    );
+    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM.

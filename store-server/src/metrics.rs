@@ -54,6 +54,8 @@ pub struct Metrics {
     pub scavenge_pass_duration_seconds: Histogram,
     /// Removable events the scavenger has not removed yet, as of its current or last pass.
     pub scavenge_pending_events: IntGauge,
+    /// Data subjects erased here (their keys destroyed).
+    pub data_subjects_erased_total: IntCounter,
 }
 
 impl Metrics {
@@ -157,6 +159,11 @@ impl Metrics {
                 "eventstore_streams_deleted_total",
                 "Streams deleted, by kind",
                 &["kind"],
+            )?,
+            data_subjects_erased_total: counter(
+                &r,
+                "eventstore_data_subjects_erased_total",
+                "Data subjects erased: their keys destroyed",
             )?,
             scavenged_events_total: counter(
                 &r,

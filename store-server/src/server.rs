@@ -53,7 +53,8 @@ pub struct Started {
 /// # Errors
 /// Storage cannot be opened (unreachable, migration refused, unsafe durability).
 pub async fn start(config: &Config) -> Result<Started, Error> {
-    let store = crate::store::open(&config.storage).await?;
+    let store = crate::store::open(&config.storage, config.encryption.clone()).await?;
+    store.check_key().await?;
     let metrics = Arc::new(Metrics::new()?);
     let head = store.head().await?;
     metrics.head_position.set(crate::store::to_i64(head.0));
@@ -127,6 +128,7 @@ pub async fn run(
         %address,
         auth = config.auth.is_some(),
         tls = tls.is_some(),
+        personal_data = config.encryption.is_some(),
         backend = started.state.store.backend().name(),
         storage = %config.storage.describe(),
         request_body_bytes_max = config.http.request_body_bytes_max,

@@ -9,6 +9,7 @@ use std::path::Path;
 const LAYERS: &[&str] = &[
     "protocol",
     "decide",
+    "crypto",
     "store",
     "metrics",
     "append",

@@ -438,6 +438,22 @@ impl store_server::store::Store for PanicsOnCommit {
     ) -> Result<u64, store_server::store::Error> {
         self.store.count_events(after, through).await
     }
+    async fn check_key(&self) -> Result<(), store_server::store::Error> {
+        self.store.check_key().await
+    }
+    async fn data_subject(
+        &self,
+        subject: &store_server::protocol::DataSubject,
+    ) -> Result<Option<store_server::protocol::DataSubjectInfo>, store_server::store::Error> {
+        self.store.data_subject(subject).await
+    }
+    async fn rotate_key(
+        &self,
+        old: &store_server::crypto::MasterKey,
+        new: &store_server::crypto::MasterKey,
+    ) -> Result<u64, store_server::store::Error> {
+        self.store.rotate_key(old, new).await
+    }
     async fn consumers(
         &self,
     ) -> Result<Vec<store_server::store::StoredConsumer>, store_server::store::Error> {
@@ -476,8 +492,9 @@ async fn a_commit_that_panics_fails_its_batch_and_the_writer_goes_on() {
     use store_server::append::Writer;
     use store_server::decide::{Append, Outcome, RequestLimits};
     let dir = tempfile::tempdir().unwrap();
-    let sqlite =
-        store_server::store::open(&store_server::store::Options::sqlite(dir.path())).await.unwrap();
+    let sqlite = store_server::store::open(&store_server::store::Options::sqlite(dir.path()), None)
+        .await
+        .unwrap();
     let store = Arc::new(PanicsOnCommit { store: sqlite, panic_next: AtomicBool::new(true) });
     let metrics = Arc::new(store_server::metrics::Metrics::new().unwrap());
     let (committed, _) = tokio::sync::watch::channel(store_server::protocol::Position(0));

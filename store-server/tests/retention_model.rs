@@ -373,7 +373,7 @@ async fn nothing_within_retention_is_ever_removed_and_reads_show_exactly_what_is
                 let Some((config, _dir)) = backend.fresh_config(test).await else {
                     return Ok(());
                 };
-                let store = store_server::store::open(&config.storage).await.unwrap();
+                let store = store_server::store::open(&config.storage, None).await.unwrap();
                 run(&*store, &ops).await
             })
         })

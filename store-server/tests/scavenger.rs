@@ -96,8 +96,8 @@ async fn on_postgres_one_instance_scavenges_at_a_time_and_another_takes_over_whe
         return store_testing::postgres::skip("on_postgres_one_instance_scavenges_at_a_time");
     };
     let options = store_server::store::Options::postgres(url);
-    let first = store_server::store::open(&options).await.unwrap();
-    let second = store_server::store::open(&options).await.unwrap();
+    let first = store_server::store::open(&options, None).await.unwrap();
+    let second = store_server::store::open(&options, None).await.unwrap();
     assert!(first.scavenger_turn().await.unwrap(), "the first to ask has the turn");
     assert!(!second.scavenger_turn().await.unwrap(), "the other one waits");
     assert!(first.scavenger_turn().await.unwrap(), "and the first keeps it");

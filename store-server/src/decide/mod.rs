@@ -8,14 +8,15 @@ mod request;
 pub mod retention;
 
 pub use request::{
-    APPEND_EVENTS_MAX, Append, Command, Delete, EVENT_BYTES_MAX, Invalid, RequestLimits,
+    APPEND_EVENTS_MAX, Append, Command, Delete, EVENT_BYTES_MAX, Erase, Invalid, RequestLimits,
     SetCategoryRetention, SetStreamRetention,
 };
 
 use crate::protocol::{
-    AppendResult, Category, CategoryMetadata, CategoryRetention, Deletion, EventId, EventType,
-    NewEvent, Position, STREAM_DELETED, STREAM_TRUNCATED, SchemaVersion, StreamDeleted,
-    StreamMetadata, StreamName, StreamRevision, StreamTruncated,
+    AppendResult, Category, CategoryMetadata, CategoryRetention, DATA_SUBJECT_ERASED, DataSubject,
+    DataSubjectErased, Deletion, EventId, EventType, NewEvent, Position, STREAM_DELETED,
+    STREAM_TRUNCATED, SchemaVersion, StreamDeleted, StreamMetadata, StreamName, StreamRevision,
+    StreamTruncated,
 };
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
@@ -60,6 +61,15 @@ impl StreamState {
     }
 }
 
+/// What storage holds of a data subject: whether it has a key now, and from which position
+/// on that key seals its events. Every event of the subject before that position was sealed
+/// under a key since destroyed, so it reads as erased.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubjectState {
+    /// The position of the first event sealed under the live key; `None`: erased.
+    pub key_since: Option<Position>,
+}
+
 /// What storage holds that a batch's decisions depend on, read under the write lock.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -69,6 +79,8 @@ pub struct Snapshot {
     pub streams: HashMap<StreamName, StreamState>,
     /// The batch's client-chosen event ids that are already stored.
     pub ids: HashMap<EventId, StoredId>,
+    /// Each data subject the batch names that storage knows.
+    pub subjects: HashMap<DataSubject, SubjectState>,
 }
 
 /// How one command was decided.
@@ -110,6 +122,15 @@ pub enum Outcome {
         /// The highest value allowed: the stream's next revision.
         next: StreamRevision,
     },
+    /// The subject's key is destroyed (204), recording `$data-subject-erased` here.
+    Erased {
+        /// The position of the `$data-subject-erased` event.
+        position: Position,
+    },
+    /// The subject was erased before and has no event since (204); nothing written.
+    AlreadyErased,
+    /// No event ever named the subject (404).
+    SubjectNotFound,
 }
 
 /// One event row to insert.
@@ -125,6 +146,9 @@ pub struct Row<'a> {
     pub id: EventId,
     /// What to store: a client's event, or a system event made here.
     pub event: Cow<'a, NewEvent>,
+    /// For an event with a data subject, the key that seals it: the subject's key since
+    /// this position (created in this batch when it is after the snapshot's head).
+    pub key_since: Option<Position>,
 }
 
 /// What to write for a batch, and what to answer each command.
@@ -138,6 +162,10 @@ pub struct Decision<'a> {
     pub streams: Vec<(&'a StreamName, StreamState)>,
     /// The new defaults of every category that changed, in batch order.
     pub categories: Vec<(&'a Category, CategoryRetention)>,
+    /// The new state of every data subject whose key was created or destroyed.
+    pub subjects: Vec<(&'a DataSubject, SubjectState)>,
+    /// The log head before the batch: a key whose `key_since` is after it is new.
+    pub first_position: Position,
     /// The log head after the batch.
     pub head: Position,
 }
@@ -145,7 +173,7 @@ pub struct Decision<'a> {
 impl Decision<'_> {
     /// Whether there is anything to write.
     pub fn writes(&self) -> bool {
-        !self.streams.is_empty() || !self.categories.is_empty()
+        !self.streams.is_empty() || !self.categories.is_empty() || !self.subjects.is_empty()
     }
 }
 
@@ -161,6 +189,7 @@ pub fn decide(batch: &[Command], snapshot: Snapshot) -> Decision<'_> {
         rows: Vec::new(),
         changed: BTreeSet::new(),
         categories: Vec::new(),
+        subjects: BTreeSet::new(),
         head,
         track_ids,
     };
@@ -177,15 +206,18 @@ pub fn decide(batch: &[Command], snapshot: Snapshot) -> Decision<'_> {
                     retention: set.retention,
                 })
             }
+            Command::Erase(erase) => decider.erase(erase),
         })
         .collect();
-    let Decider { snapshot, rows, changed, categories, head, .. } = decider;
+    let Decider { snapshot, rows, changed, categories, subjects, head, .. } = decider;
     debug_assert!(
         rows.windows(2).all(|w| w[1].position == w[0].position.after(1)),
         "positions of a batch are consecutive"
     );
     let streams = changed.into_iter().map(|name| (name, snapshot.streams[name])).collect();
-    Decision { outcomes, rows, streams, categories, head }
+    let subjects = subjects.into_iter().map(|s| (s, snapshot.subjects[s])).collect();
+    let first_position = snapshot.head.after(1);
+    Decision { outcomes, rows, streams, categories, subjects, first_position, head }
 }
 
 struct Decider<'a> {
@@ -193,6 +225,7 @@ struct Decider<'a> {
     rows: Vec<Row<'a>>,
     changed: BTreeSet<&'a StreamName>,
     categories: Vec<(&'a Category, CategoryRetention)>,
+    subjects: BTreeSet<&'a DataSubject>,
     head: Position,
     track_ids: bool,
 }
@@ -284,6 +317,37 @@ impl<'a> Decider<'a> {
         Outcome::RetentionSet(state.metadata(&set.stream))
     }
 
+    fn erase(&mut self, erase: &'a Erase) -> Outcome {
+        match self.snapshot.subjects.get(&erase.subject) {
+            None => return Outcome::SubjectNotFound,
+            Some(SubjectState { key_since: None }) => return Outcome::AlreadyErased,
+            Some(_) => {}
+        }
+        let state = self.snapshot.streams.get(&erase.stream).copied();
+        let revision = state.map_or(StreamRevision(0), |s| s.revision.after(1));
+        let erased = DataSubjectErased { data_subject: erase.subject.clone() };
+        let event = system_event(DATA_SUBJECT_ERASED, &erased, erase.id);
+        self.push(&erase.stream, revision, erase.id, Cow::Owned(event));
+        let retention = state.map(|s| s.retention).unwrap_or_default();
+        self.set(&erase.stream, StreamState { revision, deleted: None, retention });
+        // The key goes with this batch: every event sealed under it, earlier in this batch
+        // too, reads as erased; the subject's next event gets a new key.
+        self.snapshot.subjects.insert(erase.subject.clone(), SubjectState { key_since: None });
+        self.subjects.insert(&erase.subject);
+        Outcome::Erased { position: self.head }
+    }
+
+    /// The key of `subject` that seals an event at `position`: its live key, or a new one.
+    fn key(&mut self, subject: &'a DataSubject, position: Position) -> Position {
+        let state = self.snapshot.subjects.entry(subject.clone()).or_default();
+        if let Some(since) = state.key_since {
+            return since;
+        }
+        state.key_since = Some(position);
+        self.subjects.insert(subject);
+        position
+    }
+
     /// Adds a row at the next position.
     fn push(
         &mut self,
@@ -297,7 +361,12 @@ impl<'a> Decider<'a> {
             let stored = StoredId { stream: stream.clone(), revision, position: self.head };
             self.snapshot.ids.insert(id, stored);
         }
-        self.rows.push(Row { position: self.head, stream, revision, id, event });
+        // System events (owned) never carry a data subject.
+        let key_since = match &event {
+            Cow::Borrowed(event) => event.data_subject.as_ref().map(|s| self.key(s, self.head)),
+            Cow::Owned(_) => None,
+        };
+        self.rows.push(Row { position: self.head, stream, revision, id, event, key_since });
     }
 
     fn set(&mut self, stream: &'a StreamName, state: StreamState) {
@@ -315,6 +384,7 @@ fn system_event(event_type: &str, data: &impl serde::Serialize, id: EventId) -> 
         schema_version: SchemaVersion::FIRST,
         data: serde_json::value::RawValue::from_string(data).expect("serde_json wrote JSON"),
         metadata: None,
+        data_subject: None,
     }
 }
 
@@ -354,273 +424,4 @@ fn find_retry(append: &Append, stored: &HashMap<EventId, StoredId>) -> Retry {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::{EventType, ExpectedRevision, SchemaVersion};
-    use serde_json::value::RawValue;
-
-    fn append(
-        stream: &str,
-        expected: ExpectedRevision,
-        ids: &[u128],
-        from_client: bool,
-    ) -> Command {
-        let event = NewEvent {
-            id: None,
-            event_type: EventType::new("E").unwrap(),
-            schema_version: SchemaVersion::FIRST,
-            data: RawValue::from_string("1".into()).unwrap(),
-            metadata: None,
-        };
-        Command::Append(Append {
-            stream: StreamName::new(stream).unwrap(),
-            expected,
-            events: ids
-                .iter()
-                .map(|&id| (EventId(uuid::Uuid::from_u128(id)), event.clone()))
-                .collect(),
-            ids_from_client: from_client,
-        })
-    }
-
-    fn name(stream: &str) -> StreamName {
-        StreamName::new(stream).unwrap()
-    }
-
-    fn at(revision: u64) -> StreamState {
-        StreamState {
-            revision: StreamRevision(revision),
-            deleted: None,
-            retention: crate::protocol::StreamRetention::default(),
-        }
-    }
-
-    fn delete(stream: &str, expected: ExpectedRevision, hard: bool) -> Command {
-        let id = EventId(uuid::Uuid::from_u128(999));
-        Command::Delete(Delete { stream: name(stream), expected, hard, id })
-    }
-
-    fn truncate(stream: &str, before: Option<u64>) -> Command {
-        let retention = crate::protocol::StreamRetention {
-            truncate_before: before.map(StreamRevision),
-            ..Default::default()
-        };
-        let id = EventId(uuid::Uuid::from_u128(998));
-        Command::SetStreamRetention(SetStreamRetention { stream: name(stream), retention, id })
-    }
-
-    fn created(outcome: &Outcome) -> &AppendResult {
-        match outcome {
-            Outcome::Created(result) => result,
-            other => panic!("expected Created, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_conflict_rejects_its_request_only() {
-        let batch = [
-            append("a", ExpectedRevision::NoStream, &[1], false),
-            append("b", ExpectedRevision::Exact(StreamRevision(5)), &[2], false),
-            append("c", ExpectedRevision::Any, &[3, 4], false),
-        ];
-        let snapshot = Snapshot { head: Position(10), ..Snapshot::default() };
-        let decision = decide(&batch, snapshot);
-        assert_eq!(created(&decision.outcomes[0]).first_position, Position(11));
-        assert_eq!(decision.outcomes[1], Outcome::WrongExpectedRevision { current: None });
-        let c = created(&decision.outcomes[2]);
-        assert_eq!((c.first_position, c.last_position), (Position(12), Position(13)));
-        assert_eq!((c.first_revision, c.last_revision), (StreamRevision(0), StreamRevision(1)));
-        let positions: Vec<u64> = decision.rows.iter().map(|r| r.position.0).collect();
-        assert_eq!(positions, vec![11, 12, 13]);
-        assert_eq!(decision.head, Position(13));
-    }
-
-    #[test]
-    fn requests_on_one_stream_see_each_other_in_batch_order() {
-        let batch = [
-            append("a", ExpectedRevision::Exact(StreamRevision(0)), &[1], false),
-            append("a", ExpectedRevision::Exact(StreamRevision(0)), &[2], false),
-            append("a", ExpectedRevision::Exact(StreamRevision(1)), &[3], false),
-            append("a", ExpectedRevision::NoStream, &[4], false),
-        ];
-        let mut snapshot = Snapshot::default();
-        snapshot.streams.insert(name("a"), at(0));
-        let decision = decide(&batch, snapshot);
-        assert_eq!(created(&decision.outcomes[0]).first_revision, StreamRevision(1));
-        assert_eq!(
-            decision.outcomes[1],
-            Outcome::WrongExpectedRevision { current: Some(StreamRevision(1)) }
-        );
-        assert_eq!(created(&decision.outcomes[2]).first_revision, StreamRevision(2));
-        assert_eq!(
-            decision.outcomes[3],
-            Outcome::WrongExpectedRevision { current: Some(StreamRevision(2)) }
-        );
-        assert_eq!(decision.streams.len(), 1);
-        assert_eq!(decision.streams[0].1.revision, StreamRevision(2));
-    }
-
-    #[test]
-    fn a_retry_in_the_same_batch_is_idempotent() {
-        let batch = [
-            append("a", ExpectedRevision::NoStream, &[1, 2], true),
-            append("a", ExpectedRevision::NoStream, &[1, 2], true),
-            append("b", ExpectedRevision::Any, &[2], true),
-        ];
-        let decision = decide(&batch, Snapshot::default());
-        let first = created(&decision.outcomes[0]).clone();
-        assert_eq!(decision.outcomes[1], Outcome::Idempotent(first));
-        assert_eq!(
-            decision.outcomes[2],
-            Outcome::DuplicateEventId { id: EventId(uuid::Uuid::from_u128(2)) }
-        );
-        assert_eq!(decision.rows.len(), 2);
-    }
-
-    #[test]
-    fn a_retry_is_recognised_before_the_expected_revision() {
-        let mut snapshot = Snapshot { head: Position(9), ..Snapshot::default() };
-        snapshot.streams.insert(name("a"), at(7));
-        for (id, revision, position) in [(1, 3, 5), (2, 4, 6)] {
-            let stored = StoredId {
-                stream: StreamName::new("a").unwrap(),
-                revision: StreamRevision(revision),
-                position: Position(position),
-            };
-            snapshot.ids.insert(EventId(uuid::Uuid::from_u128(id)), stored);
-        }
-        let batch = [append("a", ExpectedRevision::NoStream, &[1, 2], true)];
-        let decision = decide(&batch, snapshot);
-        assert_eq!(
-            decision.outcomes[0],
-            Outcome::Idempotent(AppendResult {
-                stream: StreamName::new("a").unwrap(),
-                first_revision: StreamRevision(3),
-                last_revision: StreamRevision(4),
-                first_position: Position(5),
-                last_position: Position(6),
-            })
-        );
-        assert!(decision.rows.is_empty());
-        assert_eq!(decision.head, Position(9));
-    }
-
-    #[test]
-    fn a_soft_delete_records_its_event_and_a_recreated_stream_continues_its_revisions() {
-        let mut snapshot = Snapshot { head: Position(20), ..Snapshot::default() };
-        snapshot.streams.insert(name("a"), at(4));
-        let batch = [
-            delete("a", ExpectedRevision::Exact(StreamRevision(4)), false),
-            append("a", ExpectedRevision::Exact(StreamRevision(5)), &[1], false),
-            append("a", ExpectedRevision::NoStream, &[2], false),
-        ];
-        let decision = decide(&batch, snapshot);
-        assert_eq!(
-            decision.outcomes[0],
-            Outcome::Deleted { deletion: Deletion::Soft, revision: StreamRevision(5) }
-        );
-        assert_eq!(decision.rows[0].event.event_type.as_str(), STREAM_DELETED);
-        assert_eq!(decision.rows[0].event.data.get(), r#"{"hard":false,"revision":4}"#);
-        assert_eq!(
-            decision.outcomes[1],
-            Outcome::WrongExpectedRevision { current: None },
-            "a soft-deleted stream does not exist"
-        );
-        let recreated = created(&decision.outcomes[2]);
-        assert_eq!(recreated.first_revision, StreamRevision(6));
-        assert_eq!(recreated.first_position, Position(22));
-        let (_, state) = decision.streams[0];
-        assert_eq!(state.deleted, None);
-        assert_eq!(state.retention.truncate_before, Some(StreamRevision(6)));
-    }
-
-    #[test]
-    fn a_hard_deleted_stream_refuses_appends_retries_and_deletes() {
-        let mut snapshot = Snapshot::default();
-        snapshot.streams.insert(name("a"), at(0));
-        let stored =
-            StoredId { stream: name("a"), revision: StreamRevision(0), position: Position(1) };
-        snapshot.ids.insert(EventId(uuid::Uuid::from_u128(1)), stored);
-        let batch = [
-            delete("a", ExpectedRevision::Any, true),
-            append("a", ExpectedRevision::Any, &[2], false),
-            append("a", ExpectedRevision::Any, &[1], true),
-            delete("a", ExpectedRevision::Any, false),
-            truncate("a", Some(1)),
-        ];
-        let decision = decide(&batch, snapshot);
-        assert!(matches!(decision.outcomes[0], Outcome::Deleted { deletion: Deletion::Hard, .. }));
-        for outcome in &decision.outcomes[1..] {
-            assert_eq!(*outcome, Outcome::StreamDeleted);
-        }
-        assert_eq!(decision.rows.len(), 1, "only the deletion's own event");
-    }
-
-    #[test]
-    fn a_delete_with_an_expected_revision_admits_one_of_a_racing_append_and_delete() {
-        for delete_first in [true, false] {
-            let mut snapshot = Snapshot::default();
-            snapshot.streams.insert(name("a"), at(3));
-            let expected = ExpectedRevision::Exact(StreamRevision(3));
-            let (d, a) = (delete("a", expected, false), append("a", expected, &[1], false));
-            let batch = if delete_first { [d, a] } else { [a, d] };
-            let decision = decide(&batch, snapshot);
-            let won = decision
-                .outcomes
-                .iter()
-                .filter(|o| matches!(o, Outcome::Deleted { .. } | Outcome::Created(_)))
-                .count();
-            assert_eq!(won, 1, "{:?}", decision.outcomes);
-        }
-    }
-
-    #[test]
-    fn deleting_what_does_not_exist_is_not_found() {
-        let mut snapshot = Snapshot::default();
-        snapshot
-            .streams
-            .insert(name("soft"), StreamState { deleted: Some(Deletion::Soft), ..at(1) });
-        let batch = [
-            delete("never", ExpectedRevision::Any, false),
-            delete("soft", ExpectedRevision::Any, false),
-            delete("soft", ExpectedRevision::StreamExists, true),
-            delete("soft", ExpectedRevision::Any, true),
-        ];
-        let decision = decide(&batch, snapshot);
-        assert_eq!(decision.outcomes[0], Outcome::StreamNotFound);
-        assert_eq!(decision.outcomes[1], Outcome::StreamNotFound);
-        assert_eq!(decision.outcomes[2], Outcome::WrongExpectedRevision { current: None });
-        assert!(
-            matches!(decision.outcomes[3], Outcome::Deleted { deletion: Deletion::Hard, .. }),
-            "a soft-deleted name can be closed"
-        );
-    }
-
-    #[test]
-    fn raising_truncate_before_records_an_event_and_it_never_moves_backwards() {
-        let mut snapshot = Snapshot::default();
-        snapshot.streams.insert(name("a"), at(9));
-        let batch = [
-            truncate("a", Some(4)),
-            truncate("a", Some(4)),
-            truncate("a", Some(2)),
-            truncate("a", None),
-            truncate("a", Some(12)),
-        ];
-        let decision = decide(&batch, snapshot);
-        let Outcome::RetentionSet(metadata) = &decision.outcomes[0] else { panic!() };
-        assert_eq!(metadata.revision, StreamRevision(10), "the $stream-truncated event");
-        assert_eq!(decision.rows.len(), 1, "the same value again records nothing");
-        assert_eq!(decision.rows[0].event.data.get(), r#"{"before":4}"#);
-        for outcome in &decision.outcomes[2..4] {
-            assert!(matches!(
-                outcome,
-                Outcome::TruncateRefused { current: Some(StreamRevision(4)), .. }
-            ));
-        }
-        assert_eq!(
-            decision.outcomes[4],
-            Outcome::TruncateRefused { current: Some(StreamRevision(4)), next: StreamRevision(11) }
-        );
-    }
-}
+mod tests;

@@ -2,8 +2,8 @@
 //! event's id settled.
 
 use crate::protocol::{
-    AppendRequest, Category, CategoryRetention, EventId, ExpectedRevision, NewEvent, StreamName,
-    StreamRetention,
+    AppendRequest, Category, CategoryRetention, DataSubject, EventId, ExpectedRevision, NewEvent,
+    StreamName, StreamRetention,
 };
 use std::collections::HashSet;
 
@@ -30,13 +30,19 @@ pub const EVENT_BYTES_MAX: usize = 1 << 20;
 pub struct RequestLimits {
     /// Most events in one request.
     pub append_events_max: usize,
-    /// Most bytes of `data` plus `metadata` in one event.
+    /// Most bytes of `data` plus `metadata` in one event (`data` before it is encrypted).
     pub event_bytes_max: usize,
+    /// Whether the server has a key file, so that events may carry a data subject.
+    pub encryption: bool,
 }
 
 impl Default for RequestLimits {
     fn default() -> Self {
-        Self { append_events_max: APPEND_EVENTS_MAX, event_bytes_max: EVENT_BYTES_MAX }
+        Self {
+            append_events_max: APPEND_EVENTS_MAX,
+            event_bytes_max: EVENT_BYTES_MAX,
+            encryption: false,
+        }
     }
 }
 
@@ -59,6 +65,15 @@ pub enum Invalid {
         index: usize,
         /// Its type.
         event_type: String,
+    },
+    /// `400 invalid-request`: without a key file, nothing can be kept for erasure.
+    #[error(
+        "event {index} has a data_subject, but this server has no --encryption-key-file to \
+         protect personal data with"
+    )]
+    NoEncryptionKey {
+        /// 0-based index of the event in the request.
+        index: usize,
     },
     /// `413 payload-too-large`.
     #[error("the request has {count} events, the limit is {max}")]
@@ -111,6 +126,10 @@ impl Append {
         {
             let event_type = event.event_type.as_str().to_owned();
             return Err(Invalid::SystemType { index, event_type });
+        }
+        let with_subject = request.events.iter().position(|e| e.data_subject.is_some());
+        if let Some(index) = with_subject.filter(|_| !limits.encryption) {
+            return Err(Invalid::NoEncryptionKey { index });
         }
         let mut seen = HashSet::with_capacity(count);
         let mut ids_from_client = false;
@@ -166,6 +185,25 @@ pub struct SetCategoryRetention {
     pub retention: CategoryRetention,
 }
 
+/// An erasure of a data subject, as the writer queues it.
+#[derive(Debug, Clone)]
+pub struct Erase {
+    /// Whose key goes.
+    pub subject: DataSubject,
+    /// The stream the erasure is recorded in: `$data-subjects`.
+    pub stream: StreamName,
+    /// The id of the `$data-subject-erased` event it records.
+    pub id: EventId,
+}
+
+impl Erase {
+    /// The erasure of `subject`, recorded with a new event id.
+    pub fn new(subject: DataSubject) -> Self {
+        let stream = crate::protocol::data_subjects_stream();
+        Self { subject, stream, id: EventId(uuid::Uuid::now_v7()) }
+    }
+}
+
 /// What the writer decides, in order, in a group commit.
 #[derive(Debug)]
 pub enum Command {
@@ -177,6 +215,8 @@ pub enum Command {
     SetStreamRetention(SetStreamRetention),
     /// Set a category's defaults.
     SetCategoryRetention(SetCategoryRetention),
+    /// Erase a data subject.
+    Erase(Erase),
 }
 
 impl Command {
@@ -187,7 +227,18 @@ impl Command {
             Self::Delete(delete) => Some(&delete.stream),
             Self::SetStreamRetention(set) => Some(&set.stream),
             Self::SetCategoryRetention(_) => None,
+            Self::Erase(erase) => Some(&erase.stream),
         }
+    }
+
+    /// The data subjects whose keys it uses or destroys.
+    pub fn subjects(&self) -> impl Iterator<Item = &DataSubject> {
+        let (events, erased) = match self {
+            Self::Append(append) => (append.events.as_slice(), None),
+            Self::Erase(erase) => (&[][..], Some(&erase.subject)),
+            _ => (&[][..], None),
+        };
+        events.iter().filter_map(|(_, event)| event.data_subject.as_ref()).chain(erased)
     }
 
     /// Events it brings (system events aside).

@@ -9,6 +9,7 @@ mod ops;
 mod params;
 mod problem;
 mod streams;
+mod subjects;
 mod subscribe;
 
 pub use authorize::{Access, Table};
@@ -152,6 +153,8 @@ fn routes(public_metrics: bool) -> Routes {
         )
         .route(Method::GET, "/all", Everything(Read), log::read_all)
         .route(Method::GET, "/all/subscribe", Everything(Read), subscribe::all)
+        .route(Method::GET, "/data-subjects/{subject}", Everything(Delete), subjects::get)
+        .route(Method::DELETE, "/data-subjects/{subject}", Everything(Delete), subjects::erase)
         .route(Method::GET, "/consumers", InScope(Read), consumers::list)
         .route(Method::GET, "/consumers/{name}", InScope(Read), consumers::get)
         .route(Method::PUT, "/consumers/{name}", Everything(Admin), consumers::put)

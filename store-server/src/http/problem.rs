@@ -28,6 +28,9 @@ pub enum ApiError {
     /// `410 stream-deleted`: the stream is hard-deleted, its name closed for good.
     #[error("stream {0} is deleted for good")]
     StreamDeleted(StreamName),
+    /// `404 data-subject-not-found`.
+    #[error("no event ever named data subject {0}")]
+    DataSubjectNotFound(crate::protocol::DataSubject),
     /// `404 consumer-not-found`.
     #[error("consumer {0} does not exist")]
     ConsumerNotFound(crate::protocol::ConsumerName),
@@ -161,6 +164,7 @@ impl ApiError {
             Self::Unauthorized => ProblemType::Unauthorized,
             Self::Forbidden(_) => ProblemType::Forbidden,
             Self::ConsumerNotFound(_) => ProblemType::ConsumerNotFound,
+            Self::DataSubjectNotFound(_) => ProblemType::DataSubjectNotFound,
             Self::ConsumerConflict {
                 conflict: ConsumerConflict::WrongExpectedPosition { .. },
                 ..
@@ -196,6 +200,9 @@ impl IntoResponse for ApiError {
             }
             Self::ConsumerNotFound(name) => {
                 extensions.insert("consumer".into(), json!(name));
+            }
+            Self::DataSubjectNotFound(subject) => {
+                extensions.insert("data_subject".into(), json!(subject));
             }
             Self::ConsumerConflict { name, conflict } => {
                 use crate::protocol::ConsumerConflict::*;

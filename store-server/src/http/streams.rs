@@ -58,13 +58,22 @@ async fn decide_append(
     }
 }
 
+/// A stream a client may read: one of its own, or the server's `$data-subjects`, which
+/// only the server writes to.
+pub fn readable(name: String) -> Result<StreamName, ApiError> {
+    if name == crate::protocol::DATA_SUBJECTS_STREAM {
+        return Ok(crate::protocol::data_subjects_stream());
+    }
+    Ok(StreamName::new(name)?)
+}
+
 /// `GET /streams/{stream}`: one stream by revision.
 pub async fn read(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
-    let stream = StreamName::new(segment(path)?)?;
+    let stream = readable(segment(path)?)?;
     let params = ReadParams::parse(query, state.http.read_limit_max)?;
     let query = StreamQuery {
         stream: stream.clone(),

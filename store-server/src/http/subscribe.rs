@@ -3,7 +3,7 @@
 use super::authorize::Visible;
 use super::params::{self, RawQuery, number, segment, types};
 use super::{ApiError, AppState};
-use crate::protocol::{Category, Position, StreamName};
+use crate::protocol::{Category, Position};
 use crate::store::Filter;
 use crate::subscriptions::{Subscription, follow};
 use axum::Extension;
@@ -58,7 +58,7 @@ pub async fn stream(
     headers: HeaderMap,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
-    let stream = StreamName::new(segment(path)?)?;
+    let stream = super::streams::readable(segment(path)?)?;
     let query = params::query(query)?;
     // A closed name answers 410 here as it does to reads; any other stream may be
     // subscribed to before it is written.

@@ -1,7 +1,8 @@
 //! Events in and out, append requests and results, and pages of reads.
 
 use super::names::{
-    EventId, EventType, ExpectedRevision, Position, SchemaVersion, StreamName, StreamRevision,
+    DataSubject, EventId, EventType, ExpectedRevision, Position, SchemaVersion, StreamName,
+    StreamRevision,
 };
 use super::strict::check_strict;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
@@ -29,6 +30,10 @@ pub struct NewEvent {
     /// A JSON object, or absent.
     #[serde(default, deserialize_with = "object_or_null")]
     pub metadata: Option<Box<RawValue>>,
+    /// Whose personal data `data` is: stored encrypted under that subject's key, and
+    /// erased with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_subject: Option<DataSubject>,
 }
 
 /// JSON every strict parser reads: no stored event can break a consumer's parser.
@@ -67,6 +72,7 @@ impl NewEvent {
             schema_version: SchemaVersion::default(),
             data: serde_json::value::to_raw_value(data)?,
             metadata: None,
+            data_subject: None,
         })
     }
 
@@ -129,6 +135,7 @@ pub struct RecordedEvent {
     /// Where it is in the whole log.
     pub position: Position,
     /// The stream it belongs to.
+    #[serde(deserialize_with = "recorded_stream")]
     pub stream: StreamName,
     /// Where it is in its stream.
     pub revision: StreamRevision,
@@ -139,15 +146,33 @@ pub struct RecordedEvent {
     pub event_type: EventType,
     /// The version of `data`'s shape.
     pub schema_version: SchemaVersion,
-    /// The payload, exactly as appended.
+    /// The payload, exactly as appended; `null` when its data subject was erased.
     pub data: Box<RawValue>,
     /// The metadata, exactly as appended, or `None`.
     pub metadata: Option<Box<RawValue>>,
     /// When the server committed it.
     pub recorded_at: Timestamp,
+    /// Whose personal data `data` is, if anyone's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_subject: Option<DataSubject>,
+    /// Its data subject was erased: `data` is gone for good.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erased: bool,
+}
+
+/// The log holds the server's system streams too (`$data-subjects`).
+fn recorded_stream<'de, D: Deserializer<'de>>(deserializer: D) -> Result<StreamName, D::Error> {
+    let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+    StreamName::recorded(text.into_owned()).map_err(de::Error::custom)
 }
 
 impl RecordedEvent {
+    /// The same event as it reads once its data subject is erased.
+    pub fn erase(&mut self) {
+        self.data = RawValue::from_string("null".into()).expect("null is JSON");
+        self.erased = true;
+    }
+
     /// Bytes of payload the event carries (data and metadata), for the read byte limits.
     pub fn payload_bytes(&self) -> usize {
         self.data.get().len() + self.metadata.as_ref().map_or(0, |m| m.get().len())

@@ -5,6 +5,7 @@ mod consumers;
 mod events;
 mod lifecycle;
 mod names;
+mod personal;
 mod problems;
 mod strict;
 
@@ -18,8 +19,12 @@ pub use lifecycle::{
     StreamTruncated,
 };
 pub use names::{
-    Category, EventId, EventType, ExpectedRevision, InvalidName, NAME_BYTES_MAX, Position,
-    SchemaVersion, StreamName, StreamRevision,
+    Category, DataSubject, EventId, EventType, ExpectedRevision, InvalidName, NAME_BYTES_MAX,
+    Position, SchemaVersion, StreamName, StreamRevision,
+};
+pub use personal::{
+    DATA_SUBJECT_ERASED, DATA_SUBJECTS_STREAM, DataSubjectErased, DataSubjectInfo,
+    data_subjects_stream,
 };
 pub use problems::{Problem, ProblemType};
 pub use strict::{JSON_DEPTH_MAX, StrictJsonError, check_strict};

@@ -125,6 +125,22 @@ impl StreamName {
         Ok(Self(name))
     }
 
+    /// A name the log holds: a client's stream, or one of the server's system streams
+    /// (`$data-subjects`), which only the server writes to.
+    ///
+    /// # Errors
+    /// [`InvalidName`] says which rule the name breaks.
+    pub fn recorded(name: impl Into<String>) -> Result<Self, InvalidName> {
+        let name = name.into();
+        check_name("stream name", &name)?;
+        Ok(Self(name))
+    }
+
+    /// Whether it is one of the server's own streams (its name starts with `$`).
+    pub fn is_system(&self) -> bool {
+        self.0.starts_with('$')
+    }
+
     /// The category: the part of the name before its first `-`, or the whole name.
     pub fn category(&self) -> &str {
         self.0.split_once('-').map_or(&self.0, |(category, _)| category)
@@ -150,6 +166,24 @@ impl Category {
     }
 }
 validated_name!(Category);
+
+/// The person an event's personal data is about: an opaque id of 1 to 200 bytes without
+/// control characters (an id, never an e-mail address: it stays in clear).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DataSubject(String);
+
+impl DataSubject {
+    /// Validates `name` as a data subject.
+    ///
+    /// # Errors
+    /// [`InvalidName`] says which rule the name breaks.
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidName> {
+        let name = name.into();
+        check_name("data subject", &name)?;
+        Ok(Self(name))
+    }
+}
+validated_name!(DataSubject);
 
 /// The type of an event: 1 to 200 bytes of UTF-8 without control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -6,6 +6,7 @@
 //! backends read, `sql.rs` writes the filtered log read for both.
 
 mod migrations;
+mod personal;
 mod postgres;
 mod retention;
 mod rows;
@@ -19,10 +20,11 @@ pub use postgres::{
 pub use rows::to_i64;
 pub use sqlite::{FILE_NAME as SQLITE_FILE_NAME, Sqlite};
 
+use crate::crypto::MasterKey;
 use crate::decide::{Command, Outcome, StreamState};
 use crate::protocol::{
-    Category, CategoryRetention, ConsumerConflict, ConsumerName, EventType, Page, Position,
-    SetConsumer, StreamName, StreamRevision, Timestamp,
+    Category, CategoryRetention, ConsumerConflict, ConsumerName, DataSubject, DataSubjectInfo,
+    EventType, Page, Position, SetConsumer, StreamName, StreamRevision, Timestamp,
 };
 use std::sync::Arc;
 
@@ -238,6 +240,19 @@ pub trait Store: Send + Sync + 'static {
     /// scavenger removed do not count.
     async fn count_events(&self, after: Position, through: Position) -> Result<u64, Error>;
 
+    /// Whether this server's key file (or its lack of one) fits the store: refuses to serve
+    /// a store whose personal data is wrapped by another key, or is in the middle of a key
+    /// rotation. On the first start with a key file, records the key's id (never the key).
+    async fn check_key(&self) -> Result<(), Error>;
+
+    /// What the store holds of a data subject; `None` when no event ever named it.
+    async fn data_subject(&self, subject: &DataSubject) -> Result<Option<DataSubjectInfo>, Error>;
+
+    /// Re-wraps every data subject's key from `old` to `new`, in chunks of one transaction
+    /// each, then makes `new` the store's key; answers how many keys it re-wrapped. Run again
+    /// after an interruption, it carries on. For stopped servers only.
+    async fn rotate_key(&self, old: &MasterKey, new: &MasterKey) -> Result<u64, Error>;
+
     /// Every consumer, by name.
     async fn consumers(&self) -> Result<Vec<StoredConsumer>, Error>;
 
@@ -348,12 +363,18 @@ impl Options {
 /// # Errors
 /// The database cannot be opened or reached, a migration fails or was changed after it
 /// was applied, or PostgreSQL does not commit durably.
-pub async fn open(options: &Options) -> Result<Arc<dyn Store>, Error> {
+///
+/// `master` is the key file's key, which seals personal data; without it, an event with a
+/// data subject cannot be stored or opened. [`Store::check_key`] says whether it fits.
+pub async fn open(
+    options: &Options,
+    master: Option<Arc<MasterKey>>,
+) -> Result<Arc<dyn Store>, Error> {
     Ok(match options {
         Options::Sqlite { data_dir, read_connections_max } => {
-            Arc::new(Sqlite::open(data_dir, *read_connections_max).await?)
+            Arc::new(Sqlite::open(data_dir, *read_connections_max, master).await?)
         }
-        Options::Postgres(options) => Arc::new(Postgres::open(options).await?),
+        Options::Postgres(options) => Arc::new(Postgres::open(options, master).await?),
     })
 }
 
@@ -394,6 +415,10 @@ pub enum Error {
     /// Migrations could not be applied, or an applied one changed.
     #[error("migration: {0}")]
     Migration(String),
+    /// Personal data cannot be sealed or opened: no key file, the wrong one, or a key
+    /// rotation to finish. Says which, never a key.
+    #[error("{0}")]
+    Key(String),
     /// PostgreSQL is configured to acknowledge commits before they are durable.
     #[error(
         "postgres has {setting} = off, so an acknowledged append could be lost; fix the \
@@ -407,7 +432,7 @@ pub enum Error {
 
 impl Error {
     /// Every value [`Error::kind`] answers at run time.
-    pub const KINDS: [&'static str; 5] = ["sqlite", "postgres", "pool", "task", "corrupt"];
+    pub const KINDS: [&'static str; 6] = ["sqlite", "postgres", "pool", "task", "corrupt", "key"];
 
     /// A short name of the kind of failure, for the `kind` label of
     /// `eventstore_storage_errors_total`.
@@ -418,6 +443,7 @@ impl Error {
             Self::Pool(_) => "pool",
             Self::Task(_) => "task",
             Self::Corrupt { .. } => "corrupt",
+            Self::Key(_) => "key",
             Self::DataDir { .. } => "data_dir",
             Self::Migration(_) => "migration",
             Self::AsyncCommit { .. } => "async_commit",

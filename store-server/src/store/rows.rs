@@ -1,11 +1,12 @@
 //! Rows as both backends read them, checked into our types: a number that is negative or
 //! out of range, or a name that breaks the rules, is [`Error::Corrupt`], never a default.
 
+use super::personal::{SubjectRow, Unopened};
 use super::{Error, StoredConsumer};
 use crate::decide::{Command, Snapshot, StoredId, StreamState};
 use crate::protocol::{
-    CategoryRetention, ConsumerName, Deletion, EventId, EventType, Page, Position, RecordedEvent,
-    SchemaVersion, StreamName, StreamRetention, StreamRevision, Timestamp,
+    CategoryRetention, ConsumerName, DataSubject, Deletion, EventId, EventType, Page, Position,
+    RecordedEvent, SchemaVersion, StreamName, StreamRetention, StreamRevision, Timestamp,
 };
 use serde_json::value::RawValue;
 
@@ -47,14 +48,19 @@ pub(super) struct EventRow {
     pub data: String,
     pub metadata: Option<String>,
     pub recorded_at: Option<Timestamp>,
+    pub data_subject: Option<String>,
+    /// `data`, sealed under the data subject's key (`data` is then empty).
+    pub sealed: Option<Vec<u8>>,
 }
 
 /// The columns of an [`EventRow`], in order, for every `SELECT` of events.
-pub(super) const EVENT_COLUMNS: &str =
-    "position, stream, revision, id, type, schema_version, data, metadata, recorded_at";
+pub(super) const EVENT_COLUMNS: &str = "position, stream, revision, id, type, schema_version, \
+     data, metadata, recorded_at, data_subject, sealed";
 
 impl EventRow {
-    fn into_recorded(self) -> Result<RecordedEvent, Error> {
+    /// The event, and its sealed data if it has a data subject (its `data` is then `null`
+    /// until [`super::personal::Unopened::open`] opens it).
+    fn into_recorded(self) -> Result<(RecordedEvent, Option<Vec<u8>>), Error> {
         let position = self.position;
         let corrupt = |why: String| Error::Corrupt { position, why };
         let schema_version = u32::try_from(self.schema_version)
@@ -67,17 +73,31 @@ impl EventRow {
             }
             None => None,
         };
-        Ok(RecordedEvent {
+        let data_subject = match self.data_subject {
+            Some(subject) => Some(DataSubject::new(subject).map_err(|e| corrupt(e.to_string()))?),
+            None => None,
+        };
+        if data_subject.is_some() != self.sealed.is_some() {
+            return Err(corrupt("data_subject and sealed data go together".into()));
+        }
+        let data = match self.sealed {
+            Some(_) => "null".to_owned(),
+            None => self.data,
+        };
+        let event = RecordedEvent {
             position: Position(to_u64(position, position, "position")?),
-            stream: StreamName::new(self.stream).map_err(|e| corrupt(e.to_string()))?,
+            stream: StreamName::recorded(self.stream).map_err(|e| corrupt(e.to_string()))?,
             revision: StreamRevision(to_u64(self.revision, position, "revision")?),
             id: EventId(self.id),
             event_type: EventType::new(self.event_type).map_err(|e| corrupt(e.to_string()))?,
             schema_version,
-            data: RawValue::from_string(self.data).map_err(|e| corrupt(format!("data: {e}")))?,
+            data: RawValue::from_string(data).map_err(|e| corrupt(format!("data: {e}")))?,
             metadata,
             recorded_at: self.recorded_at.ok_or_else(|| corrupt("recorded_at".into()))?,
-        })
+            data_subject,
+            erased: false,
+        };
+        Ok((event, self.sealed))
     }
 }
 
@@ -87,6 +107,7 @@ impl EventRow {
 /// rows there, so no read holds more than a page.
 pub(super) struct PageBuilder<C, F> {
     events: Vec<RecordedEvent>,
+    sealed: Vec<(usize, Vec<u8>)>,
     bytes: usize,
     limit: usize,
     bytes_max: usize,
@@ -96,13 +117,14 @@ pub(super) struct PageBuilder<C, F> {
 
 impl<C, F: Fn(&RecordedEvent) -> C> PageBuilder<C, F> {
     pub(super) fn new(limit: usize, bytes_max: usize, cursor: F) -> Self {
-        Self { events: Vec::new(), bytes: 0, limit, bytes_max, next: None, cursor }
+        let events = Vec::new();
+        Self { events, sealed: Vec::new(), bytes: 0, limit, bytes_max, next: None, cursor }
     }
 
     /// Adds `row`; answers whether the page takes more.
     pub(super) fn push(&mut self, row: EventRow) -> Result<bool, Error> {
-        let event = row.into_recorded()?;
-        let bytes = event.payload_bytes();
+        let (event, sealed) = row.into_recorded()?;
+        let bytes = event.payload_bytes() + sealed.as_ref().map_or(0, Vec::len);
         let full = self.events.len() >= self.limit
             || (!self.events.is_empty() && self.bytes.saturating_add(bytes) > self.bytes_max);
         if full {
@@ -110,18 +132,31 @@ impl<C, F: Fn(&RecordedEvent) -> C> PageBuilder<C, F> {
             return Ok(false);
         }
         self.bytes += bytes;
+        if let Some(sealed) = sealed {
+            self.sealed.push((self.events.len(), sealed));
+        }
         self.events.push(event);
         Ok(true)
     }
 
-    /// The page; `head_read_first` must have been read before the rows (or in the same
-    /// snapshot).
-    pub(super) fn finish(self, head_read_first: i64) -> Result<Page<C>, Error> {
+    /// The page, its sealed events not opened yet; `head_read_first` must have been read
+    /// before the rows (or in the same snapshot).
+    pub(super) fn finish(self, head_read_first: i64) -> Result<Unopened<C>, Error> {
         // The head is read before the events, so events committed in between can pass it.
         let seen = self.events.iter().map(|e| e.position).max().unwrap_or_default();
         let head = seen.max(Position(to_u64(head_read_first, 0, "log head")?));
-        Ok(Page { events: self.events, next: self.next, head })
+        let page = Page { events: self.events, next: self.next, head };
+        Ok(Unopened { page, sealed: self.sealed })
     }
+}
+
+/// The distinct data subjects a batch names; empty for a batch without personal data.
+pub(super) fn batch_subjects(batch: &[Command]) -> Vec<&str> {
+    let mut subjects: Vec<&str> =
+        batch.iter().flat_map(Command::subjects).map(DataSubject::as_str).collect();
+    subjects.sort_unstable();
+    subjects.dedup();
+    subjects
 }
 
 /// What a batch's decisions need looked up: the distinct streams its commands touch, and
@@ -159,7 +194,7 @@ pub(super) struct StreamRow {
 impl StreamRow {
     pub(super) fn into_state(self) -> Result<(StreamName, StreamState), Error> {
         let corrupt = |why: String| Error::Corrupt { position: 0, why };
-        let name = StreamName::new(self.name).map_err(|e| corrupt(e.to_string()))?;
+        let name = StreamName::recorded(self.name).map_err(|e| corrupt(e.to_string()))?;
         let deleted = match self.deleted.as_deref() {
             None => None,
             Some("soft") => Some(Deletion::Soft),
@@ -202,14 +237,16 @@ pub(super) fn to_sql(value: Option<u64>) -> Option<i64> {
 
 /// Builds the snapshot a batch is decided against from what the backend looked up:
 /// the log head, the rows of the streams that exist, and
-/// `(id, stream, revision, position)` of the ids already stored.
+/// `(id, stream, revision, position)` of the ids already stored, and the rows of the data
+/// subjects it names.
 pub(super) fn snapshot(
     head: i64,
     streams: Vec<StreamRow>,
     ids: Vec<(uuid::Uuid, String, i64, i64)>,
+    subjects: &[SubjectRow],
 ) -> Result<Snapshot, Error> {
     let name = |name: String, position| {
-        StreamName::new(name).map_err(|e| Error::Corrupt { position, why: e.to_string() })
+        StreamName::recorded(name).map_err(|e| Error::Corrupt { position, why: e.to_string() })
     };
     Ok(Snapshot {
         head: Position(to_u64(head, 0, "log head")?),
@@ -225,5 +262,6 @@ pub(super) fn snapshot(
                 Ok((EventId(id), stored))
             })
             .collect::<Result<_, Error>>()?,
+        subjects: subjects.iter().map(SubjectRow::state).collect::<Result<_, Error>>()?,
     })
 }

@@ -3,9 +3,10 @@
 //! a pool of read-only connections for reads. SQLite calls block, so they run on
 //! tokio's blocking threads.
 
+use super::personal::{self, EncryptionRow, KeyFacts, SUBJECT_COLUMNS, SubjectRow, Unopened};
 use super::retention::{self, CANDIDATE_COLUMNS, Candidate, OWN_RETENTION};
 use super::rows::{
-    EVENT_COLUMNS, EventRow, PageBuilder, STREAM_COLUMNS, StreamRow, batch_keys,
+    EVENT_COLUMNS, EventRow, PageBuilder, STREAM_COLUMNS, StreamRow, batch_keys, batch_subjects,
     category_retention, snapshot, to_i64, to_sql, to_u64,
 };
 use super::sql::Param;
@@ -13,11 +14,12 @@ use super::{
     Backend, Committed, Direction, Error, LogQuery, Removable, Scavenged, Store, StoredConsumer,
     StreamQuery, StreamRead, migrations,
 };
+use crate::crypto::MasterKey;
 use crate::decide::retention::Retention;
 use crate::decide::{Command, StreamState};
 use crate::protocol::{
-    Category, CategoryRetention, ConsumerConflict, ConsumerName, Page, Position, SetConsumer,
-    StreamName, StreamRevision, Timestamp,
+    Category, CategoryRetention, ConsumerConflict, ConsumerName, DataSubject, DataSubjectInfo,
+    Page, Position, SetConsumer, StreamName, StreamRevision, Timestamp,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -39,6 +41,8 @@ pub struct Sqlite {
     /// connection shareable with the blocking thread that runs each commit.
     writer: Arc<Mutex<Connection>>,
     readers: deadpool::managed::Pool<Readers>,
+    /// Seals and opens personal data.
+    master: Option<Arc<MasterKey>>,
 }
 
 impl Sqlite {
@@ -46,7 +50,11 @@ impl Sqlite {
     ///
     /// # Errors
     /// The directory or file cannot be created or opened, or a migration fails.
-    pub async fn open(data_dir: &Path, read_connections_max: usize) -> Result<Self, Error> {
+    pub async fn open(
+        data_dir: &Path,
+        read_connections_max: usize,
+        master: Option<Arc<MasterKey>>,
+    ) -> Result<Self, Error> {
         std::fs::create_dir_all(data_dir)
             .map_err(|source| Error::DataDir { path: data_dir.to_owned(), source })?;
         let path = data_dir.join(FILE_NAME);
@@ -56,7 +64,7 @@ impl Sqlite {
             .max_size(read_connections_max)
             .build()
             .map_err(|e| Error::Pool(Box::new(e)))?;
-        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers })
+        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers, master })
     }
 
     /// Runs `write` on the writer connection (only the writer task writes, so it never
@@ -101,6 +109,9 @@ fn open_writer(path: &Path) -> Result<Connection, Error> {
     // FULL: the WAL is fsynced at every commit, so an acknowledged append survives a crash
     // of the machine, not only of the process.
     connection.pragma_update(None, "synchronous", "FULL")?;
+    // Deleted content (removed events, destroyed subject keys) is overwritten with zeros on
+    // the pages a write touches anyway, instead of lingering in free space.
+    connection.pragma_update(None, "secure_delete", "FAST")?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
     migrate(&mut connection)?;
     Ok(connection)
@@ -166,7 +177,9 @@ impl Store for Sqlite {
         batch: Arc<[Command]>,
         recorded_at: Timestamp,
     ) -> Result<Committed, Error> {
-        self.write(move |connection| commit(connection, &batch, recorded_at)).await
+        let master = self.master.clone();
+        self.write(move |connection| commit(connection, &batch, recorded_at, master.as_deref()))
+            .await
     }
 
     async fn probe(&self) -> Result<(), Error> {
@@ -182,6 +195,7 @@ impl Store for Sqlite {
     }
 
     async fn read_stream(&self, query: StreamQuery, now: Timestamp) -> Result<StreamRead, Error> {
+        let master = self.master.clone();
         self.read(move |connection| {
             // One read transaction: the state, the events and the head come from the same
             // snapshot.
@@ -219,7 +233,7 @@ impl Store for Sqlite {
             }
             drop(statement);
             let head = log_head(&tx)?;
-            page.finish(head).map(StreamRead::Page)
+            open_page(&tx, page.finish(head)?, master.as_deref()).map(StreamRead::Page)
         })
         .await
     }
@@ -297,6 +311,7 @@ impl Store for Sqlite {
     }
 
     async fn read_log(&self, query: LogQuery) -> Result<Page<Position>, Error> {
+        let master = self.master.clone();
         self.read(move |connection| {
             let tx = connection.transaction()?;
             let sql = super::sql::read_log(&query, super::sql::Dialect::Sqlite);
@@ -314,9 +329,106 @@ impl Store for Sqlite {
             }
             drop(statement);
             let head = log_head(&tx)?;
-            page.finish(head)
+            open_page(&tx, page.finish(head)?, master.as_deref())
         })
         .await
+    }
+
+    async fn check_key(&self) -> Result<(), Error> {
+        let master = self.master.clone();
+        self.write(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let row = encryption_row(&tx)?;
+            let foreign: i64 = tx.query_row(
+                "SELECT count(*) FROM data_subjects
+                 WHERE wrapped_key IS NOT NULL AND master_key_id IS NOT ?1",
+                [master.as_ref().map(|m| m.id().as_bytes().to_vec())],
+                |row| row.get(0),
+            )?;
+            let facts = KeyFacts { row, foreign_keys: to_u64(foreign, 0, "count")? };
+            if personal::check(&facts, master.as_deref())? {
+                let id = master.as_ref().map(|m| m.id().as_bytes().to_vec());
+                tx.execute(
+                    "INSERT INTO encryption (singleton, master_key_id) VALUES (1, ?1)",
+                    [id],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn data_subject(&self, subject: &DataSubject) -> Result<Option<DataSubjectInfo>, Error> {
+        let subject = subject.clone();
+        self.read(move |connection| {
+            let tx = connection.transaction()?;
+            let Some(row) = subject_rows(&tx, &[subject.as_str()])?.pop() else {
+                return Ok(None);
+            };
+            let events: i64 = tx
+                .prepare_cached("SELECT count(*) FROM events WHERE data_subject = ?1")?
+                .query_row([subject.as_str()], |row| row.get(0))?;
+            let events = to_u64(events, 0, "count")?;
+            Ok(Some(DataSubjectInfo {
+                data_subject: subject,
+                events,
+                erased: row.key_since.is_none(),
+            }))
+        })
+        .await
+    }
+
+    async fn rotate_key(&self, old: &MasterKey, new: &MasterKey) -> Result<u64, Error> {
+        let (old_id, new_id) = (old.id().as_bytes().to_vec(), new.id().as_bytes().to_vec());
+        let mut connection = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        personal::rotation_may_start(encryption_row(&tx)?.as_ref(), old, new)?;
+        tx.execute(
+            "INSERT INTO encryption (singleton, master_key_id, rotating_to) VALUES (1, ?1, ?2)
+             ON CONFLICT (singleton) DO UPDATE SET rotating_to = excluded.rotating_to",
+            params![old_id, new_id],
+        )?;
+        tx.commit()?;
+        let mut rewrapped = 0;
+        loop {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let sql = format!(
+                "SELECT {SUBJECT_COLUMNS} FROM data_subjects WHERE master_key_id = ?1 LIMIT ?2"
+            );
+            let rows = tx
+                .prepare(&sql)?
+                .query_map(params![old_id, personal::ROTATION_CHUNK], subject_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut update = tx.prepare(
+                "UPDATE data_subjects SET wrapped_key = ?2, master_key_id = ?3 WHERE subject = ?1",
+            )?;
+            for row in &rows {
+                let wrapped = personal::rewrap(row, old, new)?;
+                update.execute(params![row.subject, wrapped, new_id])?;
+            }
+            drop(update);
+            tx.commit()?;
+            rewrapped += rows.len() as u64;
+        }
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let left: i64 = tx.query_row(
+            "SELECT count(*) FROM data_subjects WHERE wrapped_key IS NOT NULL
+             AND master_key_id IS NOT ?1",
+            [&new_id],
+            |row| row.get(0),
+        )?;
+        if left > 0 {
+            return Err(Error::Key(format!(
+                "{left} data subject keys are wrapped by neither the --old nor the --new key file"
+            )));
+        }
+        tx.execute("UPDATE encryption SET master_key_id = ?1, rotating_to = NULL", [&new_id])?;
+        tx.commit()?;
+        Ok(rewrapped)
     }
 
     async fn consumers(&self) -> Result<Vec<StoredConsumer>, Error> {
@@ -444,7 +556,53 @@ fn event_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
         data: row.get(6)?,
         metadata: row.get(7)?,
         recorded_at: Timestamp::from_unix_micros(row.get(8)?),
+        data_subject: row.get(9)?,
+        sealed: row.get(10)?,
     })
+}
+
+fn subject_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SubjectRow> {
+    Ok(SubjectRow {
+        subject: row.get(0)?,
+        key_since: row.get(1)?,
+        wrapped_key: row.get(2)?,
+        master_key_id: row.get(3)?,
+    })
+}
+
+/// The rows of `subjects` that exist.
+fn subject_rows(connection: &Connection, subjects: &[&str]) -> Result<Vec<SubjectRow>, Error> {
+    let sql = format!("SELECT {SUBJECT_COLUMNS} FROM data_subjects WHERE subject = ?1");
+    let mut statement = connection.prepare_cached(&sql)?;
+    let mut rows = Vec::new();
+    for subject in subjects {
+        rows.extend(statement.query_row([subject], subject_row).optional()?);
+    }
+    Ok(rows)
+}
+
+fn encryption_row(connection: &Connection) -> Result<Option<EncryptionRow>, Error> {
+    Ok(connection
+        .query_row("SELECT master_key_id, rotating_to FROM encryption", [], |row| {
+            Ok(EncryptionRow { master_key_id: row.get(0)?, rotating_to: row.get(1)? })
+        })
+        .optional()?)
+}
+
+/// Opens a page's sealed events with their subjects' keys, read in the page's own
+/// transaction. A page without any costs nothing.
+fn open_page<C>(
+    connection: &Connection,
+    page: Unopened<C>,
+    master: Option<&MasterKey>,
+) -> Result<Page<C>, Error> {
+    if page.sealed.is_empty() {
+        return Ok(page.page);
+    }
+    let subjects = page.subjects();
+    let subjects: Vec<&str> = subjects.iter().map(String::as_str).collect();
+    let rows = subject_rows(connection, &subjects)?;
+    page.open(&rows, master)
 }
 
 fn stream_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StreamRow> {
@@ -568,6 +726,7 @@ fn commit(
     connection: &mut Connection,
     batch: &[Command],
     recorded_at: Timestamp,
+    master: Option<&MasterKey>,
 ) -> Result<Committed, Error> {
     // BEGIN IMMEDIATE takes SQLite's write lock before anything is read: the snapshot the
     // decisions rest on cannot change before commit, and positions are handed out in
@@ -590,16 +749,20 @@ fn commit(
         stored_ids.extend(found);
     }
     drop((state, stored));
-    let snapshot = snapshot(log_head(&tx)?, states, stored_ids)?;
+    let subjects = subject_rows(&tx, &batch_subjects(batch))?;
+    let snapshot = snapshot(log_head(&tx)?, states, stored_ids, &subjects)?;
     let decision = crate::decide::decide(batch, snapshot);
+    let sealed = personal::seal(&decision, &subjects, master)?;
     let wrote = !decision.rows.is_empty();
     if wrote {
         let mut insert = tx.prepare_cached(
             "INSERT INTO events (position, stream, category, revision, id, type, schema_version,
-                                 data, metadata, recorded_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                 data, metadata, recorded_at, data_subject, sealed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
-        for row in &decision.rows {
+        for (row, sealed) in decision.rows.iter().zip(&sealed.rows) {
+            // Sealed data leaves the plain `data` column empty.
+            let data = if sealed.is_some() { "" } else { row.event.data.get() };
             insert.execute(params![
                 to_i64(row.position.0),
                 row.stream.as_str(),
@@ -608,9 +771,11 @@ fn commit(
                 row.id.0.as_bytes(),
                 row.event.event_type.as_str(),
                 row.event.schema_version.get(),
-                row.event.data.get(),
+                data,
                 row.event.metadata.as_ref().map(|m| m.get()),
                 recorded_at.unix_micros(),
+                row.event.data_subject.as_ref().map(DataSubject::as_str),
+                sealed.as_deref(),
             ])?;
         }
         tx.prepare_cached("UPDATE log_head SET position = ?1")?
@@ -640,6 +805,22 @@ fn commit(
     }
     for (category, retention) in &decision.categories {
         set_category(&tx, category, retention)?;
+    }
+    if !sealed.subjects.is_empty() {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO data_subjects (subject, key_since, wrapped_key, master_key_id)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (subject) DO UPDATE SET key_since = excluded.key_since,
+                 wrapped_key = excluded.wrapped_key, master_key_id = excluded.master_key_id",
+        )?;
+        for subject in &sealed.subjects {
+            upsert.execute(params![
+                subject.subject,
+                subject.key_since,
+                subject.wrapped_key,
+                subject.master_key_id
+            ])?;
+        }
     }
     let head = wrote.then_some(decision.head);
     let outcomes = decision.outcomes;
@@ -678,7 +859,7 @@ mod tests {
     #[tokio::test]
     async fn the_writer_commits_durably_in_wal_mode() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Sqlite::open(dir.path(), 1).await.unwrap();
+        let store = Sqlite::open(dir.path(), 1, None).await.unwrap();
         let writer = store.writer.lock().unwrap();
         let mode: String = writer.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
@@ -690,7 +871,7 @@ mod tests {
     #[tokio::test]
     async fn read_connections_cannot_write() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Sqlite::open(dir.path(), 1).await.unwrap();
+        let store = Sqlite::open(dir.path(), 1, None).await.unwrap();
         let result = store
             .read(|connection| Ok(connection.execute("UPDATE log_head SET position = 9", [])))
             .await

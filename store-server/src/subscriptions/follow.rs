@@ -100,20 +100,20 @@ impl Follower {
             // Subscribe before reading storage: whatever commits while we read is either
             // in what we read or in what the broadcast gives us next.
             let mut live = hub.subscribe();
-            let head = self.catch_up(store).await?;
+            let head = self.catch_up(store, hub).await?;
             if !caught_up {
                 caught_up = true;
                 sse::named(&mut self.pending, "caught-up", &json!({ "position": head }));
                 self.flush().await?;
             }
-            self.live(&mut live).await?;
+            self.live(&mut live, hub).await?;
             // The broadcast left us behind, or skipped: storage has what we missed.
             self.metrics.subscription_catchup_fallbacks_total.inc();
         }
     }
 
     /// Reads storage from where we are to the head as it stands; answers that head.
-    async fn catch_up(&mut self, store: &dyn Store) -> Result<Position, Stopped> {
+    async fn catch_up(&mut self, store: &dyn Store, hub: &Hub) -> Result<Position, Stopped> {
         loop {
             let query = LogQuery {
                 filter: self.filter.clone(),
@@ -132,7 +132,7 @@ impl Follower {
                 }
             };
             for event in &page.events {
-                self.deliver(event);
+                self.deliver(event, hub);
             }
             // A filtered read skipped what did not match: up to the next match, or the head.
             let scanned = page.next.map_or(page.head, |next| Position(next.0 - 1));
@@ -149,6 +149,7 @@ impl Follower {
     async fn live(
         &mut self,
         live: &mut tokio::sync::broadcast::Receiver<Batch>,
+        hub: &Hub,
     ) -> Result<(), Stopped> {
         loop {
             let checkpoint_due = self.checkpoint_due();
@@ -172,7 +173,12 @@ impl Follower {
                         if event.position <= self.scanned {
                             continue; // already read from storage
                         }
-                        if self.filter.matches(event) {
+                        if !self.filter.matches(event) {
+                            continue;
+                        }
+                        if hub.erased_since(event) {
+                            self.deliver(event, hub);
+                        } else {
                             self.pending.extend_from_slice(encoded.message());
                             self.delivered(event.position);
                         }
@@ -190,8 +196,15 @@ impl Follower {
         }
     }
 
-    fn deliver(&mut self, event: &RecordedEvent) {
-        sse::event(&mut self.pending, event);
+    /// Encodes and delivers `event`; as erased, if its subject was erased since it was read.
+    fn deliver(&mut self, event: &RecordedEvent, hub: &Hub) {
+        if hub.erased_since(event) {
+            let mut erased = event.clone();
+            erased.erase();
+            sse::event(&mut self.pending, &erased);
+        } else {
+            sse::event(&mut self.pending, event);
+        }
         self.delivered(event.position);
     }
 

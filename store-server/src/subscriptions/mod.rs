@@ -11,7 +11,10 @@ mod sse;
 
 pub use follow::{Subscription, follow};
 
-use crate::protocol::{Position, RecordedEvent};
+use crate::protocol::{
+    DATA_SUBJECT_ERASED, DATA_SUBJECTS_STREAM, DataSubject, DataSubjectErased, Position,
+    RecordedEvent,
+};
 use crate::store::{Direction, Filter, LogQuery, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +111,37 @@ impl Default for Limits {
 pub struct Hub {
     batches: broadcast::Sender<Batch>,
     committed: watch::Sender<Position>,
+    /// Every position up to here was read by the tailer (or had nobody to deliver to).
+    tailed: watch::Sender<Position>,
+    /// Erasures the tailer read, so that a subscriber still behind them (its batch taken
+    /// from the broadcast or its page read before the erasure) delivers the subject's
+    /// earlier events as erased.
+    erasures: std::sync::Mutex<Erasures>,
+}
+
+/// How many recent erasures the hub remembers: far more than a broadcast of
+/// [`BROADCAST_BATCHES_MAX`] batches can hold events of.
+const ERASURES_REMEMBERED: usize = 100_000;
+
+/// Recent erasures: each subject's latest, and all of them by position, oldest first.
+#[derive(Default)]
+struct Erasures {
+    by_subject: std::collections::HashMap<DataSubject, Position>,
+    by_position: std::collections::BTreeMap<Position, DataSubject>,
+}
+
+impl Erasures {
+    fn record(&mut self, subject: DataSubject, position: Position) {
+        if let Some(earlier) = self.by_subject.insert(subject.clone(), position) {
+            self.by_position.remove(&earlier);
+        }
+        self.by_position.insert(position, subject);
+        while self.by_position.len() > ERASURES_REMEMBERED {
+            if let Some((_, oldest)) = self.by_position.pop_first() {
+                self.by_subject.remove(&oldest);
+            }
+        }
+    }
 }
 
 impl Hub {
@@ -122,10 +156,54 @@ impl Hub {
         let elsewhere = Arc::new(Notify::new());
         store.watch_commits(elsewhere.clone(), shutdown.clone());
         let (committed, here) = watch::channel(head);
-        let hub = Arc::new(Self { batches: batches.clone(), committed });
+        let hub = Arc::new(Self {
+            batches,
+            committed,
+            tailed: watch::Sender::new(head),
+            erasures: Default::default(),
+        });
         let wakes = Wakes { here, elsewhere, shutdown };
-        let task = tokio::spawn(tail(store, batches, wakes, head, limits));
+        let task = tokio::spawn(tail(store, hub.clone(), wakes, head, limits));
         (hub, task)
+    }
+
+    /// Waits, at most `timeout`, until the tailer has read past `position`; answers whether
+    /// it did.
+    pub async fn tailed_past(&self, position: Position, timeout: Duration) -> bool {
+        let mut tailed = self.tailed.subscribe();
+        tokio::time::timeout(timeout, tailed.wait_for(|&at| at >= position))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Whether `event`'s data subject was erased after it, as far as the tailer has read.
+    pub fn erased_since(&self, event: &RecordedEvent) -> bool {
+        let Some(subject) = &event.data_subject else { return false };
+        if event.erased {
+            return false;
+        }
+        let erasures = self.erasures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        erasures.by_subject.get(subject).is_some_and(|&at| at > event.position)
+    }
+
+    /// Remembers the erasures among `events`, before they are broadcast.
+    fn record_erasures(&self, events: &[RecordedEvent]) {
+        let erasures = events.iter().filter(|e| {
+            e.event_type.as_str() == DATA_SUBJECT_ERASED
+                && e.stream.as_str() == DATA_SUBJECTS_STREAM
+        });
+        for event in erasures {
+            match serde_json::from_str::<DataSubjectErased>(event.data.get()) {
+                Ok(erased) => self
+                    .erasures
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .record(erased.data_subject, event.position),
+                Err(err) => {
+                    warn!(position = %event.position, %err, "an erasure event does not say whose")
+                }
+            }
+        }
     }
 
     /// A receiver of every batch broadcast from now on.
@@ -150,11 +228,12 @@ struct Wakes {
 
 async fn tail(
     store: Arc<dyn Store>,
-    batches: broadcast::Sender<Batch>,
+    hub: Arc<Hub>,
     mut wakes: Wakes,
     mut last: Position,
     limits: Limits,
 ) {
+    let batches = &hub.batches;
     // Polling finds commits whose notification was lost (behind poolers, across reconnects).
     let mut poll = tokio::time::interval(limits.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -167,6 +246,7 @@ async fn tail(
                 let head = *wakes.here.borrow_and_update();
                 if batches.receiver_count() == 0 {
                     last = head.max(last);
+                    hub.tailed.send_replace(last);
                     continue;
                 }
             }
@@ -182,6 +262,7 @@ async fn tail(
             match store.head().await {
                 Ok(head) if batches.receiver_count() == 0 => {
                     last = head.max(last);
+                    hub.tailed.send_replace(last);
                     continue;
                 }
                 Ok(_) => {}
@@ -204,10 +285,12 @@ async fn tail(
                     // Read up to the next page, or (at the end) up to the head.
                     let through = page.next.map_or(page.head, |next| Position(next.0 - 1));
                     if through > last {
+                        hub.record_erasures(&page.events);
                         let events = page.events.into_iter().map(Encoded::new).collect();
                         // No receiver left is fine: there is nobody to deliver to.
                         let _ = batches.send(Arc::new(Stretch { after: last, through, events }));
                         last = through;
+                        hub.tailed.send_replace(last);
                     }
                     if page.next.is_none() {
                         break;

@@ -2,9 +2,11 @@
 //! under the log head's row lock.
 
 use super::NOTIFY_CHANNEL;
+use crate::crypto::MasterKey;
 use crate::decide::Command;
 use crate::protocol::Timestamp;
-use crate::store::rows::{STREAM_COLUMNS, batch_keys, snapshot, to_i64, to_sql};
+use crate::store::personal::{self, SUBJECT_COLUMNS};
+use crate::store::rows::{STREAM_COLUMNS, batch_keys, batch_subjects, snapshot, to_i64, to_sql};
 use crate::store::{Committed, Error};
 use tokio_postgres::types::ToSql;
 
@@ -16,14 +18,16 @@ pub(super) async fn commit(
     batch: &[Command],
     recorded_at: Timestamp,
     instance: &str,
+    master: Option<&MasterKey>,
 ) -> Result<Committed, Error> {
     let statements = Statements::prepare(client).await?;
     let (streams, ids) = batch_keys(batch);
+    let subjects = batch_subjects(batch);
     let streams: Vec<&str> = streams.iter().map(|s| s.as_str()).collect();
     let streams_params: [&(dyn ToSql + Sync); 1] = [&streams];
 
     // Round trip 1: BEGIN, lock, read what the decisions need.
-    let ((), head, heads, stored) = tokio::try_join!(
+    let ((), head, heads, stored, subject_rows) = tokio::try_join!(
         client.batch_execute("BEGIN"),
         // The log head's row lock serialises every writer on this database, across server
         // instances: positions are handed out while it is held and become visible at commit
@@ -36,13 +40,22 @@ pub(super) async fn commit(
                 false => client.query(&statements.stored_ids, &[&ids]).await,
             }
         },
+        async {
+            match subjects.is_empty() {
+                true => Ok(Vec::new()),
+                false => client.query(&statements.subjects, &[&subjects]).await,
+            }
+        },
     )?;
+    let subject_rows: Vec<_> = subject_rows.iter().map(super::personal::subject_row).collect();
     let snapshot = snapshot(
         head.get(0),
         heads.iter().map(super::stream_row).collect(),
         stored.iter().map(|row| (row.get(0), row.get(1), row.get(2), row.get(3))).collect(),
+        &subject_rows,
     )?;
     let decision = crate::decide::decide(batch, snapshot);
+    let sealed = personal::seal(&decision, &subject_rows, master)?;
     if !decision.writes() {
         client.batch_execute("COMMIT").await?;
         return Ok(Committed { outcomes: decision.outcomes, head: None });
@@ -72,13 +85,21 @@ pub(super) async fn commit(
     let event_ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id.0).collect();
     let types: Vec<&str> = rows.iter().map(|r| r.event.event_type.as_str()).collect();
     let versions: Vec<i32> = rows.iter().map(|r| schema_version(r.event.schema_version)).collect();
-    let data: Vec<&str> = rows.iter().map(|r| r.event.data.get()).collect();
+    // Sealed data leaves the plain `data` column empty.
+    let data: Vec<&str> = rows
+        .iter()
+        .zip(&sealed.rows)
+        .map(|(r, sealed)| if sealed.is_some() { "" } else { r.event.data.get() })
+        .collect();
+    let data_subjects: Vec<Option<&str>> =
+        rows.iter().map(|r| r.event.data_subject.as_ref().map(|s| s.as_str())).collect();
+    let sealed_data: Vec<Option<&[u8]>> = sealed.rows.iter().map(|s| s.as_deref()).collect();
     let metadata: Vec<Option<&str>> =
         rows.iter().map(|r| r.event.metadata.as_ref().map(|m| m.get())).collect();
     let head_states = stream_states(&decision.streams);
     let new_head = to_i64(decision.head.0);
     let at = recorded_at.to_offset_date_time();
-    let event_params: [&(dyn ToSql + Sync); 10] = [
+    let event_params: [&(dyn ToSql + Sync); 12] = [
         &positions,
         &stream_names,
         &categories,
@@ -88,14 +109,24 @@ pub(super) async fn commit(
         &versions,
         &data,
         &metadata,
+        &data_subjects,
+        &sealed_data,
         &at,
     ];
+    let keys = SubjectKeys::of(&sealed.subjects);
+    let keys_params = keys.params();
     let heads_params = head_states.params();
     let log_head_params: [&(dyn ToSql + Sync); 1] = [&new_head];
     // One notification per group commit, not per event: NOTIFY serialises commits.
     let notify_params: [&(dyn ToSql + Sync); 2] = [&NOTIFY_CHANNEL, &instance];
     tokio::try_join!(
         client.execute(&statements.insert_events, &event_params),
+        async {
+            match keys.subjects.is_empty() {
+                true => Ok(0),
+                false => client.execute(&statements.upsert_subjects, &keys_params).await,
+            }
+        },
         client.execute(&statements.upsert_streams, &heads_params),
         client.execute(&statements.advance_log_head, &log_head_params),
         client.execute(&statements.notify, &notify_params),
@@ -143,12 +174,37 @@ impl StreamStates<'_> {
     }
 }
 
+/// The subject keys a batch created or destroyed, column by column.
+struct SubjectKeys<'a> {
+    subjects: Vec<&'a str>,
+    key_since: Vec<Option<i64>>,
+    wrapped_keys: Vec<Option<&'a [u8]>>,
+    master_key_ids: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> SubjectKeys<'a> {
+    fn of(writes: &'a [personal::SubjectWrite<'a>]) -> Self {
+        Self {
+            subjects: writes.iter().map(|w| w.subject).collect(),
+            key_since: writes.iter().map(|w| w.key_since).collect(),
+            wrapped_keys: writes.iter().map(|w| w.wrapped_key.as_deref()).collect(),
+            master_key_ids: writes.iter().map(|w| w.master_key_id.as_deref()).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 4] {
+        [&self.subjects, &self.key_since, &self.wrapped_keys, &self.master_key_ids]
+    }
+}
+
 /// The write path's statements, prepared once per connection (then cached by the pool).
 struct Statements {
     lock: tokio_postgres::Statement,
     stream_heads: tokio_postgres::Statement,
     stored_ids: tokio_postgres::Statement,
+    subjects: tokio_postgres::Statement,
     insert_events: tokio_postgres::Statement,
+    upsert_subjects: tokio_postgres::Statement,
     upsert_streams: tokio_postgres::Statement,
     advance_log_head: tokio_postgres::Statement,
     notify: tokio_postgres::Statement,
@@ -157,11 +213,15 @@ struct Statements {
 impl Statements {
     async fn prepare(client: &deadpool_postgres::Client) -> Result<Self, Error> {
         let stream_heads = format!("SELECT {STREAM_COLUMNS} FROM streams s WHERE s.name = ANY($1)");
+        let subjects =
+            format!("SELECT {SUBJECT_COLUMNS} FROM data_subjects WHERE subject = ANY($1)");
         let (
             lock,
             stream_heads,
             stored_ids,
+            subjects,
             insert_events,
+            upsert_subjects,
             upsert_streams,
             advance_log_head,
             notify,
@@ -171,12 +231,20 @@ impl Statements {
             client.prepare_cached(
                 "SELECT id, stream, revision, position FROM events WHERE id = ANY($1)"
             ),
+            client.prepare_cached(&subjects),
             client.prepare_cached(
                 "INSERT INTO events (position, stream, category, revision, id, type,
-                                     schema_version, data, metadata, recorded_at)
-                 SELECT e.*, $10 FROM UNNEST($1::bigint[], $2::text[], $3::text[],
-                     $4::bigint[], $5::uuid[], $6::text[], $7::int4[], $8::text[], $9::text[])
-                     AS e"
+                                     schema_version, data, metadata, data_subject, sealed,
+                                     recorded_at)
+                 SELECT e.*, $12 FROM UNNEST($1::bigint[], $2::text[], $3::text[],
+                     $4::bigint[], $5::uuid[], $6::text[], $7::int4[], $8::text[], $9::text[],
+                     $10::text[], $11::bytea[]) AS e"
+            ),
+            client.prepare_cached(
+                "INSERT INTO data_subjects (subject, key_since, wrapped_key, master_key_id)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bytea[], $4::bytea[])
+                 ON CONFLICT (subject) DO UPDATE SET key_since = EXCLUDED.key_since,
+                     wrapped_key = EXCLUDED.wrapped_key, master_key_id = EXCLUDED.master_key_id"
             ),
             client.prepare_cached(
                 "INSERT INTO streams (name, revision, deleted, max_count, max_age_seconds,
@@ -195,7 +263,9 @@ impl Statements {
             lock,
             stream_heads,
             stored_ids,
+            subjects,
             insert_events,
+            upsert_subjects,
             upsert_streams,
             advance_log_head,
             notify,

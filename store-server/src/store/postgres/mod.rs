@@ -6,6 +6,7 @@
 
 mod commit;
 mod listen;
+mod personal;
 mod read;
 mod retention;
 
@@ -14,10 +15,11 @@ use super::{
     Backend, Committed, Error, LogQuery, Removable, Scavenged, Store, StoredConsumer, StreamQuery,
     StreamRead, migrations,
 };
+use crate::crypto::MasterKey;
 use crate::decide::{Command, StreamState};
 use crate::protocol::{
-    Category, CategoryRetention, ConsumerConflict, ConsumerName, Page, Position, SetConsumer,
-    StreamName, Timestamp,
+    Category, CategoryRetention, ConsumerConflict, ConsumerName, DataSubject, DataSubjectInfo,
+    Page, Position, SetConsumer, StreamName, Timestamp,
 };
 use deadpool_postgres::PoolError;
 use deadpool_postgres::{GenericClient, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -78,6 +80,8 @@ pub struct Postgres {
     refused_until: std::sync::Mutex<Option<Instant>>,
     /// The scavenger's advisory lock session.
     scavenger: retention::ScavengerLock,
+    /// Seals and opens personal data.
+    master: Option<Arc<MasterKey>>,
 }
 
 /// How long a refused connection keeps the pool from opening new ones: meanwhile requests
@@ -93,7 +97,10 @@ impl Postgres {
     /// # Errors
     /// The URL is malformed, the database cannot be reached, it has `fsync` or
     /// `synchronous_commit` off (without `allow_async_commit`), or a migration fails.
-    pub async fn open(options: &PostgresOptions) -> Result<Self, Error> {
+    pub async fn open(
+        options: &PostgresOptions,
+        master: Option<Arc<MasterKey>>,
+    ) -> Result<Self, Error> {
         let mut config: tokio_postgres::Config = options.url.parse()?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(options.connect_timeout);
@@ -134,6 +141,7 @@ impl Postgres {
             connect_timeout: options.connect_timeout,
             refused_until: std::sync::Mutex::new(None),
             scavenger: retention::ScavengerLock::default(),
+            master,
         })
     }
 }
@@ -216,7 +224,8 @@ impl Store for Postgres {
         recorded_at: Timestamp,
     ) -> Result<Committed, Error> {
         let client = self.connection().await?;
-        let result = commit::commit(&client, &batch, recorded_at, &self.instance).await;
+        let master = self.master.as_deref();
+        let result = commit::commit(&client, &batch, recorded_at, &self.instance, master).await;
         if result.is_err() {
             // Its transaction may still be open: this connection never goes back to the pool.
             let _ = deadpool_postgres::Object::take(client);
@@ -238,7 +247,7 @@ impl Store for Postgres {
     }
 
     async fn read_stream(&self, query: StreamQuery, now: Timestamp) -> Result<StreamRead, Error> {
-        read::stream(&self.connection().await?, query, now).await
+        read::stream(&self.connection().await?, query, now, self.master.as_deref()).await
     }
 
     async fn stream_state(&self, stream: &StreamName) -> Result<Option<StreamState>, Error> {
@@ -273,7 +282,7 @@ impl Store for Postgres {
     }
 
     async fn read_log(&self, query: LogQuery) -> Result<Page<Position>, Error> {
-        read::log(&self.connection().await?, query).await
+        read::log(&self.connection().await?, query, self.master.as_deref()).await
     }
 
     async fn head(&self) -> Result<Position, Error> {
@@ -289,6 +298,18 @@ impl Store for Postgres {
             .await?;
         let row = client.query_one(&stmt, &[&to_i64(after.0), &to_i64(through.0)]).await?;
         to_u64(row.get(0), 0, "count")
+    }
+
+    async fn check_key(&self) -> Result<(), Error> {
+        personal::check_key(&mut self.connection().await?, self.master.as_deref()).await
+    }
+
+    async fn data_subject(&self, subject: &DataSubject) -> Result<Option<DataSubjectInfo>, Error> {
+        personal::data_subject(&self.connection().await?, subject).await
+    }
+
+    async fn rotate_key(&self, old: &MasterKey, new: &MasterKey) -> Result<u64, Error> {
+        personal::rotate_key(&mut self.connection().await?, old, new).await
     }
 
     async fn consumers(&self) -> Result<Vec<StoredConsumer>, Error> {

@@ -1,6 +1,7 @@
 //! Reads on PostgreSQL. Each pipelines the log head before its events, so the page's head
 //! covers every event the read could see.
 
+use crate::crypto::MasterKey;
 use crate::protocol::{Page, Position, Timestamp};
 use crate::store::retention;
 use crate::store::rows::{EVENT_COLUMNS, EventRow, PageBuilder, to_i64};
@@ -15,6 +16,7 @@ pub(super) async fn stream(
     client: &Client,
     query: StreamQuery,
     now: Timestamp,
+    master: Option<&MasterKey>,
 ) -> Result<StreamRead, Error> {
     let order = match query.direction {
         Direction::Forward => "",
@@ -51,11 +53,16 @@ pub(super) async fn stream(
         [&name, &visible.low, &visible.high, &since, &limit];
     let events = client.query_raw(&events_stmt, events_params).await?;
     let page = PageBuilder::new(query.limit, query.bytes_max, |e| e.revision);
-    fill(page, events).await?.finish(head.get(0)).map(StreamRead::Page)
+    let page = fill(page, events).await?.finish(head.get(0))?;
+    super::personal::open_page(client, page, master).await.map(StreamRead::Page)
 }
 
 /// The log by position, filtered.
-pub(super) async fn log(client: &Client, query: LogQuery) -> Result<Page<Position>, Error> {
+pub(super) async fn log(
+    client: &Client,
+    query: LogQuery,
+    master: Option<&MasterKey>,
+) -> Result<Page<Position>, Error> {
     let sql = sql::read_log(&query, Dialect::Postgres);
     let params: Vec<&(dyn ToSql + Sync)> = sql
         .params
@@ -74,7 +81,8 @@ pub(super) async fn log(client: &Client, query: LogQuery) -> Result<Page<Positio
         client.query_raw(&events_stmt, params),
     )?;
     let page = PageBuilder::new(query.limit, query.bytes_max, |e| e.position);
-    fill(page, events).await?.finish(head.get(0))
+    let page = fill(page, events).await?.finish(head.get(0))?;
+    super::personal::open_page(client, page, master).await
 }
 
 /// Takes rows from `rows` as they arrive, no further than the page takes: what is left is
@@ -112,5 +120,7 @@ fn event_row(row: &tokio_postgres::Row) -> EventRow {
         data: row.get(6),
         metadata: row.get(7),
         recorded_at: Some(recorded_at.into()),
+        data_subject: row.get(9),
+        sealed: row.get(10),
     }
 }
