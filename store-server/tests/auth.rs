@@ -313,6 +313,8 @@ fn api_access_table() -> Vec<(Method, &'static str, Access)> {
         (Method::GET, "/categories/{category}/metadata", Category(Read)),
         (Method::PUT, "/categories/{category}/metadata", Category(Delete)),
         (Method::DELETE, "/streams/{stream}", Stream(Delete)),
+        (Method::GET, "/data-subjects/{subject}", Everything(Delete)),
+        (Method::DELETE, "/data-subjects/{subject}", Everything(Delete)),
         (Method::GET, "/health/live", Public),
         (Method::GET, "/health/ready", Public),
         (Method::GET, "/openapi.json", Public),
@@ -325,7 +327,7 @@ fn api_access_table() -> Vec<(Method, &'static str, Access)> {
 fn paths(template: &str) -> Vec<(String, bool)> {
     let fill = |stream: &str, category: &str, consumer: &str| {
         let path = template.replace("{stream}", stream).replace("{category}", category);
-        path.replace("{name}", consumer)
+        path.replace("{name}", consumer).replace("{subject}", "c-1")
     };
     let wait = |path: String| match path.ends_with("/wait") {
         true => path + "?position=0&timeout_ms=1",
@@ -375,6 +377,8 @@ async fn every_route_answers_each_token_as_the_access_table_says() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::sqlite(dir.path());
     config.auth = Some(Arc::new(Tokens::parse(&file).unwrap()));
+    let key = store_server::crypto::MasterKey::generate_hex();
+    let config = config.with_encryption(store_server::crypto::MasterKey::from_hex(&key).unwrap());
     let started = store_server::server::start(&config).await.unwrap();
     let call = |method: Method, path: &str, token: Option<&str>| {
         let mut request = axum::http::Request::builder().method(method.clone()).uri(path);
@@ -382,7 +386,10 @@ async fn every_route_answers_each_token_as_the_access_table_says() {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         let body = match method {
-            Method::POST => json!({"events": [{"type": "E", "data": 1}]}).to_string(),
+            // Every append names data subject `c-1`, so that it exists.
+            Method::POST => {
+                json!({"events": [{"type": "E", "data": 1, "data_subject": "c-1"}]}).to_string()
+            }
             Method::PUT if path.ends_with("/metadata") => json!({}).to_string(),
             Method::PUT => json!({"position": 1}).to_string(),
             _ => String::new(),
