@@ -117,8 +117,10 @@ impl CommandHandler {
             self.client.read_stream(stream, &StreamRead::forward().from(from).limit(1000)).await?
         {
             for event in &page.events {
-                // The server's own records (a truncation) are not the aggregate's events.
-                if !event.event_type.as_str().starts_with('$') {
+                // The server's own records (a truncation) are not the aggregate's events, and
+                // an erased event's data is gone: keep what decisions need out of personal
+                // data, and the aggregate rebuilds from the rest.
+                if !event.event_type.as_str().starts_with('$') && !event.erased {
                     aggregate.apply(&self.upcasters.decode(event)?);
                 }
                 revision = Some(event.revision);

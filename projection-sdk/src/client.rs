@@ -3,9 +3,9 @@
 use crate::backoff::Backoff;
 use crate::protocol::{
     AppendRequest, AppendResult, Category, CategoryMetadata, CategoryRetention, Consumer,
-    ConsumerConflict, ConsumerName, ConsumerWait, Deletion, Direction, EventId, EventType,
-    ExpectedRevision, NewEvent, Page, Position, Problem, ProblemType, SetConsumer, StreamMetadata,
-    StreamName, StreamRetention, StreamRevision,
+    ConsumerConflict, ConsumerName, ConsumerWait, DataSubject, DataSubjectInfo, Deletion,
+    Direction, EventId, EventType, ExpectedRevision, NewEvent, Page, Position, Problem,
+    ProblemType, SetConsumer, StreamMetadata, StreamName, StreamRetention, StreamRevision,
 };
 use crate::subscription::{Subscription, Target};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -410,6 +410,46 @@ impl Client {
             deletion == Deletion::Hard
         );
         self.send(self.request(Method::DELETE, &path), Retry::Never).await
+    }
+
+    /// What the store holds of a data subject; `None` when no event ever named it.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] or [`Error::Http`].
+    pub async fn data_subject(
+        &self,
+        subject: &DataSubject,
+    ) -> Result<Option<DataSubjectInfo>, Error> {
+        let path = format!("/data-subjects/{}", encode(subject.as_str()));
+        match self.send(self.request(Method::GET, &path), Retry::Safe).await {
+            Err(Error::Problem(problem))
+                if problem.kind() == Some(ProblemType::DataSubjectNotFound) =>
+            {
+                Ok(None)
+            }
+            other => other.map(Some),
+        }
+    }
+
+    /// Erases a data subject: the server destroys its key, so every event appended with it
+    /// reads with `data: null` and `erased`, and records `$data-subject-erased` in
+    /// `$data-subjects` for read models to drop their copies. Erasing an erased subject is
+    /// fine (and records nothing), so this is retried.
+    ///
+    /// ```no_run
+    /// # async fn example(client: projection_sdk::Client) -> Result<(), projection_sdk::Error> {
+    /// use projection_sdk::protocol::DataSubject;
+    ///
+    /// client.erase_data_subject(&DataSubject::new("customer-42").unwrap()).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Problem`] (`data-subject-not-found` when no event ever named it) or
+    /// [`Error::Http`].
+    pub async fn erase_data_subject(&self, subject: &DataSubject) -> Result<(), Error> {
+        let path = format!("/data-subjects/{}", encode(subject.as_str()));
+        self.send(self.request(Method::DELETE, &path), Retry::Safe).await
     }
 
     /// A stream's retention and deletion state; `None` for a stream never written.

@@ -117,7 +117,8 @@ impl Upcasters {
         version
     }
 
-    /// The event's data at the latest version of its type.
+    /// The event's data at the latest version of its type; `null`, untouched, for an event
+    /// whose data subject was erased.
     ///
     /// # Errors
     /// [`UpcastError`] when a step fails.
@@ -128,6 +129,10 @@ impl Upcasters {
             from_version,
             reason,
         };
+        // Erased data is gone: there is nothing to bring up to date.
+        if event.erased {
+            return Ok(Value::Null);
+        }
         let mut data: Value = serde_json::from_str(event.data.get())
             .map_err(|e| fail(event.schema_version.get(), e.to_string()))?;
         let mut version = event.schema_version.get();

@@ -20,8 +20,8 @@ pub use client::{
 };
 pub use events::{EventError, UpcastError, Upcasters};
 pub use projection::{
-    BATCH_EVENTS_MAX_DEFAULT, DeadLetter, Envelope, HANDLER_RETRY_DEFAULT, Handler, HandlerError,
-    InPostgres, OnFailure, OnServer, Options, Projection, Recorded, RunError, Runner,
+    BATCH_EVENTS_MAX_DEFAULT, DeadLetter, Envelope, Erased, HANDLER_RETRY_DEFAULT, Handler,
+    HandlerError, InPostgres, OnFailure, OnServer, Options, Projection, Recorded, RunError, Runner,
     RunnerOptions, ServerRunner, ServerRunnerOptions,
 };
 pub use subscription::{Message, Subscription, Target};

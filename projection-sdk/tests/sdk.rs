@@ -810,3 +810,115 @@ async fn the_client_deletes_and_sets_retention_and_runners_hand_system_events_to
     );
     server.stop().await;
 }
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", content = "data")]
+enum CustomerEvent {
+    Registered { name: String },
+}
+
+/// Names by customer, as a read model that copies personal data keeps them.
+#[derive(Default)]
+struct Names {
+    consumer: &'static str,
+    names: std::collections::BTreeMap<String, String>,
+    erased_seen: Vec<String>,
+}
+
+#[async_trait::async_trait]
+impl projection_sdk::Handler for Names {
+    type Event = CustomerEvent;
+
+    fn name(&self) -> &str {
+        self.consumer
+    }
+
+    fn target(&self) -> Target {
+        Target::All { types: vec![EventType::new("Registered").unwrap()] }
+    }
+
+    async fn apply(&mut self, event: &Envelope<CustomerEvent>) -> Result<(), HandlerError> {
+        let subject = event.data_subject.as_ref().map(|s| s.to_string());
+        match &event.event {
+            Recorded::Event(CustomerEvent::Registered { name }) => {
+                self.names.insert(subject.expect("a subject"), name.clone());
+            }
+            Recorded::Erased(erased) => {
+                assert_eq!(erased.event_type.as_str(), "Registered");
+                self.erased_seen.push(erased.data_subject.to_string());
+            }
+            Recorded::DataSubjectErased(erased) => {
+                self.names.remove(erased.data_subject.as_str());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_hand_erased_events_and_erasures_typed_and_upcasters_leave_them_alone() {
+    use projection_sdk::ServerRunner;
+    use projection_sdk::protocol::DataSubject;
+    let dir = tempfile::tempdir().unwrap();
+    let key = store_server::crypto::MasterKey::generate_hex();
+    let config = store_server::config::Config::sqlite(dir.path())
+        .with_encryption(store_server::crypto::MasterKey::from_hex(&key).unwrap());
+    let server = TestServer::start(config).await;
+    let client = Client::new(&server.url);
+    for (id, name) in [("c-1", "Ada"), ("c-2", "Grace")] {
+        let registered =
+            NewEvent::new(EventType::new("Registered").unwrap(), &json!({"name": name}))
+                .unwrap()
+                .about(DataSubject::new(id).unwrap());
+        let stream = StreamName::new(format!("customer-{id}")).unwrap();
+        client.append(&stream, ExpectedRevision::Any, vec![registered]).await.unwrap();
+    }
+    let quick = ServerRunnerOptions::default();
+    let names = Names { consumer: "names", ..Names::default() };
+    let mut runner =
+        ServerRunner::new(names, client.clone(), Upcasters::new(), quick.clone()).await.unwrap();
+    let reached = |consumer: &'static str, position: u64| {
+        let client = client.clone();
+        async move {
+            let name = projection_sdk::protocol::ConsumerName::new(consumer).unwrap();
+            while client
+                .consumer(&name)
+                .await
+                .unwrap()
+                .is_none_or(|c| c.position < Position(position))
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    runner.run(reached("names", 2)).await.unwrap();
+    assert_eq!(runner.handler().names.len(), 2);
+
+    let ada = DataSubject::new("c-1").unwrap();
+    client.erase_data_subject(&ada).await.unwrap();
+    client.erase_data_subject(&ada).await.unwrap();
+    let info = client.data_subject(&ada).await.unwrap().unwrap();
+    assert!(info.erased && info.events == 1, "{info:?}");
+    assert!(client.data_subject(&DataSubject::new("nobody").unwrap()).await.unwrap().is_none());
+    runner.run(reached("names", 3)).await.unwrap();
+    assert_eq!(runner.handler().names.keys().collect::<Vec<_>>(), ["c-2"], "the copy is dropped");
+
+    // A rebuild from the start is handed the erased event as such.
+    let names = Names { consumer: "names-rebuilt", ..Names::default() };
+    let mut rebuilt =
+        ServerRunner::new(names, client.clone(), Upcasters::new(), quick).await.unwrap();
+    rebuilt.run(reached("names-rebuilt", 3)).await.unwrap();
+    assert_eq!(rebuilt.handler().erased_seen, ["c-1"]);
+    assert_eq!(rebuilt.handler().names.keys().collect::<Vec<_>>(), ["c-2"]);
+    let page = client
+        .read_stream(&StreamName::new("customer-c-1").unwrap(), &StreamRead::forward())
+        .await
+        .unwrap()
+        .unwrap();
+    let erased = &page.events[0];
+    assert!(erased.erased && erased.data.get() == "null");
+    let never = Upcasters::new().register("Registered", 1, |_| Err("run on erased data".into()));
+    assert_eq!(never.upcast(erased), Ok(serde_json::Value::Null));
+    server.stop().await;
+}

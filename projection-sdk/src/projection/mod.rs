@@ -14,8 +14,9 @@ use crate::backoff::Backoff;
 use crate::client::Error;
 use crate::events::{EventError, Upcasters};
 use crate::protocol::{
-    EventId, EventType, Position, RecordedEvent, STREAM_DELETED, STREAM_TRUNCATED, StreamDeleted,
-    StreamName, StreamRevision, StreamTruncated, Timestamp,
+    DATA_SUBJECT_ERASED, DataSubject, DataSubjectErased, EventId, EventType, Position,
+    RecordedEvent, STREAM_DELETED, STREAM_TRUNCATED, SchemaVersion, StreamDeleted, StreamName,
+    StreamRevision, StreamTruncated, Timestamp,
 };
 use crate::subscription::{Message, Subscription, Target};
 use futures_util::{FutureExt, StreamExt};
@@ -59,6 +60,23 @@ pub enum Recorded<E> {
     StreamDeleted(StreamDeleted),
     /// `$stream-truncated`: the stream's events before `before` are removed.
     StreamTruncated(StreamTruncated),
+    /// One of its domain events whose data subject was erased: its data is gone.
+    Erased(Erased),
+    /// `$data-subject-erased` (in the stream `$data-subjects`): every event of the subject
+    /// now reads as erased; drop what the read model holds of it. A projection hears of it
+    /// when it follows the log ([`Target::All`]), not only a category.
+    DataSubjectErased(DataSubjectErased),
+}
+
+/// What is left of a domain event whose data subject was erased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erased {
+    /// Its type.
+    pub event_type: EventType,
+    /// Its schema version.
+    pub schema_version: SchemaVersion,
+    /// Whose it was.
+    pub data_subject: DataSubject,
 }
 
 /// A decoded event and where it came from.
@@ -76,6 +94,9 @@ pub struct Envelope<E> {
     pub id: EventId,
     /// When it was committed.
     pub recorded_at: Timestamp,
+    /// Whose personal data it holds, if anyone's: a read model that copies the data keys
+    /// its rows by this, to drop them on [`Recorded::DataSubjectErased`].
+    pub data_subject: Option<DataSubject>,
 }
 
 /// A read model in PostgreSQL, fed by the log.
@@ -362,7 +383,7 @@ async fn next_batch(
 pub(crate) fn with_system_events(target: Target) -> Target {
     let add = |mut types: Vec<EventType>| {
         if !types.is_empty() {
-            for system in [STREAM_DELETED, STREAM_TRUNCATED] {
+            for system in [STREAM_DELETED, STREAM_TRUNCATED, DATA_SUBJECT_ERASED] {
                 types.push(EventType::new(system).expect("system event types are valid"));
             }
         }
@@ -391,7 +412,17 @@ pub(crate) fn envelope<E: DeserializeOwned>(
         STREAM_TRUNCATED => {
             Recorded::StreamTruncated(serde_json::from_str(event.data.get()).map_err(system)?)
         }
-        _ => Recorded::Event(upcasters.decode(event)?),
+        DATA_SUBJECT_ERASED => {
+            Recorded::DataSubjectErased(serde_json::from_str(event.data.get()).map_err(system)?)
+        }
+        _ => match (&event.data_subject, event.erased) {
+            (Some(subject), true) => Recorded::Erased(Erased {
+                event_type: event.event_type.clone(),
+                schema_version: event.schema_version,
+                data_subject: subject.clone(),
+            }),
+            _ => Recorded::Event(upcasters.decode(event)?),
+        },
     };
     Ok(Envelope {
         event: decoded,
@@ -400,5 +431,6 @@ pub(crate) fn envelope<E: DeserializeOwned>(
         revision: event.revision,
         id: event.id,
         recorded_at: event.recorded_at,
+        data_subject: event.data_subject.clone(),
     })
 }

@@ -76,6 +76,21 @@ impl NewEvent {
         })
     }
 
+    /// The same event, its data about `subject`: the server seals it under that subject's
+    /// key, and erasing the subject erases it.
+    ///
+    /// ```
+    /// use store_server::protocol::{DataSubject, EventType, NewEvent};
+    ///
+    /// let event = NewEvent::new(EventType::new("Registered").unwrap(), &serde_json::json!({"name": "Ada"}))
+    ///     .unwrap()
+    ///     .about(DataSubject::new("customer-42").unwrap());
+    /// assert_eq!(event.data_subject.unwrap().as_str(), "customer-42");
+    /// ```
+    pub fn about(self, subject: DataSubject) -> Self {
+        Self { data_subject: Some(subject), ..self }
+    }
+
     /// Bytes of payload the event carries (data and metadata), for the per-event limit.
     pub fn payload_bytes(&self) -> usize {
         self.data.get().len() + self.metadata.as_ref().map_or(0, |m| m.get().len())
