@@ -2,7 +2,7 @@
 //! `accounts` (the command side), `balances` (a read model in PostgreSQL), `bank-demo`.
 //! This library is what they share: the events, the aggregate, the projection.
 
-use projection_sdk::protocol::{Category, EventType, StreamName};
+use projection_sdk::protocol::{DataSubject, EventType, StreamName};
 use projection_sdk::{Aggregate, Envelope, HandlerError, Projection, Recorded, Target, Upcasters};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Transaction;
@@ -23,6 +23,20 @@ pub enum AccountEvent {
         /// How much.
         amount: i64,
     },
+    /// The account holder's name: personal data, appended about the holder's data subject
+    /// ([`holder`]), so that erasing the holder erases it from the store.
+    HolderNamed {
+        /// The name.
+        name: String,
+    },
+}
+
+/// The data subject of the holder of account `id`.
+///
+/// # Errors
+/// `id` does not make a valid data subject.
+pub fn holder(id: &str) -> Result<DataSubject, projection_sdk::protocol::InvalidName> {
+    DataSubject::new(format!("holder-{id}"))
 }
 
 /// The upcasters of the account events: Deposited v1 → v2 adds `"currency": "USD"`.
@@ -79,6 +93,8 @@ impl Aggregate for Account {
         match event {
             AccountEvent::Deposited { amount, .. } => self.balance += amount,
             AccountEvent::Withdrawn { amount } => self.balance -= amount,
+            // Who holds it decides nothing: the balance is rebuilt without it once erased.
+            AccountEvent::HolderNamed { .. } => {}
         }
     }
 
@@ -98,8 +114,19 @@ impl Aggregate for Account {
     }
 }
 
-/// The read model: one balance per account, in table `balances_v1`.
+/// The read model: one balance per account, and its holder's name, in table `balances_v1`.
+///
+/// It follows the log (not only the `account` category), so that it hears of erasures in
+/// `$data-subjects` and drops the holder's name.
 pub struct Balances;
+
+/// One change to the read model, in log order.
+enum Change<'a> {
+    Amount(&'a str, i64),
+    Holder(&'a str, &'a str, &'a str),
+    Closed(&'a str),
+    Erased(&'a str),
+}
 
 #[async_trait::async_trait]
 impl Projection for Balances {
@@ -110,9 +137,8 @@ impl Projection for Balances {
     }
 
     fn target(&self) -> Target {
-        let category = Category::new("account").expect("a valid category");
-        let types = ["Deposited", "Withdrawn"].map(|t| EventType::new(t).expect("valid types"));
-        Target::Category { category, types: types.to_vec() }
+        let types = ["Deposited", "Withdrawn", "HolderNamed"];
+        Target::All { types: types.map(|t| EventType::new(t).expect("valid types")).to_vec() }
     }
 
     async fn setup(&self, tx: &Transaction<'_>) -> Result<(), HandlerError> {
@@ -120,7 +146,9 @@ impl Projection for Balances {
             "CREATE TABLE IF NOT EXISTS balances_v1 (
                  account_id text   PRIMARY KEY,
                  balance    bigint NOT NULL
-             )",
+             );
+             ALTER TABLE balances_v1 ADD COLUMN IF NOT EXISTS holder text,
+                                     ADD COLUMN IF NOT EXISTS holder_subject text",
         )
         .await?;
         Ok(())
@@ -134,36 +162,43 @@ impl Projection for Balances {
         self.apply_batch(tx, std::slice::from_ref(event)).await
     }
 
-    /// Sums the batch's changes per account and writes them in two statements: the rows of
-    /// accounts deleted in the batch go, then the changes made since are added.
+    /// Sums the batch's amounts per account and writes them in one statement; the rarer
+    /// changes (a holder named, an account closed, a holder erased) are written in order
+    /// before them, so a batch ends as the events, applied one by one, would leave it.
     async fn apply_batch(
         &self,
         tx: &Transaction<'_>,
         events: &[Envelope<AccountEvent>],
     ) -> Result<(), HandlerError> {
-        let mut deleted: std::collections::BTreeSet<&str> = Default::default();
         let mut changes: std::collections::BTreeMap<&str, i64> = Default::default();
-        for event in events {
-            let account_id = event.stream.as_str().strip_prefix("account-").unwrap_or_default();
-            let change = match &event.event {
-                Recorded::Event(AccountEvent::Deposited { amount, .. }) => *amount,
-                Recorded::Event(AccountEvent::Withdrawn { amount }) => -amount,
+        for change in events.iter().filter_map(change) {
+            match change {
+                Change::Amount(id, amount) => *changes.entry(id).or_default() += amount,
                 // A closed account's row goes; a recreated one starts again from nothing.
-                Recorded::StreamDeleted(_) => {
-                    deleted.insert(account_id);
-                    changes.remove(account_id);
-                    continue;
+                Change::Closed(id) => {
+                    changes.remove(id);
+                    tx.execute("DELETE FROM balances_v1 WHERE account_id = $1", &[&id]).await?;
                 }
-                // A truncated stream keeps its balance: it was built from the events before.
-                _ => continue,
-            };
-            *changes.entry(account_id).or_default() += change;
+                Change::Holder(id, name, subject) => {
+                    tx.execute(
+                        "INSERT INTO balances_v1 (account_id, balance, holder, holder_subject)
+                         VALUES ($1, 0, $2, $3) ON CONFLICT (account_id)
+                         DO UPDATE SET holder = $2, holder_subject = $3",
+                        &[&id, &name, &subject],
+                    )
+                    .await?;
+                }
+                Change::Erased(subject) => {
+                    tx.execute(
+                        "UPDATE balances_v1 SET holder = NULL, holder_subject = NULL
+                         WHERE holder_subject = $1",
+                        &[&subject],
+                    )
+                    .await?;
+                }
+            }
         }
-        let deleted: Vec<&str> = deleted.into_iter().collect();
         let (ids, amounts): (Vec<&str>, Vec<i64>) = changes.into_iter().unzip();
-        if !deleted.is_empty() {
-            tx.execute("DELETE FROM balances_v1 WHERE account_id = ANY($1)", &[&deleted]).await?;
-        }
         tx.execute(
             "INSERT INTO balances_v1 (account_id, balance)
              SELECT * FROM UNNEST($1::text[], $2::bigint[])
@@ -178,4 +213,23 @@ impl Projection for Balances {
         tx.batch_execute("DELETE FROM balances_v1").await?;
         Ok(())
     }
+}
+
+/// What `event` changes in the read model, if anything.
+fn change(event: &Envelope<AccountEvent>) -> Option<Change<'_>> {
+    let account = event.stream.as_str().strip_prefix("account-");
+    Some(match &event.event {
+        Recorded::Event(AccountEvent::Deposited { amount, .. }) => {
+            Change::Amount(account?, *amount)
+        }
+        Recorded::Event(AccountEvent::Withdrawn { amount }) => Change::Amount(account?, -amount),
+        Recorded::Event(AccountEvent::HolderNamed { name }) => {
+            Change::Holder(account?, name, event.data_subject.as_ref()?.as_str())
+        }
+        Recorded::StreamDeleted(_) => Change::Closed(account?),
+        Recorded::DataSubjectErased(erased) => Change::Erased(erased.data_subject.as_str()),
+        // A truncated stream keeps its balance: it was built from the events before. An
+        // erased name was dropped when its erasure came by.
+        _ => return None,
+    })
 }

@@ -11,7 +11,14 @@ use store_testing::{TestServer, postgres};
 
 /// The store server, in this process over SQLite in `data_dir`, on `address`.
 async fn start_store(data_dir: &std::path::Path, address: &str) -> TestServer {
-    TestServer::start_at(store_server::config::Config::sqlite(data_dir), address).await
+    // The key file's key, kept beside the data here (in production: apart from it).
+    let key_file = data_dir.join("store.key");
+    if !key_file.exists() {
+        std::fs::write(&key_file, store_server::crypto::MasterKey::generate_hex()).unwrap();
+    }
+    let key = store_server::crypto::MasterKey::read(&key_file).unwrap();
+    let config = store_server::config::Config::sqlite(data_dir).with_encryption(key);
+    TestServer::start_at(config, address).await
 }
 
 fn free_address() -> String {
@@ -118,6 +125,7 @@ async fn balances_in_the_store(client: &Client, accounts: usize) -> BTreeMap<Str
                 balance += match decode(&upcasters, event) {
                     bank_account::AccountEvent::Deposited { amount, .. } => amount,
                     bank_account::AccountEvent::Withdrawn { amount } => -amount,
+                    bank_account::AccountEvent::HolderNamed { .. } => 0,
                 };
             }
         }
@@ -356,5 +364,57 @@ async fn deleting_an_account_stream_drops_its_balance_row_and_a_recreated_accoun
         3,
         "a recreated account starts at 0"
     );
+    store.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_holder_keeps_the_balance_and_drops_the_name_from_the_store_and_the_read_model() {
+    let Some(db) = postgres::fresh_database().await else {
+        return postgres::skip("erasing_a_holder_keeps_the_balance");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store_address = free_address();
+    let store = start_store(dir.path(), &store_address).await;
+    let store_url = format!("http://{store_address}");
+    let (accounts, balances, _services) = start_services(&store_url, &db).await;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{accounts}/accounts/{path}");
+    let position = |response: reqwest::Response| async move {
+        assert!(response.status().is_success(), "{}", response.status());
+        response.json::<Value>().await.unwrap()["position"].as_u64().unwrap()
+    };
+    let named = http.put(url("ada/holder")).json(&json!({"name": "Ada Lovelace"})).send().await;
+    position(named.unwrap()).await;
+    http.put(url("bob/holder")).json(&json!({"name": "Bob"})).send().await.unwrap();
+    let deposited = http.post(url("ada/deposit")).json(&json!({"amount": 30})).send().await;
+    let at = position(deposited.unwrap()).await;
+    let read = |id: &'static str, at: u64| {
+        let (http, url) =
+            (http.clone(), format!("http://{balances}/balances/{id}?min_position={at}"));
+        async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let before = read("ada", at).await;
+    assert_eq!(
+        (before["balance"].clone(), before["holder"].clone()),
+        (json!(30), json!("Ada Lovelace"))
+    );
+
+    let erased = http.delete(url("ada/holder")).send().await.unwrap();
+    assert_eq!(erased.status(), reqwest::StatusCode::NO_CONTENT);
+    // The erasure is the last event: wait for the read model to pass it.
+    let client = Client::new(&store_url);
+    let head = client.read_all(&projection_sdk::LogRead::forward().limit(1)).await.unwrap().head;
+    let after = read("ada", head.0).await;
+    assert_eq!(after["balance"], 30, "the balance survives: {after}");
+    assert_eq!(after["holder"], Value::Null, "the name is gone from the read model: {after}");
+    assert_eq!(read("bob", head.0).await["holder"], "Bob", "another holder is untouched");
+    let stream = bank_account::stream("ada").unwrap();
+    let page =
+        client.read_stream(&stream, &projection_sdk::StreamRead::forward()).await.unwrap().unwrap();
+    let holder_event = &page.events[0];
+    assert!(holder_event.erased && holder_event.data.get() == "null", "gone from the store too");
+    // The aggregate still decides on the balance without the erased event.
+    let withdrawn = http.post(url("ada/withdraw")).json(&json!({"amount": 30})).send().await;
+    position(withdrawn.unwrap()).await;
     store.stop().await;
 }

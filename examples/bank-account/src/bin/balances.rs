@@ -62,14 +62,14 @@ async fn balance(
         let row = read
             .db
             .query_one(
-                "SELECT c.position, b.balance FROM projection_checkpoints c
+                "SELECT c.position, b.balance, b.holder FROM projection_checkpoints c
                  LEFT JOIN balances_v1 b ON b.account_id = $1
                  WHERE c.projection = 'balances' AND c.version = 1",
                 &[&id],
             )
             .await;
-        let (position, balance): (i64, Option<i64>) = match row {
-            Ok(row) => (row.get(0), row.get(1)),
+        let (position, balance, holder): (i64, Option<i64>, Option<String>) = match row {
+            Ok(row) => (row.get(0), row.get(1), row.get(2)),
             Err(err) => {
                 tracing::error!(cause = %err, "cannot read the read model");
                 return problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again");
@@ -77,7 +77,8 @@ async fn balance(
         };
         if position >= wanted {
             return Json(
-                json!({"account_id": id, "balance": balance.unwrap_or(0), "position": position}),
+                json!({"account_id": id, "balance": balance.unwrap_or(0), "holder": holder,
+                       "position": position}),
             )
             .into_response();
         }
