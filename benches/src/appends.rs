@@ -19,6 +19,10 @@ pub struct Args {
     /// Distinct categories the streams are spread over.
     #[arg(long, default_value_t = 300)]
     categories: usize,
+    /// Give every event a data subject, out of this many (0: none). Needs a server started
+    /// with `--encryption-key-file`.
+    #[arg(long, default_value_t = 0)]
+    data_subjects: usize,
 }
 
 /// Sum and count of the server's `eventstore_commit_requests` histogram.
@@ -30,7 +34,7 @@ async fn commit_requests(http: &reqwest::Client, url: &str) -> Option<(f64, f64)
 impl Args {
     /// `clients` clients appending one event per request, over 300 categories.
     pub fn single_events(clients: usize, window: crate::Window) -> Self {
-        Self { clients, events_per_request: 1, window, categories: 300 }
+        Self { clients, events_per_request: 1, window, categories: 300, data_subjects: 0 }
     }
 }
 
@@ -45,7 +49,8 @@ pub async fn run(url: &str, args: Args) -> Value {
         .map(|client| {
             let (http, url) = (http.clone(), url.to_owned());
             let phase = phase.clone();
-            let (batch, categories) = (args.events_per_request, args.categories);
+            let (batch, categories, subjects) =
+                (args.events_per_request, args.categories, args.data_subjects);
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
@@ -53,7 +58,11 @@ pub async fn run(url: &str, args: Args) -> Value {
                 // Built once: the load generator shares the cores with the server, and
                 // what it spends on JSON the server does not get.
                 let events: Vec<Value> = (0..batch)
-                    .map(|i| json!({"type": "Deposited", "data": crate::payload(client, i)}))
+                    .map(|i| match subjects {
+                        0 => json!({"type": "Deposited", "data": crate::payload(client, i)}),
+                        _ => json!({"type": "Deposited", "data": crate::payload(client, i),
+                                    "data_subject": "SUBJECT"}),
+                    })
                     .collect();
                 let body = json!({"events": events}).to_string();
                 while !phase.stopped() {
@@ -64,7 +73,13 @@ pub async fn run(url: &str, args: Args) -> Value {
                     let response = http
                         .post(format!("{url}/streams/{stream}"))
                         .header("content-type", "application/json")
-                        .body(body.clone())
+                        .body(match subjects {
+                            0 => body.clone(),
+                            _ => body.replace(
+                                "SUBJECT",
+                                &format!("subject-{}", (client * 7919 + n) % subjects),
+                            ),
+                        })
                         .send()
                         .await;
                     let ok = match response {

@@ -17,7 +17,7 @@ pub struct Args {
 /// Runs the scenario and returns its report.
 pub async fn run(url: &str, args: Args) -> Value {
     let http = reqwest::Client::new();
-    crate::subscribe::fill(&http, url, args.events).await;
+    crate::subscribe::fill(&http, url, args.events, 0).await;
     let started = Instant::now();
     let readers: Vec<_> = (0..args.readers)
         .map(|_| {

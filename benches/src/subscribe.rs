@@ -13,6 +13,10 @@ pub struct CatchupArgs {
     /// Events the log must hold; missing ones are appended first (100 per request).
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
+    /// Append the missing events with a data subject each, out of this many (0: none), so
+    /// that catch-up opens sealed data. Needs a server with `--encryption-key-file`.
+    #[arg(long, default_value_t = 0)]
+    data_subjects: u64,
 }
 
 /// Live delivery at a steady append rate.
@@ -36,16 +40,14 @@ async fn head(http: &reqwest::Client, url: &str) -> u64 {
 }
 
 /// Fills the log up to `events` with 100-event appends from 8 clients.
-pub async fn fill(http: &reqwest::Client, url: &str, events: u64) {
+pub async fn fill(http: &reqwest::Client, url: &str, events: u64, subjects: u64) {
     let missing = events.saturating_sub(head(http, url).await);
-    append_requests(http, url, missing.div_ceil(100), "Deposited", |client, _| {
-        format!("fill{client}-1")
-    })
-    .await;
+    let requests = missing.div_ceil(100);
+    let stream = |client, _| format!("fill{client}-1");
+    append_requests_about(http, url, requests, "Deposited", stream, subjects).await;
 }
 
-/// Sends `requests` appends of 100 `event_type` events from 8 clients; request `n` of
-/// client `c` goes to `stream(c, n)`.
+/// As [`append_requests_about`], without data subjects.
 pub async fn append_requests(
     http: &reqwest::Client,
     url: &str,
@@ -53,9 +55,24 @@ pub async fn append_requests(
     event_type: &'static str,
     stream: fn(usize, u64) -> String,
 ) {
+    append_requests_about(http, url, requests, event_type, stream, 0).await;
+}
+
+/// Sends `requests` appends of 100 `event_type` events from 8 clients; request `n` of
+/// client `c` goes to `stream(c, n)`. With `subjects`, each event is about one of that many
+/// data subjects.
+pub async fn append_requests_about(
+    http: &reqwest::Client,
+    url: &str,
+    requests: u64,
+    event_type: &'static str,
+    stream: impl Fn(usize, u64) -> String + Clone + Send + 'static,
+    subjects: u64,
+) {
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writers = (0..8).map(|client| {
-        let (http, url, next) = (http.clone(), url.to_owned(), next.clone());
+        let (http, url, next, stream) =
+            (http.clone(), url.to_owned(), next.clone(), stream.clone());
         tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
@@ -63,7 +80,15 @@ pub async fn append_requests(
                     break;
                 }
                 let events: Vec<Value> = (0..100)
-                    .map(|i| json!({"type": event_type, "data": crate::payload(client, i)}))
+                    .map(|i| {
+                        let mut event =
+                            json!({"type": event_type, "data": crate::payload(client, i)});
+                        if subjects > 0 {
+                            event["data_subject"] =
+                                json!(format!("subject-{}", (n * 100 + i as u64) % subjects));
+                        }
+                        event
+                    })
                     .collect();
                 let response = http
                     .post(format!("{url}/streams/{}", stream(client, n)))
@@ -84,7 +109,7 @@ pub async fn append_requests(
 /// memory as it goes.
 pub async fn catchup(url: &str, args: CatchupArgs) -> Value {
     let http = reqwest::Client::new();
-    fill(&http, url, args.events).await;
+    fill(&http, url, args.events, args.data_subjects).await;
     let rss = |http: reqwest::Client, url: String| async move {
         crate::metric(&http, &url, "process_resident_memory_bytes").await.unwrap_or(0.0) / 1e6
     };

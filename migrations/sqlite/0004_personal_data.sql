@@ -11,14 +11,16 @@
 ALTER TABLE events ADD COLUMN data_subject TEXT;
 ALTER TABLE events ADD COLUMN sealed BLOB;
 
--- GET /data-subjects/{subject} counts a subject's events; events without one are not in it.
-CREATE INDEX events_data_subject ON events (data_subject) WHERE data_subject IS NOT NULL;
+-- No index on `data_subject`: measured, its inserts at random places cost single-event
+-- appends with a subject 27% of their rate. `GET /data-subjects/{subject}` counts by walking
+-- the log from `first_position`, a bound at or below the subject's first event.
 
 CREATE TABLE data_subjects (
     subject       TEXT    PRIMARY KEY,
     key_since     INTEGER CHECK (key_since > 0),
     wrapped_key   BLOB,
     master_key_id BLOB,
+    first_position INTEGER NOT NULL CHECK (first_position > 0),
     CHECK ((key_since IS NULL) = (wrapped_key IS NULL)
        AND (wrapped_key IS NULL) = (master_key_id IS NULL))
 ) STRICT, WITHOUT ROWID;

@@ -367,7 +367,10 @@ impl Store for Sqlite {
                 return Ok(None);
             };
             let events: i64 = tx
-                .prepare_cached("SELECT count(*) FROM events WHERE data_subject = ?1")?
+                .prepare_cached(
+                    "SELECT count(*) FROM events WHERE position >= (SELECT first_position
+                     FROM data_subjects WHERE subject = ?1) AND data_subject = ?1",
+                )?
                 .query_row([subject.as_str()], |row| row.get(0))?;
             let events = to_u64(events, 0, "count")?;
             Ok(Some(DataSubjectInfo {
@@ -808,8 +811,9 @@ fn commit(
     }
     if !sealed.subjects.is_empty() {
         let mut upsert = tx.prepare_cached(
-            "INSERT INTO data_subjects (subject, key_since, wrapped_key, master_key_id)
-             VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO data_subjects (subject, key_since, wrapped_key, master_key_id,
+                                        first_position)
+             VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (subject) DO UPDATE SET key_since = excluded.key_since,
                  wrapped_key = excluded.wrapped_key, master_key_id = excluded.master_key_id",
         )?;
@@ -818,7 +822,8 @@ fn commit(
                 subject.subject,
                 subject.key_since,
                 subject.wrapped_key,
-                subject.master_key_id
+                subject.master_key_id,
+                to_i64(decision.first_position.0),
             ])?;
         }
     }

@@ -114,7 +114,8 @@ pub(super) async fn commit(
         &at,
     ];
     let keys = SubjectKeys::of(&sealed.subjects);
-    let keys_params = keys.params();
+    let first_position = to_i64(decision.first_position.0);
+    let keys_params = keys.params(&first_position);
     let heads_params = head_states.params();
     let log_head_params: [&(dyn ToSql + Sync); 1] = [&new_head];
     // One notification per group commit, not per event: NOTIFY serialises commits.
@@ -192,8 +193,9 @@ impl<'a> SubjectKeys<'a> {
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 4] {
-        [&self.subjects, &self.key_since, &self.wrapped_keys, &self.master_key_ids]
+    /// With the batch's first position: where a new subject's events start, at the latest.
+    fn params<'b>(&'b self, first_position: &'b i64) -> [&'b (dyn ToSql + Sync); 5] {
+        [&self.subjects, &self.key_since, &self.wrapped_keys, &self.master_key_ids, first_position]
     }
 }
 
@@ -241,8 +243,10 @@ impl Statements {
                      $10::text[], $11::bytea[]) AS e"
             ),
             client.prepare_cached(
-                "INSERT INTO data_subjects (subject, key_since, wrapped_key, master_key_id)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bytea[], $4::bytea[])
+                "INSERT INTO data_subjects (subject, key_since, wrapped_key, master_key_id,
+                                            first_position)
+                 SELECT s.*, $5 FROM UNNEST($1::text[], $2::bigint[], $3::bytea[], $4::bytea[])
+                     AS s
                  ON CONFLICT (subject) DO UPDATE SET key_since = EXCLUDED.key_since,
                      wrapped_key = EXCLUDED.wrapped_key, master_key_id = EXCLUDED.master_key_id"
             ),

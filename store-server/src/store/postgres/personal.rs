@@ -51,7 +51,8 @@ pub(super) async fn data_subject(
     let stmt = client
         .prepare_cached(
             "SELECT d.key_since IS NULL,
-                    (SELECT count(*) FROM events e WHERE e.data_subject = d.subject)
+                    (SELECT count(*) FROM events e
+                     WHERE e.position >= d.first_position AND e.data_subject = d.subject)
              FROM data_subjects d WHERE d.subject = $1",
         )
         .await?;
