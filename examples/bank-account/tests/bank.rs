@@ -301,16 +301,38 @@ async fn deposits_ride_out_a_store_restart_each_stored_exactly_once() {
     store.stop().await;
 }
 
+/// A store, `accounts` and `balances` over a fresh database, for one test.
+struct Bank {
+    _dir: tempfile::TempDir,
+    store: TestServer,
+    store_url: String,
+    accounts: String,
+    balances: String,
+    db: String,
+    _services: [tokio::process::Child; 2],
+}
+
+impl Bank {
+    async fn start(test: &str) -> Option<Self> {
+        let Some(db) = postgres::fresh_database().await else {
+            postgres::skip(test);
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store_address = free_address();
+        let store = start_store(dir.path(), &store_address).await;
+        let store_url = format!("http://{store_address}");
+        let (accounts, balances, services) = start_services(&store_url, &db).await;
+        Some(Self { _dir: dir, store, store_url, accounts, balances, db, _services: services })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_account_stream_drops_its_balance_row_and_a_recreated_account_starts_at_zero() {
-    let Some(db) = postgres::fresh_database().await else {
-        return postgres::skip("deleting_an_account_stream_drops_its_balance_row");
+    let Some(bank) = Bank::start("deleting_an_account_stream_drops_its_balance_row").await else {
+        return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let store_address = free_address();
-    let store = start_store(dir.path(), &store_address).await;
-    let store_url = format!("http://{store_address}");
-    let (accounts, balances, _services) = start_services(&store_url, &db).await;
+    let Bank { store, store_url, accounts, balances, db, .. } = bank;
     let http = reqwest::Client::new();
     let deposit = |id: &'static str, amount: i64| {
         let (http, url) = (http.clone(), format!("http://{accounts}/accounts/{id}/deposit"));
@@ -369,14 +391,8 @@ async fn deleting_an_account_stream_drops_its_balance_row_and_a_recreated_accoun
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasing_a_holder_keeps_the_balance_and_drops_the_name_from_the_store_and_the_read_model() {
-    let Some(db) = postgres::fresh_database().await else {
-        return postgres::skip("erasing_a_holder_keeps_the_balance");
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let store_address = free_address();
-    let store = start_store(dir.path(), &store_address).await;
-    let store_url = format!("http://{store_address}");
-    let (accounts, balances, _services) = start_services(&store_url, &db).await;
+    let Some(bank) = Bank::start("erasing_a_holder_keeps_the_balance").await else { return };
+    let Bank { store, store_url, accounts, balances, .. } = bank;
     let http = reqwest::Client::new();
     let url = |path: &str| format!("http://{accounts}/accounts/{path}");
     let position = |response: reqwest::Response| async move {
