@@ -77,6 +77,7 @@ pub(super) fn seal<'a>(
     stored: &[SubjectRow],
     master: Option<&MasterKey>,
 ) -> Result<Sealed<'a>, Error> {
+    let stored = by_subject(stored);
     let mut keys: HashMap<(&str, Position), SubjectKey> = HashMap::new();
     let mut subjects = Vec::with_capacity(decision.subjects.len());
     for &(subject, state) in &decision.subjects {
@@ -116,7 +117,7 @@ pub(super) fn seal<'a>(
                     // Created for this batch and destroyed later in it: used, never stored.
                     master.ok_or_else(no_key_file)?.new_subject_key(subject.as_str(), since.0).0
                 } else {
-                    let found = stored.iter().find(|s| s.subject == subject.as_str());
+                    let found = stored.get(subject.as_str());
                     found
                         .ok_or_else(|| Error::Key(format!("data subject {subject} has no key")))?
                         .unwrap(master)?
@@ -128,6 +129,11 @@ pub(super) fn seal<'a>(
         rows.push(Some(key.seal_event(&row.id.0, row.position.0, data)));
     }
     Ok(Sealed { rows, subjects })
+}
+
+/// `rows` by subject, so that each event finds its subject's row at once.
+fn by_subject(rows: &[SubjectRow]) -> HashMap<&str, &SubjectRow> {
+    rows.iter().map(|row| (row.subject.as_str(), row)).collect()
 }
 
 fn no_key_file() -> Error {
@@ -162,15 +168,15 @@ impl<C> Unopened<C> {
         stored: &[SubjectRow],
         master: Option<&MasterKey>,
     ) -> Result<Page<C>, Error> {
+        let stored = by_subject(stored);
         let mut keys: HashMap<&str, SubjectKey> = HashMap::new();
         for (index, sealed) in self.sealed {
             let event = &mut self.page.events[index];
             let position = event.position;
-            let subject = event.data_subject.as_ref().map(|s| s.as_str());
-            let live =
-                stored.iter().find(|row| Some(row.subject.as_str()) == subject).filter(|row| {
-                    row.key_since.is_some_and(|since| since <= super::to_i64(position.0))
-                });
+            let subject = event.data_subject.as_ref().map_or("", |s| s.as_str());
+            let live = stored.get(subject).copied().filter(|row| {
+                row.key_since.is_some_and(|since| since <= super::to_i64(position.0))
+            });
             // Sealed under a key since destroyed (or, were the row missing, under none).
             let Some(row) = live else {
                 event.erase();

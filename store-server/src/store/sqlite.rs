@@ -575,6 +575,9 @@ fn subject_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SubjectRow> {
 
 /// The rows of `subjects` that exist.
 fn subject_rows(connection: &Connection, subjects: &[&str]) -> Result<Vec<SubjectRow>, Error> {
+    if subjects.is_empty() {
+        return Ok(Vec::new()); // a batch without personal data: no work
+    }
     let sql = format!("SELECT {SUBJECT_COLUMNS} FROM data_subjects WHERE subject = ?1");
     let mut statement = connection.prepare_cached(&sql)?;
     let mut rows = Vec::new();
