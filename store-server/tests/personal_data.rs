@@ -21,6 +21,8 @@ per_backend!(
     appends_racing_an_erasure_are_each_erased_or_readable_the_same_after_a_restart,
     a_server_with_another_key_file_or_none_refuses_to_start,
     key_rotation_killed_midway_and_run_again_leaves_every_key_under_the_new_file,
+    a_live_subscriber_behind_an_erasure_gets_the_subjects_earlier_events_erased,
+    a_server_left_running_during_a_rotation_wraps_no_key_under_the_old_file,
 );
 
 const MARKER: &str = "MARKER-7f3a-Ada-Lovelace";
@@ -91,9 +93,15 @@ async fn sealed_events_read_back_opened_everywhere_and_no_row_holds_their_data(
     let mut all = server.subscribe("/all/subscribe", None).await;
     let mut category = server.subscribe("/categories/customer/subscribe", None).await;
     let data = json!({"name": MARKER, "n": 12345678901234567890u64, "price": 2.50});
-    let events = json!([personal("Registered", "c-1", data.clone()), event("Plain", json!(1))]);
-    let (status, body) = server.append("customer-1", json!("no_stream"), events).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut sealed = personal("Registered", "c-1", data.clone());
+    sealed["id"] = json!("0e6f7c2a-5b1d-4c3e-9f8a-7b6c5d4e3f21");
+    let plain = json!({"id": "9d1f3b2e-6a4c-4e8b-8f7a-1c2d3e4f5a6b", "type": "Plain", "data": 1});
+    let events = json!([sealed, plain]);
+    let (status, created) = server.append("customer-1", json!("no_stream"), events.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    // A retry with the same ids is idempotent, as for any event.
+    let (status, retried) = server.append("customer-1", json!("no_stream"), events).await;
+    assert_eq!((status, &retried), (StatusCode::OK, &created));
 
     let sent = data.to_string();
     for path in ["/streams/customer-1", "/categories/customer", "/all", "/all?types=Registered"] {
@@ -135,8 +143,10 @@ async fn erasure_reads_every_event_of_the_subject_as_erased_and_a_later_one_unde
     assert_eq!(status, StatusCode::OK, "{info}");
     assert_eq!(info, json!({"data_subject": "c-1", "events": 2, "erased": false}));
 
+    let wrapped = wrapped_key(&store.config, "c-1").await;
     let (status, body) = erase(&server, "c-1").await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(wrapped_key(&store.config, "c-1").await, None, "the wrapped key is deleted");
     let (status, info) = server.get("/data-subjects/c-1").await;
     assert_eq!(
         (status, &info),
@@ -181,6 +191,31 @@ async fn erasure_reads_every_event_of_the_subject_as_erased_and_a_later_one_unde
     let (_, info) = server.get("/data-subjects/c-1").await;
     assert_eq!(info, json!({"data_subject": "c-1", "events": 3, "erased": false}));
     server.stop().await;
+    if let (Options::Sqlite { data_dir, .. }, Some(wrapped)) = (&store.config.storage, wrapped) {
+        // secure_delete: not left behind in the file's free space either.
+        for entry in std::fs::read_dir(data_dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(
+                !bytes.windows(wrapped.len()).any(|w| w == wrapped),
+                "the key is still on disk"
+            );
+        }
+    }
+}
+
+/// The wrapped key stored for `subject` now, read behind the server's back.
+async fn wrapped_key(config: &Config, subject: &str) -> Option<Vec<u8>> {
+    let sql = "SELECT wrapped_key FROM data_subjects WHERE subject = ";
+    match &config.storage {
+        Options::Sqlite { data_dir, .. } => {
+            let db = rusqlite::Connection::open(data_dir.join("events.sqlite3")).unwrap();
+            db.query_row(&format!("{sql}?1"), [subject], |row| row.get(0)).unwrap()
+        }
+        Options::Postgres(options) => {
+            let client = connect(&options.url).await;
+            client.query_one(&format!("{sql}$1"), &[&subject]).await.unwrap().get(0)
+        }
+    }
 }
 
 async fn without_a_key_file_a_data_subject_is_refused_and_nothing_is_written(
@@ -435,5 +470,66 @@ async fn key_rotation_killed_midway_and_run_again_leaves_every_key_under_the_new
     let all = server.read_all().await;
     assert_eq!(all.len(), SUBJECTS);
     assert!(all.iter().all(|e| e["data"]["i"].is_u64()), "every event opens with the new key");
+    server.stop().await;
+}
+
+async fn a_live_subscriber_behind_an_erasure_gets_the_subjects_earlier_events_erased(
+    backend: Backend,
+    test: &str,
+) {
+    let Some(store) = store(backend, test).await else { return };
+    let server = TestServer::start(store.config.clone()).await;
+    let mut live = server.subscribe("/all/subscribe", None).await;
+    assert_eq!(live.next(Duration::from_secs(10)).await, Some(Message::CaughtUp(0)));
+    // The subscriber stops reading: once the socket's buffers are full, its follower waits
+    // with the later events still in the broadcast, read before the erasure.
+    const EVENTS: usize = 150;
+    let big = "x".repeat(100_000);
+    for n in 0..EVENTS {
+        let events = json!([personal("Noted", "c-1", json!({"n": n, "pad": big}))]);
+        assert_eq!(server.append("customer-1", json!("any"), events).await.0, StatusCode::CREATED);
+    }
+    assert_eq!(erase(&server, "c-1").await.0, StatusCode::NO_CONTENT);
+    let mut erased_from = None;
+    for n in 0..EVENTS {
+        let event = next_event(&mut live).await;
+        match (event["erased"] == true, erased_from) {
+            (true, None) => erased_from = Some(n),
+            (false, Some(from)) => panic!("event {n} in clear after erased event {from}"),
+            _ => {}
+        }
+    }
+    assert_eq!(next_event(&mut live).await["type"], "$data-subject-erased");
+    let erased_from = erased_from.expect("the events delivered after the erasure are erased");
+    assert!(erased_from > 0, "the first events were sent before the erasure");
+    server.stop().await;
+}
+
+async fn a_server_left_running_during_a_rotation_wraps_no_key_under_the_old_file(
+    backend: Backend,
+    test: &str,
+) {
+    let Some(store) = store(backend, test).await else { return };
+    let server = TestServer::start(store.config.clone()).await;
+    let events = json!([personal("Noted", "c-1", json!({"name": MARKER}))]);
+    assert_eq!(server.append("customer-1", json!("any"), events).await.0, StatusCode::CREATED);
+    let keys = tempfile::tempdir().unwrap();
+    let new = new_key_file(&keys, "new.key");
+    assert!(rotate(&store.config, &store.key_file, &new).wait().unwrap().success());
+    // Still running with the old file: a new subject's key is refused, an old one no longer
+    // unwraps; nothing is written under the old file.
+    let events = json!([personal("Noted", "c-2", json!({"name": MARKER}))]);
+    let (status, body) = server.append("customer-2", json!("any"), events).await;
+    assert_problem(status, &body, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    let (status, body) = server.get("/streams/customer-1").await;
+    assert_problem(status, &body, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    let plain = json!([event("Plain", json!(1))]);
+    assert_eq!(server.append("other-1", json!("any"), plain).await.0, StatusCode::CREATED);
+    server.stop().await;
+    let mut config = store.config.clone();
+    config.encryption = None;
+    let server = TestServer::start(config.with_encryption(MasterKey::read(&new).unwrap())).await;
+    let (_, page) = server.get("/streams/customer-1").await;
+    assert_eq!(page["events"][0]["data"]["name"], MARKER);
     server.stop().await;
 }

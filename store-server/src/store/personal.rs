@@ -72,11 +72,18 @@ pub(super) struct SubjectWrite<'a> {
 /// Seals every row of `decision` that has a data subject, under the key the decision
 /// chose: a live key from `stored`, or one created here. A key created and destroyed in
 /// the same batch seals its rows and is never stored.
+///
+/// `encryption` is the store's `encryption` row, read in the commit when
+/// [`creates_keys`] says so.
 pub(super) fn seal<'a>(
     decision: &Decision<'a>,
     stored: &[SubjectRow],
     master: Option<&MasterKey>,
+    encryption: Option<&EncryptionRow>,
 ) -> Result<Sealed<'a>, Error> {
+    if creates_keys(decision) {
+        may_create_keys(encryption, master)?;
+    }
     let stored = by_subject(stored);
     let mut keys: HashMap<(&str, Position), SubjectKey> = HashMap::new();
     let mut subjects = Vec::with_capacity(decision.subjects.len());
@@ -211,13 +218,13 @@ pub(super) struct EncryptionRow {
 /// What the store holds, for [`check`].
 pub(super) struct KeyFacts {
     pub row: Option<EncryptionRow>,
-    /// Live subject keys wrapped by a master key other than the configured one (every live
-    /// key, without one).
-    pub foreign_keys: u64,
+    /// Whether any subject has a live key (looked up only for a server without a key file).
+    pub live_keys: bool,
 }
 
 /// Whether a server may serve this store with `master`: `Ok(true)` when the store must
-/// record `master`'s id as its key (the first start with one).
+/// record `master`'s id as its key (the first start with one). Reads one row, and without a
+/// key file whether a live key exists: no walk of the subjects at start-up.
 pub(super) fn check(facts: &KeyFacts, master: Option<&MasterKey>) -> Result<bool, Error> {
     if facts.row.as_ref().is_some_and(|row| row.rotating_to.is_some()) {
         return Err(Error::Key(
@@ -227,12 +234,13 @@ pub(super) fn check(facts: &KeyFacts, master: Option<&MasterKey>) -> Result<bool
         ));
     }
     let Some(master) = master else {
-        return match facts.foreign_keys {
-            0 => Ok(false),
-            keys => Err(Error::Key(format!(
-                "the store holds personal data of {keys} data subjects sealed under a key file: \
-                 start with --encryption-key-file"
-            ))),
+        return match facts.live_keys {
+            false => Ok(false),
+            true => Err(Error::Key(
+                "the store holds personal data sealed under a key file: start with \
+                 --encryption-key-file"
+                    .into(),
+            )),
         };
     };
     if let Some(row) = facts.row.as_ref().filter(|row| row.master_key_id != master.id().as_bytes())
@@ -245,14 +253,32 @@ pub(super) fn check(facts: &KeyFacts, master: Option<&MasterKey>) -> Result<bool
             hex::encode(master.id().as_bytes())
         )));
     }
-    if facts.foreign_keys > 0 {
-        return Err(Error::Key(format!(
-            "{} data subject keys are wrapped by another key file: run `store-server key \
-             rotate` again",
-            facts.foreign_keys
-        )));
-    }
     Ok(facts.row.is_none())
+}
+
+/// Whether a commit may wrap new subject keys with `master`: only while it is the store's
+/// key and no rotation runs, so that a server left running during a rotation cannot add
+/// keys the rotation would miss (those appends get a 503 until it restarts).
+pub(super) fn may_create_keys(
+    row: Option<&EncryptionRow>,
+    master: Option<&MasterKey>,
+) -> Result<(), Error> {
+    let master = master.ok_or_else(no_key_file)?;
+    match row {
+        Some(row) if row.rotating_to.is_none() && row.master_key_id == master.id().as_bytes() => {
+            Ok(())
+        }
+        _ => Err(Error::Key(
+            "the store's key is being rotated or is another key file: restart with the new one"
+                .into(),
+        )),
+    }
+}
+
+/// Whether `decision` creates a subject key: only then does its commit read the
+/// `encryption` row.
+pub(super) fn creates_keys(decision: &Decision<'_>) -> bool {
+    decision.rows.iter().any(|row| row.key_since.is_some_and(|s| s >= decision.first_position))
 }
 
 /// Where a rotation starts from, given the `encryption` row: `Err` when `old` is not the

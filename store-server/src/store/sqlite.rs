@@ -339,13 +339,13 @@ impl Store for Sqlite {
         self.write(move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let row = encryption_row(&tx)?;
-            let foreign: i64 = tx.query_row(
-                "SELECT count(*) FROM data_subjects
-                 WHERE wrapped_key IS NOT NULL AND master_key_id IS NOT ?1",
-                [master.as_ref().map(|m| m.id().as_bytes().to_vec())],
-                |row| row.get(0),
-            )?;
-            let facts = KeyFacts { row, foreign_keys: to_u64(foreign, 0, "count")? };
+            let live_keys = master.is_none()
+                && tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM data_subjects WHERE wrapped_key IS NOT NULL)",
+                    [],
+                    |row| row.get(0),
+                )?;
+            let facts = KeyFacts { row, live_keys };
             if personal::check(&facts, master.as_deref())? {
                 let id = master.as_ref().map(|m| m.id().as_bytes().to_vec());
                 tx.execute(
@@ -758,7 +758,11 @@ fn commit(
     let subjects = subject_rows(&tx, &batch_subjects(batch))?;
     let snapshot = snapshot(log_head(&tx)?, states, stored_ids, &subjects)?;
     let decision = crate::decide::decide(batch, snapshot);
-    let sealed = personal::seal(&decision, &subjects, master)?;
+    let encryption = match personal::creates_keys(&decision) {
+        true => encryption_row(&tx)?,
+        false => None,
+    };
+    let sealed = personal::seal(&decision, &subjects, master, encryption.as_ref())?;
     let wrote = !decision.rows.is_empty();
     if wrote {
         let mut insert = tx.prepare_cached(
@@ -832,8 +836,25 @@ fn commit(
     }
     let head = wrote.then_some(decision.head);
     let outcomes = decision.outcomes;
+    let erased = sealed.subjects.iter().any(|s| s.wrapped_key.is_none());
     tx.commit()?;
+    if erased {
+        forget_old_pages(connection);
+    }
     Ok(Committed { outcomes, head })
+}
+
+/// After an erasure: copies the WAL into the file (where `secure_delete` left the destroyed
+/// key zeroed) and empties it, so no older page image holding the key stays in either.
+/// Erasures are rare; the commit is durable already, so a failure here is only logged.
+fn forget_old_pages(connection: &Connection) {
+    let result =
+        connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
+    match result {
+        Ok(0) => {}
+        Ok(_) => tracing::warn!("a reader kept the WAL from being emptied after an erasure"),
+        Err(err) => tracing::warn!(%err, "cannot empty the WAL after an erasure"),
+    }
 }
 
 fn set_category(

@@ -176,12 +176,11 @@ impl Follower {
                         if !self.filter.matches(event) {
                             continue;
                         }
-                        if hub.erased_since(event) {
-                            self.deliver(event, hub);
-                        } else {
-                            self.pending.extend_from_slice(encoded.message());
-                            self.delivered(event.position);
+                        match hub.erased_copy(event) {
+                            Some(erased) => sse::event(&mut self.pending, &erased),
+                            None => self.pending.extend_from_slice(encoded.message()),
                         }
+                        self.delivered(event.position);
                     }
                     // Removed positions inside the stretch are holes, not gaps.
                     self.scanned = self.scanned.max(batch.through);
@@ -198,12 +197,9 @@ impl Follower {
 
     /// Encodes and delivers `event`; as erased, if its subject was erased since it was read.
     fn deliver(&mut self, event: &RecordedEvent, hub: &Hub) {
-        if hub.erased_since(event) {
-            let mut erased = event.clone();
-            erased.erase();
-            sse::event(&mut self.pending, &erased);
-        } else {
-            sse::event(&mut self.pending, event);
+        match hub.erased_copy(event) {
+            Some(erased) => sse::event(&mut self.pending, &erased),
+            None => sse::event(&mut self.pending, event),
         }
         self.delivered(event.position);
     }

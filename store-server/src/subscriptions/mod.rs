@@ -176,14 +176,19 @@ impl Hub {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Whether `event`'s data subject was erased after it, as far as the tailer has read.
-    pub fn erased_since(&self, event: &RecordedEvent) -> bool {
-        let Some(subject) = &event.data_subject else { return false };
-        if event.erased {
-            return false;
-        }
+    /// `event` as erased, when its data subject was erased after it (as far as the tailer
+    /// has read) but it was read before; `None` for every other event, without a lock for
+    /// an event without a subject.
+    pub fn erased_copy(&self, event: &RecordedEvent) -> Option<RecordedEvent> {
+        let subject = event.data_subject.as_ref().filter(|_| !event.erased)?;
         let erasures = self.erasures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        erasures.by_subject.get(subject).is_some_and(|&at| at > event.position)
+        let erased_at = erasures.by_subject.get(subject).copied()?;
+        drop(erasures);
+        (erased_at > event.position).then(|| {
+            let mut erased = event.clone();
+            erased.erase();
+            erased
+        })
     }
 
     /// Remembers the erasures among `events`, before they are broadcast.
@@ -303,5 +308,25 @@ async fn tail(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erasures_are_remembered_per_subject_up_to_a_bound() {
+        let mut erasures = Erasures::default();
+        let subject = |n: usize| DataSubject::new(format!("s-{n}")).unwrap();
+        erasures.record(subject(0), Position(1));
+        erasures.record(subject(0), Position(5));
+        assert_eq!(erasures.by_subject[&subject(0)], Position(5), "the latest erasure counts");
+        assert_eq!(erasures.by_position.len(), 1);
+        for n in 1..=ERASURES_REMEMBERED {
+            erasures.record(subject(n), Position(5 + n as u64));
+        }
+        assert_eq!(erasures.by_subject.len(), ERASURES_REMEMBERED);
+        assert!(!erasures.by_subject.contains_key(&subject(0)), "the oldest is forgotten");
     }
 }

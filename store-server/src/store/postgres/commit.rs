@@ -27,7 +27,7 @@ pub(super) async fn commit(
     let streams_params: [&(dyn ToSql + Sync); 1] = [&streams];
 
     // Round trip 1: BEGIN, lock, read what the decisions need.
-    let ((), head, heads, stored, subject_rows) = tokio::try_join!(
+    let ((), head, heads, stored, (subject_rows, encryption)) = tokio::try_join!(
         client.batch_execute("BEGIN"),
         // The log head's row lock serialises every writer on this database, across server
         // instances: positions are handed out while it is held and become visible at commit
@@ -40,13 +40,21 @@ pub(super) async fn commit(
                 false => client.query(&statements.stored_ids, &[&ids]).await,
             }
         },
+        // With personal data, the store's key too, in case the batch creates a subject key.
         async {
             match subjects.is_empty() {
-                true => Ok(Vec::new()),
-                false => client.query(&statements.subjects, &[&subjects]).await,
+                true => Ok((Vec::new(), None)),
+                false => {
+                    let params: [&(dyn ToSql + Sync); 1] = [&subjects];
+                    tokio::try_join!(
+                        client.query(&statements.subjects, &params),
+                        client.query_opt(&statements.encryption, &[]),
+                    )
+                }
             }
         },
     )?;
+    let encryption = encryption.as_ref().map(super::personal::encryption);
     let subject_rows: Vec<_> = subject_rows.iter().map(super::personal::subject_row).collect();
     let snapshot = snapshot(
         head.get(0),
@@ -55,7 +63,7 @@ pub(super) async fn commit(
         &subject_rows,
     )?;
     let decision = crate::decide::decide(batch, snapshot);
-    let sealed = personal::seal(&decision, &subject_rows, master)?;
+    let sealed = personal::seal(&decision, &subject_rows, master, encryption.as_ref())?;
     if !decision.writes() {
         client.batch_execute("COMMIT").await?;
         return Ok(Committed { outcomes: decision.outcomes, head: None });
@@ -205,6 +213,7 @@ struct Statements {
     stream_heads: tokio_postgres::Statement,
     stored_ids: tokio_postgres::Statement,
     subjects: tokio_postgres::Statement,
+    encryption: tokio_postgres::Statement,
     insert_events: tokio_postgres::Statement,
     upsert_subjects: tokio_postgres::Statement,
     upsert_streams: tokio_postgres::Statement,
@@ -222,6 +231,7 @@ impl Statements {
             stream_heads,
             stored_ids,
             subjects,
+            encryption,
             insert_events,
             upsert_subjects,
             upsert_streams,
@@ -234,6 +244,7 @@ impl Statements {
                 "SELECT id, stream, revision, position FROM events WHERE id = ANY($1)"
             ),
             client.prepare_cached(&subjects),
+            client.prepare_cached(super::personal::ENCRYPTION_SQL),
             client.prepare_cached(
                 "INSERT INTO events (position, stream, category, revision, id, type,
                                      schema_version, data, metadata, data_subject, sealed,
@@ -268,6 +279,7 @@ impl Statements {
             stream_heads,
             stored_ids,
             subjects,
+            encryption,
             insert_events,
             upsert_subjects,
             upsert_streams,

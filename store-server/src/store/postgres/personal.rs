@@ -66,9 +66,15 @@ pub(super) async fn data_subject(
     }))
 }
 
+pub(super) const ENCRYPTION_SQL: &str = "SELECT master_key_id, rotating_to FROM encryption";
+
+/// Reads the `encryption` row of [`ENCRYPTION_SQL`].
+pub(super) fn encryption(row: &tokio_postgres::Row) -> EncryptionRow {
+    EncryptionRow { master_key_id: row.get(0), rotating_to: row.get(1) }
+}
+
 async fn encryption_row(client: &impl GenericClient) -> Result<Option<EncryptionRow>, Error> {
-    let row = client.query_opt("SELECT master_key_id, rotating_to FROM encryption", &[]).await?;
-    Ok(row.map(|row| EncryptionRow { master_key_id: row.get(0), rotating_to: row.get(1) }))
+    Ok(client.query_opt(ENCRYPTION_SQL, &[]).await?.as_ref().map(encryption))
 }
 
 /// Live keys wrapped by anything but `id` (every live key, for `None`).
@@ -91,10 +97,14 @@ pub(super) async fn check_key(
     // Instances starting together record the key once.
     tx.execute("LOCK TABLE encryption IN EXCLUSIVE MODE", &[]).await?;
     let id = master.map(|m| m.id().as_bytes().to_vec());
-    let facts = KeyFacts {
-        row: encryption_row(&tx).await?,
-        foreign_keys: foreign_keys(&tx, id.as_deref()).await?,
+    let live_keys = match master {
+        Some(_) => false,
+        None => {
+            let sql = "SELECT EXISTS (SELECT 1 FROM data_subjects WHERE wrapped_key IS NOT NULL)";
+            tx.query_one(sql, &[]).await?.get(0)
+        }
     };
+    let facts = KeyFacts { row: encryption_row(&tx).await?, live_keys };
     if personal::check(&facts, master)? {
         tx.execute("INSERT INTO encryption (master_key_id) VALUES ($1)", &[&id]).await?;
     }
