@@ -35,7 +35,8 @@ pub enum ExecuteError<E> {
     /// The aggregate refused it; nothing was appended.
     #[error("the command was refused")]
     Domain(E),
-    /// Every attempt met a concurrent writer.
+    /// Every attempt met a concurrent writer (or, for a decision model, a matching event
+    /// stored since its read).
     #[error("gave up after {attempts} conflicting attempts")]
     Conflicts {
         /// How many.
@@ -174,7 +175,7 @@ impl CommandHandler {
 }
 
 /// A random pause that grows with the attempt (at most 2 ms per attempt, 50 ms in all).
-fn jitter(attempt: u32) -> Duration {
+pub(crate) fn jitter(attempt: u32) -> Duration {
     let ceiling_us = (u64::from(attempt) + 1).saturating_mul(2_000).min(50_000);
     random_below(Duration::from_micros(ceiling_us))
 }

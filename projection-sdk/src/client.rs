@@ -2,10 +2,11 @@
 
 use crate::backoff::Backoff;
 use crate::protocol::{
-    AppendRequest, AppendResult, Category, CategoryMetadata, CategoryRetention, Consumer,
-    ConsumerConflict, ConsumerName, ConsumerWait, DataSubject, DataSubjectInfo, Deletion,
-    Direction, EventId, EventType, ExpectedRevision, NewEvent, Page, Position, Problem,
-    ProblemType, SetConsumer, StreamMetadata, StreamName, StreamRetention, StreamRevision,
+    AppendRequest, AppendResult, Category, CategoryMetadata, CategoryRetention, Condition,
+    Consumer, ConsumerConflict, ConsumerName, ConsumerWait, DataSubject, DataSubjectInfo, Deletion,
+    Direction, EventId, EventType, ExpectedRevision, MultiAppendRequest, MultiAppendResult,
+    NewEvent, Page, Position, Problem, ProblemType, QueryItem, QueryPage, QueryRequest,
+    SetConsumer, StreamMetadata, StreamName, StreamRetention, StreamRevision, Tag,
 };
 use crate::subscription::{Subscription, Target};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -32,6 +33,13 @@ pub enum Error {
         stream: StreamName,
         /// The first such id.
         id: EventId,
+    },
+    /// An event matching the append's condition is in the log (409 `condition-failed`):
+    /// decide again on what is stored now.
+    #[error("the event at position {position} matches the append's condition")]
+    ConditionFailed {
+        /// The first matching event.
+        position: Position,
     },
     /// The stream does not exist (404 `stream-not-found`), where its absence is an error.
     #[error("stream {0} does not exist")]
@@ -76,6 +84,7 @@ impl Error {
         match self {
             Self::WrongExpectedRevision { .. } => Some(ProblemType::WrongExpectedRevision),
             Self::DuplicateEventId { .. } => Some(ProblemType::DuplicateEventId),
+            Self::ConditionFailed { .. } => Some(ProblemType::ConditionFailed),
             Self::StreamNotFound(_) => Some(ProblemType::StreamNotFound),
             Self::StreamDeleted(_) => Some(ProblemType::StreamDeleted),
             Self::ConsumerConflict {
@@ -107,6 +116,9 @@ impl Error {
             Some(ProblemType::DuplicateEventId) => stream()
                 .zip(field("event_id").and_then(|v| serde_json::from_value(v.clone()).ok()))
                 .map(|(stream, id)| Self::DuplicateEventId { stream, id }),
+            Some(ProblemType::ConditionFailed) => {
+                position("position").map(|position| Self::ConditionFailed { position })
+            }
             Some(ProblemType::StreamNotFound) => stream().map(Self::StreamNotFound),
             Some(ProblemType::StreamDeleted) => stream().map(Self::StreamDeleted),
             Some(ProblemType::WrongExpectedPosition) => consumer()
@@ -125,6 +137,14 @@ impl Error {
         };
         typed.unwrap_or(Self::Problem(problem))
     }
+}
+
+/// `events`, each with an id: the client's, or one chosen here before the first attempt.
+fn with_ids(events: Vec<NewEvent>) -> Vec<NewEvent> {
+    events
+        .into_iter()
+        .map(|event| NewEvent { id: Some(event.id.unwrap_or_else(new_event_id)), ..event })
+        .collect()
 }
 
 /// Whether an I/O error of kind `InvalidData` caused `err`: what a TLS handshake that failed
@@ -180,6 +200,7 @@ pub struct Read<C> {
     limit: Option<usize>,
     direction: Direction,
     types: Vec<EventType>,
+    tags: Vec<Tag>,
 }
 
 /// A read of one stream, by revision.
@@ -191,7 +212,13 @@ pub type LogRead = Read<Position>;
 impl<C: std::fmt::Display> Read<C> {
     /// Oldest first.
     pub fn forward() -> Self {
-        Self { from: None, limit: None, direction: Direction::Forward, types: Vec::new() }
+        Self {
+            from: None,
+            limit: None,
+            direction: Direction::Forward,
+            types: Vec::new(),
+            tags: Vec::new(),
+        }
     }
 
     /// Newest first, from the end unless [`Read::from`] says otherwise (streams and the
@@ -224,6 +251,9 @@ impl<C: std::fmt::Display> Read<C> {
         if !self.types.is_empty() {
             query.push_str(&format!("&types={}", join_types(&self.types)));
         }
+        if !self.tags.is_empty() {
+            query.push_str(&format!("&tags={}", join_tags(&self.tags)));
+        }
         query
     }
 }
@@ -234,6 +264,18 @@ impl Read<Position> {
         self.types = types.into_iter().collect();
         self
     }
+
+    /// Only events carrying every one of these tags.
+    pub fn tags(mut self, tags: impl IntoIterator<Item = Tag>) -> Self {
+        self.tags = tags.into_iter().collect();
+        self
+    }
+}
+
+/// `tags` as the API takes it, raw, like [`join_types`].
+pub(crate) fn join_tags(tags: &[Tag]) -> String {
+    let names: Vec<String> = tags.iter().map(|t| encode(t.as_str())).collect();
+    names.join(",")
 }
 
 /// `types` as the API takes it, raw: each type percent-encoded (a comma inside one is
@@ -353,13 +395,104 @@ impl Client {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
-        let events = events
-            .into_iter()
-            .map(|event| NewEvent { id: Some(event.id.unwrap_or_else(new_event_id)), ..event })
-            .collect();
-        let body = AppendRequest { expected_revision: expected, events };
+        self.append_request(
+            stream,
+            AppendRequest { expected_revision: expected, events, condition: None },
+        )
+        .await
+    }
+
+    /// Appends `events` to `stream` if it is at `expected` and no event after
+    /// `condition.after` matches the condition (the Dynamic Consistency Boundary). Retried
+    /// like [`Client::append`]: a retry of an append that was stored answers its result,
+    /// even if the condition would fail now.
+    ///
+    /// ```no_run
+    /// # async fn example(client: projection_sdk::Client) -> Result<(), projection_sdk::Error> {
+    /// use projection_sdk::protocol::{Condition, EventType, ExpectedRevision, NewEvent, QueryItem, StreamName, Tag};
+    ///
+    /// let course = Tag::new("course:7").unwrap();
+    /// let seats = vec![QueryItem::new(vec![EventType::new("SeatTaken").unwrap()], vec![course.clone()]).unwrap()];
+    /// let (events, head) = client.query_all(&seats, None).await?;
+    /// // … decide on `events` …
+    /// let taken = NewEvent::new(EventType::new("SeatTaken").unwrap(), &1).unwrap().tagged([course]);
+    /// let stream = StreamName::new("course-7").unwrap();
+    /// client.append_if(&stream, ExpectedRevision::Any, vec![taken], projection_sdk::protocol::Condition::new(seats, Some(head))).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ConditionFailed`] when a matching event is stored; otherwise as
+    /// [`Client::append`].
+    pub async fn append_if(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        condition: Condition,
+    ) -> Result<AppendResult, Error> {
+        let request =
+            AppendRequest { expected_revision: expected, events, condition: Some(condition) };
+        self.append_request(stream, request).await
+    }
+
+    async fn append_request(
+        &self,
+        stream: &StreamName,
+        mut body: AppendRequest,
+    ) -> Result<AppendResult, Error> {
+        body.events = with_ids(body.events);
         let request = self.request(Method::POST, &format!("/streams/{}", encode(stream.as_str())));
         self.send(request.json(&body), Retry::Safe).await
+    }
+
+    /// Appends to several streams at once (`POST /append`): all or nothing, positions
+    /// consecutive in the order of `request.appends`, after `request.checks` and its
+    /// condition hold. Events without an id get one before the first attempt, so it is
+    /// retried like [`Client::append`].
+    ///
+    /// # Errors
+    /// [`Error::WrongExpectedRevision`] naming the first stream (written or checked) that
+    /// was not as expected; [`Error::ConditionFailed`]; otherwise as [`Client::append`].
+    pub async fn append_several(
+        &self,
+        mut request: MultiAppendRequest,
+    ) -> Result<MultiAppendResult, Error> {
+        for append in &mut request.appends {
+            append.events = with_ids(std::mem::take(&mut append.events));
+        }
+        self.send(self.request(Method::POST, "/append").json(&request), Retry::Safe).await
+    }
+
+    /// One page of the events matching any of `items` after `after` (`POST /query`).
+    ///
+    /// # Errors
+    /// [`Error::Problem`] or [`Error::Http`].
+    pub async fn query(&self, request: &QueryRequest) -> Result<QueryPage, Error> {
+        self.send(self.request(Method::POST, "/query").json(request), Retry::Safe).await
+    }
+
+    /// Every event matching any of `items` after `after`, page by page, and the head to
+    /// pass as a condition's `after`: a condition with it fails exactly when a matching
+    /// event was stored since this read.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] or [`Error::Http`].
+    pub async fn query_all(
+        &self,
+        items: &[QueryItem],
+        after: Option<Position>,
+    ) -> Result<(Vec<crate::protocol::RecordedEvent>, Position), Error> {
+        let mut request = QueryRequest { items: items.to_vec(), after, limit: Some(1000) };
+        let mut events = Vec::new();
+        loop {
+            let page = self.query(&request).await?;
+            events.extend(page.events);
+            match page.next {
+                Some(next) => request.after = Some(next),
+                None => return Ok((events, page.head)),
+            }
+        }
     }
 
     /// Reads a page of `stream` as `read` says; `None` when the stream does not exist (or is

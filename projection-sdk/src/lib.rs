@@ -4,6 +4,7 @@
 mod aggregate;
 mod backoff;
 mod client;
+mod decision;
 pub mod events;
 mod projection;
 mod subscription;
@@ -18,6 +19,7 @@ pub use client::{
     Client, Error, LogRead, REQUEST_TIMEOUT_DEFAULT, RETRY_BACKOFF_DEFAULT, RETRY_TOTAL_DEFAULT,
     Read, StreamRead,
 };
+pub use decision::{DecisionHandler, DecisionModel};
 pub use events::{EventError, UpcastError, Upcasters};
 pub use projection::{
     BATCH_EVENTS_MAX_DEFAULT, DeadLetter, Envelope, Erased, HANDLER_RETRY_DEFAULT, Handler,

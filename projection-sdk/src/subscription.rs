@@ -1,8 +1,8 @@
 //! [`Subscription`]: a stream of the log over server-sent events that survives disconnects.
 
 use crate::backoff::Backoff;
-use crate::client::{Client, Error, encode, join_types, problem};
-use crate::protocol::{Category, EventType, Position, RecordedEvent, StreamName};
+use crate::client::{Client, Error, encode, join_tags, join_types, problem};
+use crate::protocol::{Category, EventType, Position, RecordedEvent, StreamName, Tag};
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
 use reqwest::Method;
@@ -14,34 +14,54 @@ use tokio::sync::mpsc;
 /// What to follow.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// The whole log, optionally only some event types.
+    /// The whole log, optionally only some event types or tags.
     All {
         /// Only these types; empty: every type.
         types: Vec<EventType>,
+        /// Only events carrying every one of these tags; empty: no tag needed.
+        tags: Vec<Tag>,
     },
-    /// One category, optionally only some event types.
+    /// One category, optionally only some event types or tags.
     Category {
         /// The category.
         category: Category,
         /// Only these types; empty: every type.
         types: Vec<EventType>,
+        /// Only events carrying every one of these tags; empty: no tag needed.
+        tags: Vec<Tag>,
     },
     /// One stream.
     Stream(StreamName),
 }
 
 impl Target {
-    /// The subscription's path, with its `types` parameter if any.
+    /// The whole log, every event.
+    pub fn all() -> Self {
+        Self::All { types: Vec::new(), tags: Vec::new() }
+    }
+
+    /// The subscription's path, with its `types` and `tags` parameters if any.
     fn path(&self) -> String {
-        let with_types = |path: String, types: &[EventType]| match types.is_empty() {
-            true => path,
-            false => format!("{path}?types={}", join_types(types)),
+        let filtered = |path: String, types: &[EventType], tags: &[Tag]| {
+            let mut params = Vec::new();
+            if !types.is_empty() {
+                params.push(format!("types={}", join_types(types)));
+            }
+            if !tags.is_empty() {
+                params.push(format!("tags={}", join_tags(tags)));
+            }
+            match params.is_empty() {
+                true => path,
+                false => format!("{path}?{}", params.join("&")),
+            }
         };
         match self {
-            Self::All { types } => with_types("/all/subscribe".into(), types),
-            Self::Category { category, types } => {
-                with_types(format!("/categories/{}/subscribe", encode(category.as_str())), types)
-            }
+            Self::All { types, tags } => filtered("/all/subscribe".into(), types, tags),
+            Self::Category { category, types, tags } => filtered(
+                format!("/categories/{}/subscribe", encode(category.as_str())),
+                types,
+                tags,
+            ),
             Self::Stream(stream) => format!("/streams/{}/subscribe", encode(stream.as_str())),
         }
     }

@@ -116,7 +116,7 @@ async fn a_subscription_resumes_across_a_server_restart_without_gap_or_repeat() 
     let event = |n: i64| NewEvent::new(EventType::new("E").unwrap(), &json!(n)).unwrap();
     client.append(&stream, ExpectedRevision::Any, (0..3).map(event).collect()).await.unwrap();
 
-    let mut subscription = client.subscribe(Target::All { types: vec![] }, Position(0));
+    let mut subscription = client.subscribe(Target::all(), Position(0));
     let mut positions = Vec::new();
     while positions.len() < 3 {
         if let Message::Event(e) = subscription.next().await.unwrap().unwrap() {
@@ -520,7 +520,7 @@ async fn the_client_sends_its_bearer_token_on_every_request() {
     let mut subscription = client.subscribe(Target::Stream(stream), Position(0));
     let first = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap();
     assert!(matches!(first, Some(Ok(Message::Event(_)))), "{first:?}");
-    let mut refused = anonymous.subscribe(Target::All { types: vec![] }, Position(0));
+    let mut refused = anonymous.subscribe(Target::all(), Position(0));
     let first = tokio::time::timeout(Duration::from_secs(5), refused.next()).await.unwrap();
     assert!(matches!(first, Some(Err(projection_sdk::Error::Problem(p))) if p.status == 401));
     server.stop().await;
@@ -713,7 +713,11 @@ impl projection_sdk::Handler for Lifecycle {
     fn target(&self) -> Target {
         // A types filter: the runner still asks for the system events.
         let category = projection_sdk::protocol::Category::new("account").unwrap();
-        Target::Category { category, types: vec![EventType::new("Deposited").unwrap()] }
+        Target::Category {
+            category,
+            types: vec![EventType::new("Deposited").unwrap()],
+            tags: vec![],
+        }
     }
 
     async fn apply(&mut self, event: &Envelope<AccountEvent>) -> Result<(), HandlerError> {
@@ -834,7 +838,7 @@ impl projection_sdk::Handler for Names {
     }
 
     fn target(&self) -> Target {
-        Target::All { types: vec![EventType::new("Registered").unwrap()] }
+        Target::All { types: vec![EventType::new("Registered").unwrap()], tags: vec![] }
     }
 
     async fn apply(&mut self, event: &Envelope<CustomerEvent>) -> Result<(), HandlerError> {

@@ -148,6 +148,53 @@ async fn the_auth_matrix() {
             "{method} {path}"
         );
     }
+    // Several streams: every one in scope; a condition reads the whole log, so it needs an
+    // unscoped token on either append route; so does a query.
+    let send = |path: &str, token: &str, body: Value| {
+        server.client.post(format!("{}{path}", server.url)).bearer_auth(token).json(&body).send()
+    };
+    let events = json!([{"type": "E", "data": 1}]);
+    let condition = json!({"fail_if_events_match": [{"types": ["Nothing"]}]});
+    let in_scope = json!({"appends": [{"stream": "account-3", "events": events}],
+                          "checks": [{"stream": "account-1", "expected_revision": "stream_exists"}]});
+    assert_eq!(
+        send("/append", &keys.scoped, in_scope.clone()).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    let mut out_of_scope = in_scope.clone();
+    out_of_scope["checks"][0]["stream"] = json!("order-1");
+    let mut conditional = in_scope.clone();
+    conditional["condition"] = condition.clone();
+    let single = json!({"events": events, "condition": condition});
+    for (path, body) in [
+        ("/append", out_of_scope),
+        ("/append", conditional.clone()),
+        ("/streams/account-4", single.clone()),
+    ] {
+        let response = send(path, &keys.scoped, body.clone()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{path} {body}");
+    }
+    let query = json!({"items": [{"types": ["E"]}]});
+    assert_eq!(
+        send("/query", &keys.scoped, query.clone()).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(send("/query", &keys.reader, query).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        send("/append", &keys.writer, conditional).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        send("/streams/account-4", &keys.writer, single).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    let (_, _, page) = call(&server, M::GET, "/streams/account-3", Some(&keys.admin)).await;
+    assert_eq!(
+        page["events"].as_array().map(Vec::len),
+        Some(2),
+        "only the allowed appends: {page}"
+    );
+
     // Subscriptions inside the scope are allowed (check the status, then drop them).
     let subscribe = |path: &str| {
         server.client.get(format!("{}{path}", server.url)).bearer_auth(&keys.scoped).send()
@@ -297,6 +344,8 @@ fn api_access_table() -> Vec<(Method, &'static str, Access)> {
     use Role::*;
     vec![
         (Method::POST, "/streams/{stream}", Stream(Write)),
+        (Method::POST, "/append", InScope(Write)),
+        (Method::POST, "/query", Everything(Read)),
         (Method::GET, "/streams/{stream}", Stream(Read)),
         (Method::GET, "/streams/{stream}/subscribe", Stream(Read)),
         (Method::GET, "/categories/{category}", Category(Read)),
@@ -387,6 +436,10 @@ async fn every_route_answers_each_token_as_the_access_table_says() {
         }
         let body = match method {
             // Every append names data subject `c-1`, so that it exists.
+            Method::POST if path == "/append" => json!({"appends": [{"stream": "account-1",
+                "events": [{"type": "E", "data": 1, "data_subject": "c-1"}]}]})
+            .to_string(),
+            Method::POST if path == "/query" => json!({"items": [{"types": ["E"]}]}).to_string(),
             Method::POST => {
                 json!({"events": [{"type": "E", "data": 1, "data_subject": "c-1"}]}).to_string()
             }

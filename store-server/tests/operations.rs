@@ -428,6 +428,15 @@ impl store_server::store::Store for PanicsOnCommit {
     > {
         self.store.read_log(query).await
     }
+    async fn query(
+        &self,
+        query: store_server::store::EventQuery,
+    ) -> Result<
+        store_server::protocol::Page<store_server::protocol::Position>,
+        store_server::store::Error,
+    > {
+        self.store.query(query).await
+    }
     async fn head(&self) -> Result<store_server::protocol::Position, store_server::store::Error> {
         self.store.head().await
     }

@@ -8,7 +8,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as Cases, TestCaseError, TestRunner};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use store_server::decide::{Append, Command, Delete, SetCategoryRetention, SetStreamRetention};
+use store_server::decide::{
+    Append, Command, Delete, SetCategoryRetention, SetStreamRetention, StreamWrite,
+};
 use store_server::protocol::{
     Category, CategoryRetention, EventId, EventType, ExpectedRevision, NewEvent, Position,
     StreamName, StreamRetention, StreamRevision, Timestamp,
@@ -151,9 +153,13 @@ async fn run(store: &dyn Store, ops: &[Op]) -> Result<(), TestCaseError> {
         let command = match op.clone() {
             Op::Append { stream, count } => {
                 let append = Append {
-                    stream: name(stream),
-                    expected: ExpectedRevision::Any,
-                    events: (0..count).map(|_| new_event()).collect(),
+                    writes: vec![StreamWrite {
+                        stream: name(stream),
+                        expected: ExpectedRevision::Any,
+                        events: (0..count).map(|_| new_event()).collect(),
+                    }],
+                    checks: Vec::new(),
+                    condition: None,
                     ids_from_client: false,
                 };
                 Some(Command::Append(append))

@@ -138,7 +138,10 @@ impl Projection for Balances {
 
     fn target(&self) -> Target {
         let types = ["Deposited", "Withdrawn", "HolderNamed"];
-        Target::All { types: types.map(|t| EventType::new(t).expect("valid types")).to_vec() }
+        Target::All {
+            types: types.map(|t| EventType::new(t).expect("valid types")).to_vec(),
+            tags: Vec::new(),
+        }
     }
 
     async fn setup(&self, tx: &Transaction<'_>) -> Result<(), HandlerError> {

@@ -120,7 +120,7 @@ pub trait Projection: Send + Sync {
 
     /// What it subscribes to (default: the whole log).
     fn target(&self) -> Target {
-        Target::All { types: Vec::new() }
+        Target::all()
     }
 
     /// Creates its tables if need be; runs once per start, before any event.
@@ -390,8 +390,10 @@ pub(crate) fn with_system_events(target: Target) -> Target {
         types
     };
     match target {
-        Target::All { types } => Target::All { types: add(types) },
-        Target::Category { category, types } => Target::Category { category, types: add(types) },
+        Target::All { types, tags } => Target::All { types: add(types), tags },
+        Target::Category { category, types, tags } => {
+            Target::Category { category, types: add(types), tags }
+        }
         stream => stream,
     }
 }

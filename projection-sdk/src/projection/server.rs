@@ -20,7 +20,7 @@ pub trait Handler: Send {
 
     /// What it subscribes to (default: the whole log).
     fn target(&self) -> Target {
-        Target::All { types: Vec::new() }
+        Target::all()
     }
 
     /// Applies one event. It may see an event again after a crash (at-least-once), so it

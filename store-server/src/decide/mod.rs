@@ -9,14 +9,14 @@ pub mod retention;
 
 pub use request::{
     APPEND_EVENTS_MAX, Append, Command, Delete, EVENT_BYTES_MAX, Erase, Invalid, RequestLimits,
-    SetCategoryRetention, SetStreamRetention,
+    SetCategoryRetention, SetStreamRetention, StreamCheck, StreamWrite,
 };
 
 use crate::protocol::{
     AppendResult, Category, CategoryMetadata, CategoryRetention, DATA_SUBJECT_ERASED, DataSubject,
-    DataSubjectErased, Deletion, EventId, EventType, NewEvent, Position, STREAM_DELETED,
-    STREAM_TRUNCATED, SchemaVersion, StreamDeleted, StreamMetadata, StreamName, StreamRevision,
-    StreamTruncated,
+    DataSubjectErased, Deletion, EventId, EventType, ExpectedRevision, NewEvent, Position,
+    STREAM_DELETED, STREAM_TRUNCATED, SchemaVersion, StreamDeleted, StreamMetadata, StreamName,
+    StreamRevision, StreamTruncated,
 };
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
@@ -81,27 +81,44 @@ pub struct Snapshot {
     pub ids: HashMap<EventId, StoredId>,
     /// Each data subject the batch names that storage knows.
     pub subjects: HashMap<DataSubject, SubjectState>,
+    /// For each command of the batch with a condition (by its index in the batch), the
+    /// first stored event that makes the condition fail, if one does.
+    pub matches: HashMap<usize, Position>,
 }
 
 /// How one command was decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Written now (201).
-    Created(AppendResult),
+    /// Written now (201): one result per stream written, in request order.
+    Created(Vec<AppendResult>),
     /// Every event was already stored by an earlier, identical request (200).
-    Idempotent(AppendResult),
-    /// The stream was not at the expected revision (409); nothing written.
+    Idempotent(Vec<AppendResult>),
+    /// A stream was not at the expected revision (409); nothing written.
     WrongExpectedRevision {
+        /// The first stream, written or checked, that was not.
+        stream: StreamName,
+        /// What the request expected of it.
+        expected: ExpectedRevision,
         /// The stream's last revision, `None` when it does not exist (or is deleted).
         current: Option<StreamRevision>,
     },
     /// Some of the ids are stored, elsewhere or not as this request (409); nothing written.
     DuplicateEventId {
+        /// The stream the request appends that id to.
+        stream: StreamName,
         /// The first such id.
         id: EventId,
     },
+    /// An event matching the request's condition is in the log (409); nothing written.
+    ConditionFailed {
+        /// The first matching event's position.
+        position: Position,
+    },
     /// The stream is hard-deleted (410); nothing written.
-    StreamDeleted,
+    StreamDeleted {
+        /// Which.
+        stream: StreamName,
+    },
     /// The stream was never written, or (for a delete) is already soft-deleted (404).
     StreamNotFound,
     /// Deleted (204), recording `$stream-deleted` at this revision.
@@ -195,8 +212,9 @@ pub fn decide(batch: &[Command], snapshot: Snapshot) -> Decision<'_> {
     };
     let outcomes = batch
         .iter()
-        .map(|command| match command {
-            Command::Append(append) => decider.append(append),
+        .enumerate()
+        .map(|(index, command)| match command {
+            Command::Append(append) => decider.append(index, append),
             Command::Delete(delete) => decider.delete(delete),
             Command::SetStreamRetention(set) => decider.set_retention(set),
             Command::SetCategoryRetention(set) => {
@@ -231,40 +249,78 @@ struct Decider<'a> {
 }
 
 impl<'a> Decider<'a> {
-    fn append(&mut self, append: &'a Append) -> Outcome {
-        let state = self.snapshot.streams.get(&append.stream).copied();
+    fn append(&mut self, index: usize, append: &'a Append) -> Outcome {
         // A closed name stays closed, for a retry of an append made before as well.
-        if state.is_some_and(|s| s.deleted == Some(Deletion::Hard)) {
-            return Outcome::StreamDeleted;
+        for write in &append.writes {
+            if self.state(&write.stream).is_some_and(|s| s.deleted == Some(Deletion::Hard)) {
+                return Outcome::StreamDeleted { stream: write.stream.clone() };
+            }
         }
         if append.ids_from_client {
             match find_retry(append, &self.snapshot.ids) {
                 Retry::NotStored => {}
-                Retry::Complete(result) => return Outcome::Idempotent(result),
-                Retry::Partial(id) => return Outcome::DuplicateEventId { id },
+                Retry::Complete(results) => return Outcome::Idempotent(results),
+                Retry::Partial { stream, id } => return Outcome::DuplicateEventId { stream, id },
             }
         }
-        let current = state.and_then(|s| s.current());
-        if !append.expected.admits(current) {
-            return Outcome::WrongExpectedRevision { current };
+        let expectations = append
+            .writes
+            .iter()
+            .map(|w| (&w.stream, w.expected))
+            .chain(append.checks.iter().map(|c| (&c.stream, c.expected)));
+        for (stream, expected) in expectations {
+            let current = self.state(stream).and_then(|s| s.current());
+            if !expected.admits(current) {
+                return Outcome::WrongExpectedRevision {
+                    stream: stream.clone(),
+                    expected,
+                    current,
+                };
+            }
         }
+        if let Some(condition) = &append.condition {
+            // What storage held comes first; then what earlier commands of this batch wrote.
+            let stored = self.snapshot.matches.get(&index).copied();
+            let written = || {
+                self.rows
+                    .iter()
+                    .find(|row| {
+                        condition.fails_on(row.position, &row.event.event_type, &row.event.tags)
+                    })
+                    .map(|row| row.position)
+            };
+            if let Some(position) = stored.or_else(written) {
+                return Outcome::ConditionFailed { position };
+            }
+        }
+        let results = append.writes.iter().map(|write| self.write(write)).collect();
+        Outcome::Created(results)
+    }
+
+    /// Writes one stream of an append whose checks all passed.
+    fn write(&mut self, write: &'a StreamWrite) -> AppendResult {
+        let state = self.state(&write.stream);
         // A soft-deleted stream is recreated: its revisions continue.
         let first_revision = state.map_or(StreamRevision(0), |s| s.revision.after(1));
         let first_position = self.head.after(1);
-        for (offset, (id, event)) in (0u64..).zip(&append.events) {
-            self.push(&append.stream, first_revision.after(offset), *id, Cow::Borrowed(event));
+        for (offset, (id, event)) in (0u64..).zip(&write.events) {
+            self.push(&write.stream, first_revision.after(offset), *id, Cow::Borrowed(event));
         }
-        let last_revision = first_revision.after(append.events.len() as u64 - 1);
+        let last_revision = first_revision.after(write.events.len() as u64 - 1);
         let retention = state.map(|s| s.retention).unwrap_or_default();
         let state = StreamState { revision: last_revision, deleted: None, retention };
-        self.set(&append.stream, state);
-        Outcome::Created(AppendResult {
-            stream: append.stream.clone(),
+        self.set(&write.stream, state);
+        AppendResult {
+            stream: write.stream.clone(),
             first_revision,
             last_revision,
             first_position,
             last_position: self.head,
-        })
+        }
+    }
+
+    fn state(&self, stream: &StreamName) -> Option<StreamState> {
+        self.snapshot.streams.get(stream).copied()
     }
 
     fn delete(&mut self, delete: &'a Delete) -> Outcome {
@@ -272,11 +328,12 @@ impl<'a> Decider<'a> {
             return Outcome::StreamNotFound;
         };
         if state.deleted == Some(Deletion::Hard) {
-            return Outcome::StreamDeleted;
+            return Outcome::StreamDeleted { stream: delete.stream.clone() };
         }
         let current = state.current();
         if !delete.expected.admits(current) {
-            return Outcome::WrongExpectedRevision { current };
+            let (stream, expected) = (delete.stream.clone(), delete.expected);
+            return Outcome::WrongExpectedRevision { stream, expected, current };
         }
         if state.deleted.is_some() && !delete.hard {
             return Outcome::StreamNotFound;
@@ -299,7 +356,7 @@ impl<'a> Decider<'a> {
             return Outcome::StreamNotFound;
         };
         if state.deleted == Some(Deletion::Hard) {
-            return Outcome::StreamDeleted;
+            return Outcome::StreamDeleted { stream: set.stream.clone() };
         }
         let (current, wanted) = (state.retention.truncate_before, set.retention.truncate_before);
         let next = state.revision.after(1);
@@ -385,42 +442,59 @@ fn system_event(event_type: &str, data: &impl serde::Serialize, id: EventId) -> 
         data: serde_json::value::RawValue::from_string(data).expect("serde_json wrote JSON"),
         metadata: None,
         data_subject: None,
+        tags: Vec::new(),
     }
 }
 
 enum Retry {
     NotStored,
-    Complete(AppendResult),
-    Partial(EventId),
+    Complete(Vec<AppendResult>),
+    Partial { stream: StreamName, id: EventId },
 }
 
-/// A retry is idempotent when every id is stored, in this stream, in request order, as one run.
+/// A retry is idempotent when every id is stored, each stream's in that stream, in request
+/// order, as one run, the runs one after the other in the request's order: as the original
+/// request stored them.
 fn find_retry(append: &Append, stored: &HashMap<EventId, StoredId>) -> Retry {
-    let first_id = append.events[0].0;
-    let Some(first) = stored.get(&first_id) else {
-        return match append.events.iter().find(|(id, _)| stored.contains_key(id)) {
-            Some((id, _)) => Retry::Partial(*id),
+    let partial =
+        |write: &StreamWrite, id: EventId| Retry::Partial { stream: write.stream.clone(), id };
+    let Some(first) = stored.get(&append.writes[0].events[0].0) else {
+        return match append.writes.iter().find_map(|w| {
+            w.events.iter().find(|(id, _)| stored.contains_key(id)).map(|(id, _)| (w, *id))
+        }) {
+            Some((write, id)) => partial(write, id),
             None => Retry::NotStored,
         };
     };
-    let is_run = append.events.iter().zip(0u64..).all(|((id, _), offset)| {
-        stored.get(id).is_some_and(|s| {
-            s.stream == append.stream
-                && s.revision == first.revision.after(offset)
-                && s.position == first.position.after(offset)
-        })
-    });
-    if !is_run {
-        return Retry::Partial(first_id);
+    let mut position = first.position;
+    let mut results = Vec::with_capacity(append.writes.len());
+    for write in &append.writes {
+        let (first_id, _) = write.events[0];
+        let Some(start) = stored.get(&first_id) else {
+            return partial(write, first_id);
+        };
+        let is_run = start.position == position
+            && write.events.iter().zip(0u64..).all(|((id, _), offset)| {
+                stored.get(id).is_some_and(|s| {
+                    s.stream == write.stream
+                        && s.revision == start.revision.after(offset)
+                        && s.position == start.position.after(offset)
+                })
+            });
+        if !is_run {
+            return partial(write, first_id);
+        }
+        let last = (write.events.len() - 1) as u64;
+        results.push(AppendResult {
+            stream: write.stream.clone(),
+            first_revision: start.revision,
+            last_revision: start.revision.after(last),
+            first_position: start.position,
+            last_position: start.position.after(last),
+        });
+        position = start.position.after(last + 1);
     }
-    let last = (append.events.len() - 1) as u64;
-    Retry::Complete(AppendResult {
-        stream: append.stream.clone(),
-        first_revision: first.revision,
-        last_revision: first.revision.after(last),
-        first_position: first.position,
-        last_position: first.position.after(last),
-    })
+    Retry::Complete(results)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The decision's guarantees, one test each.
 
 use super::*;
-use crate::protocol::{EventType, ExpectedRevision, SchemaVersion};
+use crate::protocol::{Condition, EventType, ExpectedRevision, QueryItem, SchemaVersion, Tag};
 use serde_json::value::RawValue;
 
 fn append(stream: &str, expected: ExpectedRevision, ids: &[u128], from_client: bool) -> Command {
@@ -12,11 +12,19 @@ fn append(stream: &str, expected: ExpectedRevision, ids: &[u128], from_client: b
         data: RawValue::from_string("1".into()).unwrap(),
         metadata: None,
         data_subject: None,
+        tags: Vec::new(),
     };
     Command::Append(Append {
-        stream: StreamName::new(stream).unwrap(),
-        expected,
-        events: ids.iter().map(|&id| (EventId(uuid::Uuid::from_u128(id)), event.clone())).collect(),
+        writes: vec![StreamWrite {
+            stream: StreamName::new(stream).unwrap(),
+            expected,
+            events: ids
+                .iter()
+                .map(|&id| (EventId(uuid::Uuid::from_u128(id)), event.clone()))
+                .collect(),
+        }],
+        checks: Vec::new(),
+        condition: None,
         ids_from_client: from_client,
     })
 }
@@ -47,9 +55,17 @@ fn truncate(stream: &str, before: Option<u64>) -> Command {
     Command::SetStreamRetention(SetStreamRetention { stream: name(stream), retention, id })
 }
 
+fn wrong(stream: &str, expected: ExpectedRevision, current: Option<u64>) -> Outcome {
+    Outcome::WrongExpectedRevision {
+        stream: name(stream),
+        expected,
+        current: current.map(StreamRevision),
+    }
+}
+
 fn created(outcome: &Outcome) -> &AppendResult {
     match outcome {
-        Outcome::Created(result) => result,
+        Outcome::Created(results) => &results[0],
         other => panic!("expected Created, got {other:?}"),
     }
 }
@@ -64,7 +80,7 @@ fn a_conflict_rejects_its_request_only() {
     let snapshot = Snapshot { head: Position(10), ..Snapshot::default() };
     let decision = decide(&batch, snapshot);
     assert_eq!(created(&decision.outcomes[0]).first_position, Position(11));
-    assert_eq!(decision.outcomes[1], Outcome::WrongExpectedRevision { current: None });
+    assert_eq!(decision.outcomes[1], wrong("b", ExpectedRevision::Exact(StreamRevision(5)), None));
     let c = created(&decision.outcomes[2]);
     assert_eq!((c.first_position, c.last_position), (Position(12), Position(13)));
     assert_eq!((c.first_revision, c.last_revision), (StreamRevision(0), StreamRevision(1)));
@@ -87,13 +103,10 @@ fn requests_on_one_stream_see_each_other_in_batch_order() {
     assert_eq!(created(&decision.outcomes[0]).first_revision, StreamRevision(1));
     assert_eq!(
         decision.outcomes[1],
-        Outcome::WrongExpectedRevision { current: Some(StreamRevision(1)) }
+        wrong("a", ExpectedRevision::Exact(StreamRevision(0)), Some(1))
     );
     assert_eq!(created(&decision.outcomes[2]).first_revision, StreamRevision(2));
-    assert_eq!(
-        decision.outcomes[3],
-        Outcome::WrongExpectedRevision { current: Some(StreamRevision(2)) }
-    );
+    assert_eq!(decision.outcomes[3], wrong("a", ExpectedRevision::NoStream, Some(2)));
     assert_eq!(decision.streams.len(), 1);
     assert_eq!(decision.streams[0].1.revision, StreamRevision(2));
 }
@@ -107,10 +120,10 @@ fn a_retry_in_the_same_batch_is_idempotent() {
     ];
     let decision = decide(&batch, Snapshot::default());
     let first = created(&decision.outcomes[0]).clone();
-    assert_eq!(decision.outcomes[1], Outcome::Idempotent(first));
+    assert_eq!(decision.outcomes[1], Outcome::Idempotent(vec![first]));
     assert_eq!(
         decision.outcomes[2],
-        Outcome::DuplicateEventId { id: EventId(uuid::Uuid::from_u128(2)) }
+        Outcome::DuplicateEventId { stream: name("b"), id: EventId(uuid::Uuid::from_u128(2)) }
     );
     assert_eq!(decision.rows.len(), 2);
 }
@@ -131,13 +144,13 @@ fn a_retry_is_recognised_before_the_expected_revision() {
     let decision = decide(&batch, snapshot);
     assert_eq!(
         decision.outcomes[0],
-        Outcome::Idempotent(AppendResult {
+        Outcome::Idempotent(vec![AppendResult {
             stream: StreamName::new("a").unwrap(),
             first_revision: StreamRevision(3),
             last_revision: StreamRevision(4),
             first_position: Position(5),
             last_position: Position(6),
-        })
+        }])
     );
     assert!(decision.rows.is_empty());
     assert_eq!(decision.head, Position(9));
@@ -161,7 +174,7 @@ fn a_soft_delete_records_its_event_and_a_recreated_stream_continues_its_revision
     assert_eq!(decision.rows[0].event.data.get(), r#"{"hard":false,"revision":4}"#);
     assert_eq!(
         decision.outcomes[1],
-        Outcome::WrongExpectedRevision { current: None },
+        wrong("a", ExpectedRevision::Exact(StreamRevision(5)), None),
         "a soft-deleted stream does not exist"
     );
     let recreated = created(&decision.outcomes[2]);
@@ -188,7 +201,7 @@ fn a_hard_deleted_stream_refuses_appends_retries_and_deletes() {
     let decision = decide(&batch, snapshot);
     assert!(matches!(decision.outcomes[0], Outcome::Deleted { deletion: Deletion::Hard, .. }));
     for outcome in &decision.outcomes[1..] {
-        assert_eq!(*outcome, Outcome::StreamDeleted);
+        assert_eq!(*outcome, Outcome::StreamDeleted { stream: name("a") });
     }
     assert_eq!(decision.rows.len(), 1, "only the deletion's own event");
 }
@@ -224,7 +237,7 @@ fn deleting_what_does_not_exist_is_not_found() {
     let decision = decide(&batch, snapshot);
     assert_eq!(decision.outcomes[0], Outcome::StreamNotFound);
     assert_eq!(decision.outcomes[1], Outcome::StreamNotFound);
-    assert_eq!(decision.outcomes[2], Outcome::WrongExpectedRevision { current: None });
+    assert_eq!(decision.outcomes[2], wrong("soft", ExpectedRevision::StreamExists, None));
     assert!(
         matches!(decision.outcomes[3], Outcome::Deleted { deletion: Deletion::Hard, .. }),
         "a soft-deleted name can be closed"
@@ -263,7 +276,7 @@ fn personal(stream: &str, subject: &str, ids: &[u128]) -> Command {
     let Command::Append(mut append) = append(stream, ExpectedRevision::Any, ids, false) else {
         unreachable!()
     };
-    for (_, event) in &mut append.events {
+    for (_, event) in &mut append.writes[0].events {
         event.data_subject = Some(DataSubject::new(subject).unwrap());
     }
     Command::Append(append)
@@ -353,4 +366,187 @@ fn erasures_continue_the_revisions_of_the_data_subjects_stream() {
     let decision = decide(&batch, snapshot);
     let revisions: Vec<u64> = decision.rows.iter().map(|r| r.revision.0).collect();
     assert_eq!(revisions, [7, 8]);
+}
+
+fn several(
+    writes: &[(&str, ExpectedRevision, &[u128])],
+    checks: &[(&str, ExpectedRevision)],
+) -> Append {
+    let writes = writes
+        .iter()
+        .map(|&(stream, expected, ids)| {
+            let Command::Append(mut append) = append(stream, expected, ids, true) else {
+                unreachable!()
+            };
+            append.writes.remove(0)
+        })
+        .collect();
+    let checks = checks
+        .iter()
+        .map(|&(stream, expected)| StreamCheck { stream: name(stream), expected })
+        .collect();
+    Append { writes, checks, condition: None, ids_from_client: true }
+}
+
+fn tagged(mut append: Append, event_type: &str, tags: &[&str]) -> Append {
+    for write in &mut append.writes {
+        for (_, event) in &mut write.events {
+            event.event_type = EventType::new(event_type).unwrap();
+            event.tags = tags.iter().map(|t| Tag::new(*t).unwrap()).collect();
+        }
+    }
+    append
+}
+
+fn condition(types: &[&str], tags: &[&str], after: Option<u64>) -> Option<Condition> {
+    let item = QueryItem::new(
+        types.iter().map(|t| EventType::new(*t).unwrap()).collect(),
+        tags.iter().map(|t| Tag::new(*t).unwrap()).collect(),
+    )
+    .unwrap();
+    Some(Condition::new(vec![item], after.map(Position)))
+}
+
+#[test]
+fn a_request_over_several_streams_is_written_whole_with_consecutive_positions() {
+    let mut snapshot = Snapshot { head: Position(4), ..Snapshot::default() };
+    snapshot.streams.insert(name("b"), at(2));
+    let request = several(
+        &[
+            ("a", ExpectedRevision::NoStream, &[1, 2]),
+            ("b", ExpectedRevision::Exact(StreamRevision(2)), &[3]),
+        ],
+        &[],
+    );
+    let batch = [Command::Append(request)];
+    let decision = decide(&batch, snapshot);
+    let Outcome::Created(results) = &decision.outcomes[0] else {
+        panic!("{:?}", decision.outcomes)
+    };
+    assert_eq!((results[0].first_position, results[0].last_position), (Position(5), Position(6)));
+    assert_eq!(
+        (results[1].first_position, results[1].first_revision),
+        (Position(7), StreamRevision(3))
+    );
+    assert_eq!(decision.rows.len(), 3);
+}
+
+#[test]
+fn a_conflict_on_any_stream_of_a_request_writes_nothing_and_names_the_first_that_failed() {
+    let mut snapshot = Snapshot::default();
+    snapshot.streams.insert(name("b"), at(2));
+    snapshot.streams.insert(name("c"), at(0));
+    let second_fails = several(
+        &[("a", ExpectedRevision::NoStream, &[1]), ("b", ExpectedRevision::NoStream, &[2])],
+        &[("c", ExpectedRevision::NoStream)],
+    );
+    let check_fails =
+        several(&[("a", ExpectedRevision::Any, &[3])], &[("c", ExpectedRevision::NoStream)]);
+    let batch = [Command::Append(second_fails), Command::Append(check_fails)];
+    let decision = decide(&batch, snapshot);
+    assert_eq!(decision.outcomes[0], wrong("b", ExpectedRevision::NoStream, Some(2)));
+    assert_eq!(decision.outcomes[1], wrong("c", ExpectedRevision::NoStream, Some(0)));
+    assert!(decision.rows.is_empty(), "nothing of either request");
+    assert!(decision.streams.is_empty());
+}
+
+#[test]
+fn a_retry_of_a_request_over_several_streams_answers_the_original_result() {
+    let first = several(
+        &[("a", ExpectedRevision::NoStream, &[1]), ("b", ExpectedRevision::NoStream, &[2, 3])],
+        &[],
+    );
+    let again = several(
+        &[("a", ExpectedRevision::NoStream, &[1]), ("b", ExpectedRevision::NoStream, &[2, 3])],
+        &[],
+    );
+    let mut part =
+        several(&[("a", ExpectedRevision::Any, &[1]), ("c", ExpectedRevision::Any, &[9])], &[]);
+    part.condition = condition(&["E"], &[], None);
+    let batch = [Command::Append(first), Command::Append(again), Command::Append(part)];
+    let decision = decide(&batch, Snapshot::default());
+    let Outcome::Created(original) = decision.outcomes[0].clone() else { panic!() };
+    assert_eq!(decision.outcomes[1], Outcome::Idempotent(original));
+    assert_eq!(
+        decision.outcomes[2],
+        Outcome::DuplicateEventId { stream: name("c"), id: EventId(uuid::Uuid::from_u128(9)) },
+        "only some of its ids are stored"
+    );
+    assert_eq!(decision.rows.len(), 3);
+}
+
+#[test]
+fn a_retry_is_answered_though_its_condition_would_fail_now() {
+    let mut request = several(&[("a", ExpectedRevision::Any, &[1])], &[]);
+    request.condition = condition(&["E"], &[], None);
+    let mut retry = several(&[("a", ExpectedRevision::Any, &[1])], &[]);
+    retry.condition = condition(&["E"], &[], None);
+    let batch = [Command::Append(request), Command::Append(retry)];
+    let decision = decide(&batch, Snapshot::default());
+    let Outcome::Created(original) = decision.outcomes[0].clone() else { panic!() };
+    assert_eq!(decision.outcomes[1], Outcome::Idempotent(original));
+}
+
+#[test]
+fn a_condition_fails_on_what_storage_holds_after_its_position() {
+    let mut request = several(&[("a", ExpectedRevision::Any, &[1])], &[]);
+    request.condition = condition(&["Seat"], &["course:1"], Some(3));
+    let mut snapshot = Snapshot { head: Position(9), ..Snapshot::default() };
+    snapshot.matches.insert(0, Position(7));
+    let batch = [Command::Append(request)];
+    let decision = decide(&batch, snapshot);
+    assert_eq!(decision.outcomes[0], Outcome::ConditionFailed { position: Position(7) });
+    assert!(decision.rows.is_empty());
+}
+
+#[test]
+fn a_condition_counts_events_of_earlier_requests_in_the_batch() {
+    // Two enrolments into the last seat, each decided on the same read (head 5): the
+    // first wins, the second sees the first's event although it is not stored yet.
+    let enrol = |id: u128| {
+        let mut request = tagged(
+            several(&[("course-1", ExpectedRevision::Any, &[id])], &[]),
+            "Seat",
+            &["course:1"],
+        );
+        request.condition = condition(&["Seat"], &["course:1"], Some(5));
+        Command::Append(request)
+    };
+    let other = Command::Append(tagged(
+        several(&[("course-2", ExpectedRevision::Any, &[3])], &[]),
+        "Seat",
+        &["course:2"],
+    ));
+    let batch = [enrol(1), other, enrol(2)];
+    let decision = decide(&batch, Snapshot { head: Position(5), ..Snapshot::default() });
+    assert!(matches!(decision.outcomes[0], Outcome::Created(_)));
+    assert!(matches!(decision.outcomes[1], Outcome::Created(_)), "another tag is no match");
+    assert_eq!(decision.outcomes[2], Outcome::ConditionFailed { position: Position(6) });
+    assert_eq!(decision.rows.len(), 2);
+}
+
+#[test]
+fn a_condition_ignores_events_at_or_before_its_position_and_those_of_refused_requests() {
+    let refused = {
+        let request =
+            tagged(several(&[("x", ExpectedRevision::NoStream, &[1])], &[]), "Seat", &["t"]);
+        Command::Append(request)
+    };
+    let written = Command::Append(tagged(
+        several(&[("y", ExpectedRevision::Any, &[2])], &[]),
+        "Seat",
+        &["t"],
+    ));
+    let after_it = |id: u128, after: u64| {
+        let mut request = several(&[("z", ExpectedRevision::Any, &[id])], &[]);
+        request.condition = condition(&[], &["t"], Some(after));
+        Command::Append(request)
+    };
+    let mut snapshot = Snapshot { head: Position(10), ..Snapshot::default() };
+    snapshot.streams.insert(name("x"), at(0));
+    let batch = [refused, written, after_it(3, 11), after_it(4, 10)];
+    let decision = decide(&batch, snapshot);
+    assert!(matches!(decision.outcomes[0], Outcome::WrongExpectedRevision { .. }));
+    assert!(matches!(decision.outcomes[2], Outcome::Created(_)), "the match is at its position");
+    assert_eq!(decision.outcomes[3], Outcome::ConditionFailed { position: Position(11) });
 }

@@ -53,7 +53,7 @@ pub async fn delete(
             state.metrics.streams_deleted_total.with_label_values(&[deletion.as_str()]).inc();
             Ok(StatusCode::NO_CONTENT)
         }
-        refused => Err(ApiError::refused(stream, expected, refused)),
+        refused => Err(ApiError::refused(stream, refused)),
     }
 }
 
@@ -84,7 +84,7 @@ pub async fn set_stream_metadata(
     let set = SetStreamRetention { stream: stream.clone(), retention, id };
     match state.writer.submit(Command::SetStreamRetention(set)).await? {
         Outcome::RetentionSet(metadata) => Ok(Json(metadata)),
-        refused => Err(ApiError::refused(stream, ExpectedRevision::Any, refused)),
+        refused => Err(ApiError::refused(stream, refused)),
     }
 }
 

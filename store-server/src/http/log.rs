@@ -34,7 +34,7 @@ pub async fn read_category(
 async fn read(state: &AppState, filter: Filter, query: RawQuery) -> Result<Response, ApiError> {
     let params = ReadParams::parse(query, state.http.read_limit_max)?;
     let query = LogQuery {
-        filter: Filter { types: params.types, ..filter },
+        filter: Filter { types: params.types, tags: params.tags, ..filter },
         from: params.from.map(Position),
         direction: params.direction,
         limit: params.limit,

@@ -1,5 +1,6 @@
 //! The HTTP API of shared/API.md: one file per resource, errors in `problem.rs`.
 
+mod append;
 mod authorize;
 mod body;
 mod consumers;
@@ -8,6 +9,7 @@ mod log;
 mod ops;
 mod params;
 mod problem;
+mod query;
 mod streams;
 mod subjects;
 mod subscribe;
@@ -126,7 +128,10 @@ fn routes(public_metrics: bool) -> Routes {
     use Access::{Authenticated, Category, Everything, InScope, Public, Stream};
     let metrics = if public_metrics { Public } else { Authenticated };
     Routes { router: Router::new(), table: Table::default() }
-        .route(Method::POST, "/streams/{stream}", Stream(Write), streams::append)
+        .route(Method::POST, "/streams/{stream}", Stream(Write), append::stream)
+        // Every stream in scope, and a condition unscoped: checked by the handler.
+        .route(Method::POST, "/append", InScope(Write), append::several)
+        .route(Method::POST, "/query", Everything(Read), query::query)
         .route(Method::GET, "/streams/{stream}", Stream(Read), streams::read)
         .route(Method::DELETE, "/streams/{stream}", Stream(Delete), lifecycle::delete)
         .route(Method::GET, "/streams/{stream}/subscribe", Stream(Read), subscribe::stream)

@@ -2,7 +2,7 @@
 //! given twice is a 400, never the last one silently.
 
 use super::ApiError;
-use crate::protocol::EventType;
+use crate::protocol::{EventType, Tag};
 use crate::store::Direction;
 use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
@@ -67,6 +67,8 @@ pub struct ReadParams {
     pub direction: Direction,
     /// `types`, comma-separated.
     pub types: Vec<EventType>,
+    /// `tags`, comma-separated.
+    pub tags: Vec<Tag>,
 }
 
 impl ReadParams {
@@ -94,8 +96,8 @@ impl ReadParams {
                 )));
             }
         };
-        let types = types(&query)?;
-        Ok(Self { from, limit, direction, types })
+        let (types, tags) = (types(&query)?, tags(&query)?);
+        Ok(Self { from, limit, direction, types, tags })
     }
 }
 
@@ -108,6 +110,16 @@ pub fn types(query: &Query) -> Result<Vec<EventType>, ApiError> {
         .map(|name| {
             EventType::new(name).map_err(|e| ApiError::InvalidRequest(format!("types: {e}")))
         })
+        .collect()
+}
+
+/// `tags`: comma-separated tags, every one of which an event must carry; absent is none.
+pub fn tags(query: &Query) -> Result<Vec<Tag>, ApiError> {
+    let Some(list) = query.list("tags")? else {
+        return Ok(Vec::new());
+    };
+    list.into_iter()
+        .map(|name| Tag::new(name).map_err(|e| ApiError::InvalidRequest(format!("tags: {e}"))))
         .collect()
 }
 

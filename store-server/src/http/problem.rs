@@ -75,6 +75,13 @@ pub enum ApiError {
         /// The first such id.
         id: EventId,
     },
+    /// `409 condition-failed`: an event matching the request's condition is in the log;
+    /// nothing was written.
+    #[error("the event at position {position} matches the request's condition")]
+    ConditionFailed {
+        /// The first matching event's position.
+        position: crate::protocol::Position,
+    },
     /// `413 payload-too-large`.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -120,20 +127,17 @@ impl From<crate::store::Error> for ApiError {
 }
 
 impl ApiError {
-    /// The refusal `outcome` stands for, for a command on `stream` that expected `expected`.
-    /// A success is not a refusal: the handler answers those itself.
-    pub fn refused(
-        stream: StreamName,
-        expected: ExpectedRevision,
-        outcome: decide::Outcome,
-    ) -> Self {
+    /// The refusal `outcome` stands for, for a command on `stream` (where the outcome does
+    /// not name its own). A success is not a refusal: the handler answers those itself.
+    pub fn refused(stream: StreamName, outcome: decide::Outcome) -> Self {
         use decide::Outcome;
         match outcome {
-            Outcome::WrongExpectedRevision { current } => {
+            Outcome::WrongExpectedRevision { stream, expected, current } => {
                 Self::WrongExpectedRevision { stream, expected, current }
             }
-            Outcome::DuplicateEventId { id } => Self::DuplicateEventId { stream, id },
-            Outcome::StreamDeleted => Self::StreamDeleted(stream),
+            Outcome::DuplicateEventId { stream, id } => Self::DuplicateEventId { stream, id },
+            Outcome::ConditionFailed { position } => Self::ConditionFailed { position },
+            Outcome::StreamDeleted { stream } => Self::StreamDeleted(stream),
             Outcome::StreamNotFound => Self::StreamNotFound(stream),
             Outcome::TruncateRefused { current, next } => Self::InvalidRequest(match current {
                 Some(current) => format!(
@@ -175,6 +179,7 @@ impl ApiError {
             Self::MethodNotAllowed => ProblemType::MethodNotAllowed,
             Self::WrongExpectedRevision { .. } => ProblemType::WrongExpectedRevision,
             Self::DuplicateEventId { .. } => ProblemType::DuplicateEventId,
+            Self::ConditionFailed { .. } => ProblemType::ConditionFailed,
             Self::PayloadTooLarge(_) => ProblemType::PayloadTooLarge,
             Self::Unavailable(_) | Self::TooManySubscriptions | Self::TimedOut(_) => {
                 ProblemType::Unavailable
@@ -221,6 +226,9 @@ impl IntoResponse for ApiError {
             Self::DuplicateEventId { stream, id } => {
                 extensions.insert("stream".into(), json!(stream));
                 extensions.insert("event_id".into(), json!(id));
+            }
+            Self::ConditionFailed { position } => {
+                extensions.insert("position".into(), json!(position));
             }
             _ => {}
         }

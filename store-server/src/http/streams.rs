@@ -1,62 +1,12 @@
-//! `/streams/{stream}`: append (the write path starts here) and read one stream.
+//! `GET /streams/{stream}`: read one stream (appends are in `append.rs`).
 
-use super::body::json;
 use super::params::{RawQuery, ReadParams, segment};
 use super::{ApiError, AppState};
-use crate::decide::{Append, Outcome};
-use crate::protocol::{AppendRequest, StreamName, StreamRevision, Timestamp};
+use crate::protocol::{StreamName, StreamRevision, Timestamp};
 use crate::store::{StreamQuery, StreamRead};
-use axum::Json;
-use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use std::time::Instant;
-
-/// `POST /streams/{stream}`: validate, queue for the writer, answer once durable.
-pub async fn append(
-    State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let result = decide_append(&state, path, &headers, body).await;
-    let label = match &result {
-        Ok((StatusCode::CREATED, _)) => "created",
-        Ok(_) => "idempotent",
-        Err(ApiError::WrongExpectedRevision { .. } | ApiError::DuplicateEventId { .. }) => {
-            "conflict"
-        }
-        Err(_) => "rejected",
-    };
-    state.metrics.appends_total.with_label_values(&[label]).inc();
-    state.metrics.append_duration_seconds.observe(started.elapsed().as_secs_f64());
-    result.map(|(status, body)| (status, body).into_response())
-}
-
-async fn decide_append(
-    state: &AppState,
-    path: Result<Path<String>, PathRejection>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(StatusCode, Json<crate::protocol::AppendResult>), ApiError> {
-    let stream = StreamName::new(segment(path)?)?;
-    let request: AppendRequest =
-        json(headers, body, state.http.request_body_bytes_max, "append request").await?;
-    let expected = request.expected_revision;
-    let append = Append::new(stream.clone(), request, state.append)?;
-    let events = append.events.len() as u64;
-    match state.writer.append(append).await? {
-        Outcome::Created(result) => {
-            state.metrics.events_appended_total.inc_by(events);
-            Ok((StatusCode::CREATED, Json(result)))
-        }
-        Outcome::Idempotent(result) => Ok((StatusCode::OK, Json(result))),
-        refused => Err(ApiError::refused(stream, expected, refused)),
-    }
-}
+use axum::response::Response;
 
 /// A stream a client may read: one of its own, or the server's `$data-subjects`, which
 /// only the server writes to.

@@ -1,7 +1,7 @@
 //! `…/subscribe`: server-sent events, catch-up then live, resumable by position.
 
 use super::authorize::Visible;
-use super::params::{self, RawQuery, number, segment, types};
+use super::params::{self, RawQuery, number, segment, tags, types};
 use super::{ApiError, AppState};
 use crate::protocol::{Category, Position};
 use crate::store::Filter;
@@ -28,7 +28,7 @@ pub async fn all(
     query: RawQuery,
 ) -> Result<Response, ApiError> {
     let query = params::query(query)?;
-    let filter = Filter { types: types(&query)?, ..Filter::default() };
+    let filter = Filter { types: types(&query)?, tags: tags(&query)?, ..Filter::default() };
     subscribe(state, filter, &headers, &query).await
 }
 
@@ -45,6 +45,7 @@ pub async fn category(
     let filter = Filter {
         category: Some(category),
         types: types(&query)?,
+        tags: tags(&query)?,
         scope: Visible::scope_of(visible.as_ref()),
         ..Filter::default()
     };

@@ -1,8 +1,9 @@
 //! Events in and out, append requests and results, and pages of reads.
 
+use super::conditions::Condition;
 use super::names::{
     DataSubject, EventId, EventType, ExpectedRevision, Position, SchemaVersion, StreamName,
-    StreamRevision,
+    StreamRevision, Tag,
 };
 use super::strict::check_strict;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
@@ -34,6 +35,9 @@ pub struct NewEvent {
     /// erased with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_subject: Option<DataSubject>,
+    /// Tags that reads, subscriptions and append conditions select it by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
 }
 
 /// JSON every strict parser reads: no stored event can break a consumer's parser.
@@ -73,6 +77,7 @@ impl NewEvent {
             data: serde_json::value::to_raw_value(data)?,
             metadata: None,
             data_subject: None,
+            tags: Vec::new(),
         })
     }
 
@@ -91,6 +96,20 @@ impl NewEvent {
         Self { data_subject: Some(subject), ..self }
     }
 
+    /// The same event, carrying `tags`.
+    ///
+    /// ```
+    /// use store_server::protocol::{EventType, NewEvent, Tag};
+    ///
+    /// let event = NewEvent::new(EventType::new("SeatTaken").unwrap(), &1)
+    ///     .unwrap()
+    ///     .tagged([Tag::new("course:7").unwrap()]);
+    /// assert_eq!(event.tags[0].as_str(), "course:7");
+    /// ```
+    pub fn tagged(self, tags: impl IntoIterator<Item = Tag>) -> Self {
+        Self { tags: tags.into_iter().collect(), ..self }
+    }
+
     /// Bytes of payload the event carries (data and metadata), for the per-event limit.
     pub fn payload_bytes(&self) -> usize {
         self.data.get().len() + self.metadata.as_ref().map_or(0, |m| m.get().len())
@@ -106,6 +125,9 @@ pub struct AppendRequest {
     pub expected_revision: ExpectedRevision,
     /// The events, stored atomically with consecutive revisions and positions.
     pub events: Vec<NewEvent>,
+    /// A query condition over the whole log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Condition>,
 }
 
 /// Which way a read goes (`direction=forward|backward`).
@@ -173,6 +195,9 @@ pub struct RecordedEvent {
     /// Its data subject was erased: `data` is gone for good.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub erased: bool,
+    /// Its tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
 }
 
 /// The log holds the server's system streams too (`$data-subjects`).

@@ -1,6 +1,7 @@
 //! The wire contract of shared/API.md, defined once: the server speaks it and the SDK
 //! uses it. Builds without any server dependency (`default-features = false`).
 
+mod conditions;
 mod consumers;
 mod events;
 mod lifecycle;
@@ -9,6 +10,10 @@ mod personal;
 mod problems;
 mod strict;
 
+pub use conditions::{
+    Condition, MultiAppendRequest, MultiAppendResult, QueryItem, QueryPage, QueryRequest,
+    StreamAppend, StreamCheck, TAGS_PER_EVENT_MAX,
+};
 pub use consumers::{Consumer, ConsumerConflict, ConsumerName, ConsumerWait, SetConsumer};
 pub use events::{
     AppendRequest, AppendResult, Direction, NewEvent, Page, RecordedEvent, Timestamp,
@@ -20,7 +25,7 @@ pub use lifecycle::{
 };
 pub use names::{
     Category, DataSubject, EventId, EventType, ExpectedRevision, InvalidName, NAME_BYTES_MAX,
-    Position, SchemaVersion, StreamName, StreamRevision,
+    Position, SchemaVersion, StreamName, StreamRevision, TAG_BYTES_MAX, Tag,
 };
 pub use personal::{
     DATA_SUBJECT_ERASED, DATA_SUBJECTS_STREAM, DataSubjectErased, DataSubjectInfo,

@@ -17,13 +17,15 @@ pub enum InvalidName {
         /// Which kind of name.
         what: &'static str,
     },
-    /// The name is longer than [`NAME_BYTES_MAX`].
-    #[error("{what} is {bytes} bytes long, the limit is {NAME_BYTES_MAX}")]
+    /// The name is longer than its limit ([`NAME_BYTES_MAX`], or [`TAG_BYTES_MAX`] for a tag).
+    #[error("{what} is {bytes} bytes long, the limit is {max}")]
     TooLong {
         /// Which kind of name.
         what: &'static str,
         /// Its length in bytes.
         bytes: usize,
+        /// The limit.
+        max: usize,
     },
     /// The name contains a control character.
     #[error("{what} must not contain control characters")]
@@ -43,11 +45,15 @@ pub enum InvalidName {
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<(), InvalidName> {
+    check_text(what, name, NAME_BYTES_MAX)
+}
+
+fn check_text(what: &'static str, name: &str, max: usize) -> Result<(), InvalidName> {
     if name.is_empty() {
         return Err(InvalidName::Empty { what });
     }
-    if name.len() > NAME_BYTES_MAX {
-        return Err(InvalidName::TooLong { what, bytes: name.len() });
+    if name.len() > max {
+        return Err(InvalidName::TooLong { what, bytes: name.len(), max });
     }
     if name.chars().any(char::is_control) {
         return Err(InvalidName::ControlCharacter { what });
@@ -184,6 +190,27 @@ impl DataSubject {
     }
 }
 validated_name!(DataSubject);
+
+/// Longest tag, in bytes (API: "1 to 100 bytes").
+pub const TAG_BYTES_MAX: usize = 100;
+
+/// A tag on an event: 1 to 100 bytes of UTF-8 without control characters. Reads,
+/// subscriptions and append conditions select events by tags.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(String);
+
+impl Tag {
+    /// Validates `name` as a tag.
+    ///
+    /// # Errors
+    /// [`InvalidName`] says which rule the name breaks.
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidName> {
+        let name = name.into();
+        check_text("tag", &name, TAG_BYTES_MAX)?;
+        Ok(Self(name))
+    }
+}
+validated_name!(Tag);
 
 /// The type of an event: 1 to 200 bytes of UTF-8 without control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -386,7 +413,7 @@ mod tests {
         assert!(StreamName::new("x".repeat(200)).is_ok());
         assert_eq!(
             StreamName::new("x".repeat(201)),
-            Err(InvalidName::TooLong { what: "stream name", bytes: 201 })
+            Err(InvalidName::TooLong { what: "stream name", bytes: 201, max: 200 })
         );
         assert!(matches!(StreamName::new(""), Err(InvalidName::Empty { .. })));
         assert!(matches!(StreamName::new("a\nb"), Err(InvalidName::ControlCharacter { .. })));

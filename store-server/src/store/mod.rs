@@ -24,7 +24,7 @@ use crate::crypto::MasterKey;
 use crate::decide::{Command, Outcome, StreamState};
 use crate::protocol::{
     Category, CategoryRetention, ConsumerConflict, ConsumerName, DataSubject, DataSubjectInfo,
-    EventType, Page, Position, SetConsumer, StreamName, StreamRevision, Timestamp,
+    EventType, Page, Position, QueryItem, SetConsumer, StreamName, StreamRevision, Tag, Timestamp,
 };
 use std::sync::Arc;
 
@@ -73,6 +73,8 @@ pub struct Filter {
     pub category: Option<Category>,
     /// Only these event types; empty: every type.
     pub types: Vec<EventType>,
+    /// Only events carrying every one of these tags; empty: no tag needed.
+    pub tags: Vec<Tag>,
     /// Only streams one of these patterns covers (a scoped token's); `None`: every stream.
     pub scope: Option<Arc<[StreamPattern]>>,
 }
@@ -83,6 +85,7 @@ impl Filter {
         self.stream.as_ref().is_none_or(|s| *s == event.stream)
             && self.category.as_ref().is_none_or(|c| c.as_str() == event.stream.category())
             && (self.types.is_empty() || self.types.contains(&event.event_type))
+            && self.tags.iter().all(|tag| event.tags.contains(tag))
             && self.scope.as_ref().is_none_or(|scope| {
                 scope.iter().any(|pattern| pattern.covers(event.stream.as_str()))
             })
@@ -93,6 +96,7 @@ impl Filter {
         self.stream.is_none()
             && self.category.is_none()
             && self.types.is_empty()
+            && self.tags.is_empty()
             && self.scope.is_none()
     }
 }
@@ -134,6 +138,19 @@ pub struct LogQuery {
     pub from: Option<Position>,
     /// Which way.
     pub direction: Direction,
+    /// At most this many events.
+    pub limit: usize,
+    /// At most this many bytes of data and metadata (but always one event).
+    pub bytes_max: usize,
+}
+
+/// A read of the events matching a DCB query (`POST /query`).
+#[derive(Debug, Clone)]
+pub struct EventQuery {
+    /// Events matching any of these.
+    pub items: Vec<QueryItem>,
+    /// Only events after this position.
+    pub after: Position,
     /// At most this many events.
     pub limit: usize,
     /// At most this many bytes of data and metadata (but always one event).
@@ -232,6 +249,11 @@ pub trait Store: Send + Sync + 'static {
     /// Reads the log by position. The page's `head` is at least every position the read
     /// could see: a reader that continues after `head` (when `next` is `None`) misses nothing.
     async fn read_log(&self, query: LogQuery) -> Result<Page<Position>, Error>;
+
+    /// The events `query` matches, by position. The page's `next` is the `after` of the
+    /// following page; its `head` is at least every position the read could see, so a
+    /// condition with `after` = `head` fails on anything matching appended since.
+    async fn query(&self, query: EventQuery) -> Result<Page<Position>, Error>;
 
     /// The last position in the log (0 when empty).
     async fn head(&self) -> Result<Position, Error>;

@@ -9,6 +9,7 @@ use crate::protocol::{
     RecordedEvent, SchemaVersion, StreamName, StreamRetention, StreamRevision, Timestamp,
 };
 use serde_json::value::RawValue;
+use std::collections::HashMap;
 
 impl StoredConsumer {
     pub(super) fn from_row(
@@ -51,11 +52,23 @@ pub(super) struct EventRow {
     pub data_subject: Option<String>,
     /// `data`, sealed under the data subject's key (`data` is then empty).
     pub sealed: Option<Vec<u8>>,
+    /// Its tags as a JSON array of strings; `None`: no tag.
+    pub tags: Option<String>,
 }
 
 /// The columns of an [`EventRow`], in order, for every `SELECT` of events.
 pub(super) const EVENT_COLUMNS: &str = "position, stream, revision, id, type, schema_version, \
-     data, metadata, recorded_at, data_subject, sealed";
+     data, metadata, recorded_at, data_subject, sealed, tags";
+
+/// [`EVENT_COLUMNS`] of `events e`, for a read that joins another table.
+pub(super) const EVENT_COLUMNS_OF_E: &str = "e.position, e.stream, e.revision, e.id, e.type, \
+     e.schema_version, e.data, e.metadata, e.recorded_at, e.data_subject, e.sealed, e.tags";
+
+/// How the `tags` column keeps an event's tags: a JSON array, `None` for none, so that SQL
+/// can list them (`json_each`, `json_array_elements_text`) when their index rows go.
+pub(super) fn tags_column(tags: &[crate::protocol::Tag]) -> Option<String> {
+    (!tags.is_empty()).then(|| serde_json::to_string(tags).expect("tags serialize"))
+}
 
 impl EventRow {
     /// The event, and its sealed data if it has a data subject (its `data` is then `null`
@@ -96,6 +109,12 @@ impl EventRow {
             recorded_at: self.recorded_at.ok_or_else(|| corrupt("recorded_at".into()))?,
             data_subject,
             erased: false,
+            tags: match self.tags {
+                Some(tags) => {
+                    serde_json::from_str(&tags).map_err(|e| corrupt(format!("tags: {e}")))?
+                }
+                None => Vec::new(),
+            },
         };
         Ok((event, self.sealed))
     }
@@ -150,6 +169,15 @@ impl<C, F: Fn(&RecordedEvent) -> C> PageBuilder<C, F> {
     }
 }
 
+/// A page of a DCB query: its `next` is the `after` of the following page, the position of
+/// its last event, and not where the following page starts.
+pub(super) fn query_page(mut page: Page<Position>) -> Page<Position> {
+    if page.next.is_some() {
+        page.next = page.events.last().map(|event| event.position);
+    }
+    page
+}
+
 /// The distinct data subjects a batch names; empty for a batch without personal data.
 pub(super) fn batch_subjects(batch: &[Command]) -> Vec<&str> {
     let mut subjects: Vec<&str> =
@@ -162,7 +190,7 @@ pub(super) fn batch_subjects(batch: &[Command]) -> Vec<&str> {
 /// What a batch's decisions need looked up: the distinct streams its commands touch, and
 /// the client-chosen ids its appends carry.
 pub(super) fn batch_keys(batch: &[Command]) -> (Vec<&StreamName>, Vec<uuid::Uuid>) {
-    let mut streams: Vec<&StreamName> = batch.iter().filter_map(Command::stream).collect();
+    let mut streams: Vec<&StreamName> = batch.iter().flat_map(Command::streams).collect();
     streams.sort_unstable();
     streams.dedup();
     let ids = batch
@@ -171,7 +199,7 @@ pub(super) fn batch_keys(batch: &[Command]) -> (Vec<&StreamName>, Vec<uuid::Uuid
             Command::Append(append) if append.ids_from_client => Some(append),
             _ => None,
         })
-        .flat_map(|a| a.events.iter().map(|(id, _)| id.0))
+        .flat_map(|a| a.events().map(|(id, _)| id.0))
         .collect();
     (streams, ids)
 }
@@ -244,6 +272,7 @@ pub(super) fn snapshot(
     streams: Vec<StreamRow>,
     ids: Vec<(uuid::Uuid, String, i64, i64)>,
     subjects: &[SubjectRow],
+    matches: HashMap<usize, Position>,
 ) -> Result<Snapshot, Error> {
     let name = |name: String, position| {
         StreamName::recorded(name).map_err(|e| Error::Corrupt { position, why: e.to_string() })
@@ -263,5 +292,6 @@ pub(super) fn snapshot(
             })
             .collect::<Result<_, Error>>()?,
         subjects: subjects.iter().map(SubjectRow::state).collect::<Result<_, Error>>()?,
+        matches,
     })
 }

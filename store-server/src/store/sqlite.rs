@@ -7,12 +7,12 @@ use super::personal::{self, EncryptionRow, KeyFacts, SUBJECT_COLUMNS, SubjectRow
 use super::retention::{self, CANDIDATE_COLUMNS, Candidate, OWN_RETENTION};
 use super::rows::{
     EVENT_COLUMNS, EventRow, PageBuilder, STREAM_COLUMNS, StreamRow, batch_keys, batch_subjects,
-    category_retention, snapshot, to_i64, to_sql, to_u64,
+    category_retention, query_page, snapshot, tags_column, to_i64, to_sql, to_u64,
 };
-use super::sql::Param;
+use super::sql::{Dialect, Param, Sql};
 use super::{
-    Backend, Committed, Direction, Error, LogQuery, Removable, Scavenged, Store, StoredConsumer,
-    StreamQuery, StreamRead, migrations,
+    Backend, Committed, Direction, Error, EventQuery, LogQuery, Removable, Scavenged, Store,
+    StoredConsumer, StreamQuery, StreamRead, migrations,
 };
 use crate::crypto::MasterKey;
 use crate::decide::retention::Retention;
@@ -314,22 +314,24 @@ impl Store for Sqlite {
         let master = self.master.clone();
         self.read(move |connection| {
             let tx = connection.transaction()?;
-            let sql = super::sql::read_log(&query, super::sql::Dialect::Sqlite);
-            let values = sql.params.into_iter().map(|param| match param {
-                Param::Int(value) => Value::Integer(value),
-                Param::Text(text) => Value::Text(text.to_owned()),
-                Param::Texts(_) => unreachable!("the SQLite dialect binds one value per mark"),
-            });
-            let mut page = PageBuilder::new(query.limit, query.bytes_max, |e| e.position);
-            let mut statement = tx.prepare_cached(&sql.text)?;
-            for row in statement.query_map(rusqlite::params_from_iter(values), event_row)? {
-                if !page.push(row?)? {
-                    break;
-                }
-            }
-            drop(statement);
+            let sql = super::sql::read_log(&query, Dialect::Sqlite);
+            let page = PageBuilder::new(query.limit, query.bytes_max, |e| e.position);
+            let page = fill(&tx, sql, page)?;
             let head = log_head(&tx)?;
             open_page(&tx, page.finish(head)?, master.as_deref())
+        })
+        .await
+    }
+
+    async fn query(&self, query: EventQuery) -> Result<Page<Position>, Error> {
+        let master = self.master.clone();
+        self.read(move |connection| {
+            let tx = connection.transaction()?;
+            let sql = super::sql::query(&query.items, query.after, query.limit, Dialect::Sqlite);
+            let page = PageBuilder::new(query.limit, query.bytes_max, |e| e.position);
+            let page = fill(&tx, sql, page)?;
+            let head = log_head(&tx)?;
+            open_page(&tx, page.finish(head)?, master.as_deref()).map(query_page)
         })
         .await
     }
@@ -541,6 +543,52 @@ fn consumer_row(
     .transpose()
 }
 
+/// The SQLite values of `params`: one per mark.
+fn values<'a>(params: Vec<Param<'a>>) -> impl Iterator<Item = Value> + 'a {
+    params.into_iter().map(|param| match param {
+        Param::Int(value) => Value::Integer(value),
+        Param::Text(text) => Value::Text(text.to_owned()),
+        Param::Texts(_) => unreachable!("the SQLite dialect binds one value per mark"),
+    })
+}
+
+/// Reads the rows of `sql` into `page` until it is full.
+fn fill<C, F: Fn(&crate::protocol::RecordedEvent) -> C>(
+    connection: &Connection,
+    sql: Sql<'_>,
+    mut page: PageBuilder<C, F>,
+) -> Result<PageBuilder<C, F>, Error> {
+    let mut statement = connection.prepare_cached(&sql.text)?;
+    for row in statement.query_map(rusqlite::params_from_iter(values(sql.params)), event_row)? {
+        if !page.push(row?)? {
+            break;
+        }
+    }
+    Ok(page)
+}
+
+/// For each command of `batch` with a condition, the first stored event after its `after`
+/// that makes it fail, if one does. Read under the write lock, like the rest of the snapshot.
+fn condition_matches(
+    connection: &Connection,
+    batch: &[Command],
+) -> Result<HashMap<usize, Position>, Error> {
+    let mut matches = HashMap::new();
+    for (index, condition) in
+        batch.iter().enumerate().filter_map(|(i, c)| Some((i, c.condition()?)))
+    {
+        let after = condition.after.unwrap_or_default();
+        let sql = super::sql::first_match(&condition.fail_if_events_match, after, Dialect::Sqlite);
+        let first: Option<i64> = connection
+            .prepare_cached(&sql.text)?
+            .query_row(rusqlite::params_from_iter(values(sql.params)), |row| row.get(0))?;
+        if let Some(first) = first {
+            matches.insert(index, Position(to_u64(first, first, "position")?));
+        }
+    }
+    Ok(matches)
+}
+
 fn log_head(connection: &Connection) -> Result<i64, Error> {
     Ok(connection
         .prepare_cached("SELECT position FROM log_head")?
@@ -561,6 +609,7 @@ fn event_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
         recorded_at: Timestamp::from_unix_micros(row.get(8)?),
         data_subject: row.get(9)?,
         sealed: row.get(10)?,
+        tags: row.get(11)?,
     })
 }
 
@@ -716,6 +765,14 @@ fn scavenge(
     if step.until <= step.from {
         return Ok(Scavenged::default());
     }
+    // The tag index's rows go with their events, listed by the events' own `tags`.
+    tx.prepare_cached(
+        "DELETE FROM event_tags WHERE (tag, position) IN (
+             SELECT j.value, e.position FROM events e, json_each(e.tags) j
+             WHERE e.stream = ?1 AND e.revision >= ?2 AND e.revision < ?3
+             AND e.tags IS NOT NULL AND substr(e.type, 1, 1) <> '$')",
+    )?
+    .execute(params![stream.as_str(), to_i64(step.from.0), to_i64(step.until.0)])?;
     let removed = tx
         .prepare_cached(
             "DELETE FROM events WHERE stream = ?1 AND revision >= ?2 AND revision < ?3
@@ -756,7 +813,8 @@ fn commit(
     }
     drop((state, stored));
     let subjects = subject_rows(&tx, &batch_subjects(batch))?;
-    let snapshot = snapshot(log_head(&tx)?, states, stored_ids, &subjects)?;
+    let matches = condition_matches(&tx, batch)?;
+    let snapshot = snapshot(log_head(&tx)?, states, stored_ids, &subjects, matches)?;
     let decision = crate::decide::decide(batch, snapshot);
     let encryption = match personal::creates_keys(&decision) {
         true => encryption_row(&tx)?,
@@ -767,9 +825,11 @@ fn commit(
     if wrote {
         let mut insert = tx.prepare_cached(
             "INSERT INTO events (position, stream, category, revision, id, type, schema_version,
-                                 data, metadata, recorded_at, data_subject, sealed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                 data, metadata, recorded_at, data_subject, sealed, tags)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
+        let mut tag =
+            tx.prepare_cached("INSERT INTO event_tags (tag, position) VALUES (?1, ?2)")?;
         for (row, sealed) in decision.rows.iter().zip(&sealed.rows) {
             // Sealed data leaves the plain `data` column empty.
             let data = if sealed.is_some() { "" } else { row.event.data.get() };
@@ -786,7 +846,11 @@ fn commit(
                 recorded_at.unix_micros(),
                 row.event.data_subject.as_ref().map(DataSubject::as_str),
                 sealed.as_deref(),
+                tags_column(&row.event.tags),
             ])?;
+            for name in &row.event.tags {
+                tag.execute(params![name.as_str(), to_i64(row.position.0)])?;
+            }
         }
         tx.prepare_cached("UPDATE log_head SET position = ?1")?
             .execute([to_i64(decision.head.0)])?;

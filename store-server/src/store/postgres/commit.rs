@@ -4,10 +4,16 @@
 use super::NOTIFY_CHANNEL;
 use crate::crypto::MasterKey;
 use crate::decide::Command;
+use crate::protocol::Position;
 use crate::protocol::Timestamp;
 use crate::store::personal::{self, SUBJECT_COLUMNS};
-use crate::store::rows::{STREAM_COLUMNS, batch_keys, batch_subjects, snapshot, to_i64, to_sql};
+use crate::store::rows::{
+    STREAM_COLUMNS, batch_keys, batch_subjects, snapshot, tags_column, to_i64, to_sql, to_u64,
+};
+use crate::store::sql::{self, Dialect};
 use crate::store::{Committed, Error};
+use futures_util::future::try_join_all;
+use std::collections::HashMap;
 use tokio_postgres::types::ToSql;
 
 /// One group commit in two round trips. Statements pipelined on one connection run in
@@ -25,9 +31,10 @@ pub(super) async fn commit(
     let subjects = batch_subjects(batch);
     let streams: Vec<&str> = streams.iter().map(|s| s.as_str()).collect();
     let streams_params: [&(dyn ToSql + Sync); 1] = [&streams];
+    let conditions = Conditions::prepare(client, batch).await?;
 
     // Round trip 1: BEGIN, lock, read what the decisions need.
-    let ((), head, heads, stored, (subject_rows, encryption)) = tokio::try_join!(
+    let ((), head, heads, stored, (subject_rows, encryption), matches) = tokio::try_join!(
         client.batch_execute("BEGIN"),
         // The log head's row lock serialises every writer on this database, across server
         // instances: positions are handed out while it is held and become visible at commit
@@ -53,6 +60,7 @@ pub(super) async fn commit(
                 }
             }
         },
+        conditions.first_matches(client),
     )?;
     let encryption = encryption.as_ref().map(super::personal::encryption);
     let subject_rows: Vec<_> = subject_rows.iter().map(super::personal::subject_row).collect();
@@ -61,6 +69,7 @@ pub(super) async fn commit(
         heads.iter().map(super::stream_row).collect(),
         stored.iter().map(|row| (row.get(0), row.get(1), row.get(2), row.get(3))).collect(),
         &subject_rows,
+        conditions.matched(matches)?,
     )?;
     let decision = crate::decide::decide(batch, snapshot);
     let sealed = personal::seal(&decision, &subject_rows, master, encryption.as_ref())?;
@@ -104,10 +113,16 @@ pub(super) async fn commit(
     let sealed_data: Vec<Option<&[u8]>> = sealed.rows.iter().map(|s| s.as_deref()).collect();
     let metadata: Vec<Option<&str>> =
         rows.iter().map(|r| r.event.metadata.as_ref().map(|m| m.get())).collect();
+    let tags: Vec<Option<String>> = rows.iter().map(|r| tags_column(&r.event.tags)).collect();
+    let (tag_names, tag_positions): (Vec<&str>, Vec<i64>) = rows
+        .iter()
+        .flat_map(|r| r.event.tags.iter().map(|t| (t.as_str(), to_i64(r.position.0))))
+        .unzip();
+    let tag_params: [&(dyn ToSql + Sync); 2] = [&tag_names, &tag_positions];
     let head_states = stream_states(&decision.streams);
     let new_head = to_i64(decision.head.0);
     let at = recorded_at.to_offset_date_time();
-    let event_params: [&(dyn ToSql + Sync); 12] = [
+    let event_params: [&(dyn ToSql + Sync); 13] = [
         &positions,
         &stream_names,
         &categories,
@@ -120,6 +135,7 @@ pub(super) async fn commit(
         &data_subjects,
         &sealed_data,
         &at,
+        &tags,
     ];
     let keys = SubjectKeys::of(&sealed.subjects);
     let first_position = to_i64(decision.first_position.0);
@@ -130,6 +146,12 @@ pub(super) async fn commit(
     let notify_params: [&(dyn ToSql + Sync); 2] = [&NOTIFY_CHANNEL, &instance];
     tokio::try_join!(
         client.execute(&statements.insert_events, &event_params),
+        async {
+            match tag_names.is_empty() {
+                true => Ok(0),
+                false => client.execute(&statements.insert_tags, &tag_params).await,
+            }
+        },
         async {
             match keys.subjects.is_empty() {
                 true => Ok(0),
@@ -207,6 +229,65 @@ impl<'a> SubjectKeys<'a> {
     }
 }
 
+/// The queries of a batch's conditions: for each command with one, the first stored event
+/// after its `after` that makes it fail. Sent pipelined behind the lock, like the other reads.
+struct Conditions<'a> {
+    queries: Vec<(usize, sql::Sql<'a>, tokio_postgres::Statement)>,
+}
+
+impl<'a> Conditions<'a> {
+    async fn prepare(
+        client: &deadpool_postgres::Client,
+        batch: &'a [Command],
+    ) -> Result<Self, Error> {
+        let sqls: Vec<(usize, sql::Sql<'a>)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(index, command)| {
+                let condition = command.condition()?;
+                let after = condition.after.unwrap_or_default();
+                Some((
+                    index,
+                    sql::first_match(&condition.fail_if_events_match, after, Dialect::Postgres),
+                ))
+            })
+            .collect();
+        // Requests of one shape share one prepared statement.
+        let statements =
+            try_join_all(sqls.iter().map(|(_, sql)| client.prepare_cached(&sql.text))).await?;
+        let queries = sqls
+            .into_iter()
+            .zip(statements)
+            .map(|((index, sql), stmt)| (index, sql, stmt))
+            .collect();
+        Ok(Self { queries })
+    }
+
+    async fn first_matches(
+        &self,
+        client: &deadpool_postgres::Client,
+    ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        let params: Vec<_> =
+            self.queries.iter().map(|(_, sql, _)| super::read::params(sql)).collect();
+        let queries = self
+            .queries
+            .iter()
+            .zip(&params)
+            .map(|((_, _, stmt), params)| client.query_one(stmt, params));
+        try_join_all(queries).await
+    }
+
+    fn matched(&self, rows: Vec<tokio_postgres::Row>) -> Result<HashMap<usize, Position>, Error> {
+        let mut matches = HashMap::new();
+        for ((index, ..), row) in self.queries.iter().zip(rows) {
+            if let Some(first) = row.get::<_, Option<i64>>(0) {
+                matches.insert(*index, Position(to_u64(first, first, "position")?));
+            }
+        }
+        Ok(matches)
+    }
+}
+
 /// The write path's statements, prepared once per connection (then cached by the pool).
 struct Statements {
     lock: tokio_postgres::Statement,
@@ -215,6 +296,7 @@ struct Statements {
     subjects: tokio_postgres::Statement,
     encryption: tokio_postgres::Statement,
     insert_events: tokio_postgres::Statement,
+    insert_tags: tokio_postgres::Statement,
     upsert_subjects: tokio_postgres::Statement,
     upsert_streams: tokio_postgres::Statement,
     advance_log_head: tokio_postgres::Statement,
@@ -233,6 +315,7 @@ impl Statements {
             subjects,
             encryption,
             insert_events,
+            insert_tags,
             upsert_subjects,
             upsert_streams,
             advance_log_head,
@@ -248,10 +331,14 @@ impl Statements {
             client.prepare_cached(
                 "INSERT INTO events (position, stream, category, revision, id, type,
                                      schema_version, data, metadata, data_subject, sealed,
-                                     recorded_at)
+                                     tags, recorded_at)
                  SELECT e.*, $12 FROM UNNEST($1::bigint[], $2::text[], $3::text[],
                      $4::bigint[], $5::uuid[], $6::text[], $7::int4[], $8::text[], $9::text[],
-                     $10::text[], $11::bytea[]) AS e"
+                     $10::text[], $11::bytea[], $13::text[]) AS e"
+            ),
+            client.prepare_cached(
+                "INSERT INTO event_tags (tag, position)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[])"
             ),
             client.prepare_cached(
                 "INSERT INTO data_subjects (subject, key_since, wrapped_key, master_key_id,
@@ -281,6 +368,7 @@ impl Statements {
             subjects,
             encryption,
             insert_events,
+            insert_tags,
             upsert_subjects,
             upsert_streams,
             advance_log_head,

@@ -12,8 +12,8 @@ mod retention;
 
 use super::rows::{StreamRow, to_i64, to_u64};
 use super::{
-    Backend, Committed, Error, LogQuery, Removable, Scavenged, Store, StoredConsumer, StreamQuery,
-    StreamRead, migrations,
+    Backend, Committed, Error, EventQuery, LogQuery, Removable, Scavenged, Store, StoredConsumer,
+    StreamQuery, StreamRead, migrations,
 };
 use crate::crypto::MasterKey;
 use crate::decide::{Command, StreamState};
@@ -283,6 +283,10 @@ impl Store for Postgres {
 
     async fn read_log(&self, query: LogQuery) -> Result<Page<Position>, Error> {
         read::log(&self.connection().await?, query, self.master.as_deref()).await
+    }
+
+    async fn query(&self, query: EventQuery) -> Result<Page<Position>, Error> {
+        read::query(&self.connection().await?, query, self.master.as_deref()).await
     }
 
     async fn head(&self) -> Result<Position, Error> {

@@ -6,7 +6,7 @@ use crate::protocol::{Page, Position, Timestamp};
 use crate::store::retention;
 use crate::store::rows::{EVENT_COLUMNS, EventRow, PageBuilder, to_i64};
 use crate::store::sql::{self, Dialect, Param};
-use crate::store::{Direction, Error, LogQuery, StreamQuery, StreamRead};
+use crate::store::{Direction, Error, EventQuery, LogQuery, StreamQuery, StreamRead};
 use deadpool_postgres::{Client, GenericClient};
 use tokio_postgres::types::ToSql;
 use tokio_stream::StreamExt;
@@ -64,15 +64,41 @@ pub(super) async fn log(
     master: Option<&MasterKey>,
 ) -> Result<Page<Position>, Error> {
     let sql = sql::read_log(&query, Dialect::Postgres);
-    let params: Vec<&(dyn ToSql + Sync)> = sql
-        .params
+    let page = PageBuilder::new(query.limit, query.bytes_max, |e| e.position);
+    by_position(client, sql, page, master).await
+}
+
+/// The events of a DCB query, by position.
+pub(super) async fn query(
+    client: &Client,
+    query: EventQuery,
+    master: Option<&MasterKey>,
+) -> Result<Page<Position>, Error> {
+    let sql = sql::query(&query.items, query.after, query.limit, Dialect::Postgres);
+    let page = PageBuilder::new(query.limit, query.bytes_max, |e| e.position);
+    by_position(client, sql, page, master).await.map(crate::store::rows::query_page)
+}
+
+/// The parameters of `sql`, as tokio-postgres binds them.
+pub(super) fn params<'a>(sql: &'a sql::Sql<'_>) -> Vec<&'a (dyn ToSql + Sync)> {
+    sql.params
         .iter()
         .map(|param| match param {
             Param::Int(value) => value as &(dyn ToSql + Sync),
             Param::Text(text) => text,
             Param::Texts(texts) => texts,
         })
-        .collect();
+        .collect()
+}
+
+/// A page of the events `sql` selects, with the log head read before them.
+async fn by_position<F: Fn(&crate::protocol::RecordedEvent) -> Position>(
+    client: &Client,
+    sql: sql::Sql<'_>,
+    page: PageBuilder<Position, F>,
+    master: Option<&MasterKey>,
+) -> Result<Page<Position>, Error> {
+    let params = params(&sql);
     let (head_stmt, events_stmt) =
         tokio::try_join!(client.prepare_cached(LOG_HEAD_SQL), client.prepare_cached(&sql.text))?;
     // Pipelined, sent in this order: the head is read before the events (see `finish`).
@@ -80,7 +106,6 @@ pub(super) async fn log(
         client.query_one(&head_stmt, &[]),
         client.query_raw(&events_stmt, params),
     )?;
-    let page = PageBuilder::new(query.limit, query.bytes_max, |e| e.position);
     let page = fill(page, events).await?.finish(head.get(0))?;
     super::personal::open_page(client, page, master).await
 }
@@ -122,5 +147,6 @@ fn event_row(row: &tokio_postgres::Row) -> EventRow {
         recorded_at: Some(recorded_at.into()),
         data_subject: row.get(9),
         sealed: row.get(10),
+        tags: row.get(11),
     }
 }

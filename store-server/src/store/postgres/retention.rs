@@ -180,15 +180,29 @@ pub(super) async fn scavenge(
     let until = to_i64(step.until.0);
     let delete_params: [&(dyn ToSql + Sync); 3] = [&name, &from, &until];
     let update_params: [&(dyn ToSql + Sync); 2] = [&name, &until];
-    let (removed, _, ()) = tokio::try_join!(
-        client.execute(
-            "DELETE FROM events WHERE stream = $1 AND revision >= $2 AND revision < $3
-             AND substr(type, 1, 1) <> '$'",
-            &delete_params,
+    // Prepared first: a statement sent as text is parsed in a round trip of its own, so
+    // the pipeline would not keep its order, and COMMIT could pass the DELETE.
+    let (remove, advance) = tokio::try_join!(
+        // The tag index's rows go with their events, listed by the events' own `tags`.
+        client.prepare_cached(
+            "WITH removed AS (
+                 DELETE FROM events WHERE stream = $1 AND revision >= $2 AND revision < $3
+                 AND substr(type, 1, 1) <> '$' RETURNING position, tags),
+             untagged AS (
+                 DELETE FROM event_tags WHERE (tag, position) IN (
+                     SELECT j.tag, r.position FROM removed r,
+                         json_array_elements_text(r.tags::json) AS j(tag)
+                     WHERE r.tags IS NOT NULL))
+             SELECT count(*) FROM removed"
         ),
-        client.execute("UPDATE streams SET removed_before = $2 WHERE name = $1", &update_params),
+        client.prepare_cached("UPDATE streams SET removed_before = $2 WHERE name = $1"),
+    )?;
+    let (removed, _, ()) = tokio::try_join!(
+        client.query_one(&remove, &delete_params),
+        client.execute(&advance, &update_params),
         client.batch_execute("COMMIT"),
     )?;
+    let removed = to_u64(removed.get(0), 0, "removed events")?;
     Ok(Scavenged { removed, more: step.more })
 }
 
