@@ -971,4 +971,56 @@ mod tests {
             .unwrap();
         assert!(result.is_err(), "a read connection wrote");
     }
+
+    /// What SQLite plans for `sql`: one line per step.
+    fn plan(connection: &Connection, sql: &Sql<'_>) -> String {
+        let explain = format!("EXPLAIN QUERY PLAN {}", sql.text);
+        let mut statement = connection.prepare(&explain).unwrap();
+        let params = rusqlite::params_from_iter(values(sql.params.clone()));
+        let rows = statement.query_map(params, |row| row.get::<_, String>(3)).unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+    }
+
+    #[tokio::test]
+    async fn tag_reads_queries_and_conditions_walk_indexes_not_the_log() {
+        use crate::protocol::{EventType, QueryItem, Tag};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sqlite::open(dir.path(), 1, None).await.unwrap();
+        let writer = store.writer.lock().unwrap();
+        let (a, b) = (Tag::new("a").unwrap(), Tag::new("b").unwrap());
+        let filter = super::super::Filter {
+            tags: vec![a.clone(), b.clone()],
+            types: vec![EventType::new("T").unwrap()],
+            ..Default::default()
+        };
+        let read = LogQuery {
+            filter,
+            from: None,
+            direction: Direction::Forward,
+            limit: 10,
+            bytes_max: 1 << 20,
+        };
+        let items = vec![
+            QueryItem::new(vec![EventType::new("T").unwrap()], vec![a, b]).unwrap(),
+            QueryItem::new(vec![EventType::new("U").unwrap()], vec![]).unwrap(),
+        ];
+        for sql in [
+            super::super::sql::read_log(&read, Dialect::Sqlite),
+            super::super::sql::first_match(&items, Position(5), Dialect::Sqlite),
+            super::super::sql::query(&items, Position(5), 10, Dialect::Sqlite),
+        ] {
+            let plan = plan(&writer, &sql);
+            // Every table is reached by a key or an index: no step walks the whole log
+            // (a SCAN of a subquery's own rows, `w0` or `m`, is of the matches only).
+            let scans_a_table = |step: &str| {
+                let scanned = step.strip_prefix("SCAN ").and_then(|s| s.split(' ').next());
+                scanned.is_some_and(|t| ["events", "e", "event_tags", "t", "u"].contains(&t))
+            };
+            assert!(!plan.lines().any(scans_a_table), "{}\n{plan}", sql.text);
+            assert!(plan.contains("SEARCH t USING PRIMARY KEY (tag=? AND position"), "{plan}");
+        }
+        let types_only = super::super::sql::first_match(&items[1..], Position(5), Dialect::Sqlite);
+        let plan = plan(&writer, &types_only);
+        assert!(plan.contains("USING COVERING INDEX events_type_position (type=? AND position>?)"), "{plan}");
+    }
 }
