@@ -23,6 +23,11 @@ pub struct Args {
     /// with `--encryption-key-file`.
     #[arg(long, default_value_t = 0)]
     data_subjects: usize,
+    /// Tag every event with one of this many tags, and make each request conditional on no
+    /// event with its tag after the last position this client saw (0: neither). A request
+    /// refused by its condition (409) counts as answered, and is reported apart.
+    #[arg(long, default_value_t = 0)]
+    condition_tags: usize,
 }
 
 /// Sum and count of the server's `eventstore_commit_requests` histogram.
@@ -34,7 +39,8 @@ async fn commit_requests(http: &reqwest::Client, url: &str) -> Option<(f64, f64)
 impl Args {
     /// `clients` clients appending one event per request, over 300 categories.
     pub fn single_events(clients: usize, window: crate::Window) -> Self {
-        Self { clients, events_per_request: 1, window, categories: 300, data_subjects: 0 }
+        let (categories, data_subjects, condition_tags) = (300, 0, 0);
+        Self { clients, events_per_request: 1, window, categories, data_subjects, condition_tags }
     }
 }
 
@@ -49,12 +55,13 @@ pub async fn run(url: &str, args: Args) -> Value {
         .map(|client| {
             let (http, url) = (http.clone(), url.to_owned());
             let phase = phase.clone();
-            let (batch, categories, subjects) =
-                (args.events_per_request, args.categories, args.data_subjects);
+            let (batch, categories, subjects, tags) =
+                (args.events_per_request, args.categories, args.data_subjects, args.condition_tags);
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
-                let mut errors = 0u64;
+                let (mut errors, mut refused) = (0u64, 0u64);
                 let mut n = 0usize;
+                let mut seen = 0u64;
                 // Built once: the load generator shares the cores with the server, and
                 // what it spends on JSON the server does not get.
                 let events: Vec<Value> = (0..batch)
@@ -64,7 +71,21 @@ pub async fn run(url: &str, args: Args) -> Value {
                                     "data_subject": "SUBJECT"}),
                     })
                     .collect();
-                let body = json!({"events": events}).to_string();
+                let body = match tags {
+                    0 => json!({"events": events}).to_string(),
+                    _ => {
+                        let events: Vec<Value> = events
+                            .into_iter()
+                            .map(|mut e| {
+                                e["tags"] = json!(["TAG"]);
+                                e
+                            })
+                            .collect();
+                        let condition =
+                            json!({"fail_if_events_match": [{"tags": ["TAG"]}], "after": 0});
+                        json!({"events": events, "condition": condition}).to_string()
+                    }
+                };
                 while !phase.stopped() {
                     n += 1;
                     let stream =
@@ -73,20 +94,34 @@ pub async fn run(url: &str, args: Args) -> Value {
                     let response = http
                         .post(format!("{url}/streams/{stream}"))
                         .header("content-type", "application/json")
-                        .body(match subjects {
-                            0 => body.clone(),
-                            _ => body.replace(
+                        .body(match (subjects, tags) {
+                            (0, 0) => body.clone(),
+                            (_, 0) => body.replace(
                                 "SUBJECT",
                                 &format!("subject-{}", (client * 7919 + n) % subjects),
                             ),
+                            _ => body
+                                .replace("TAG", &format!("tag-{}", (client * 7919 + n) % tags))
+                                .replace("\"after\":0", &format!("\"after\":{seen}")),
                         })
                         .send()
                         .await;
-                    let ok = match response {
-                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                        Err(_) => false,
+                    let (ok, conflict) = match response {
+                        Ok(r) => {
+                            let status = r.status();
+                            let answer: Option<Value> = r.json().await.ok();
+                            if let Some(last) =
+                                answer.as_ref().and_then(|a| a["last_position"].as_u64())
+                            {
+                                seen = seen.max(last);
+                            }
+                            let conflict = status == reqwest::StatusCode::CONFLICT && tags > 0;
+                            (status.is_success() || conflict, conflict)
+                        }
+                        Err(_) => (false, false),
                     };
                     if phase.measuring() {
+                        refused += u64::from(conflict);
                         if ok {
                             latencies.push(started.elapsed());
                         } else {
@@ -94,7 +129,7 @@ pub async fn run(url: &str, args: Args) -> Value {
                         }
                     }
                 }
-                (latencies, errors)
+                (latencies, errors, refused)
             })
         })
         .collect();
@@ -106,11 +141,12 @@ pub async fn run(url: &str, args: Args) -> Value {
     phase.stop();
 
     let mut latencies = Vec::new();
-    let mut errors = 0;
+    let (mut errors, mut refused) = (0, 0);
     for worker in workers {
-        let (l, e) = worker.await.expect("client task");
+        let (l, e, r) = worker.await.expect("client task");
         latencies.extend(l);
         errors += e;
+        refused += r;
     }
     latencies.sort_unstable();
     let requests = latencies.len() as f64;
@@ -128,6 +164,7 @@ pub async fn run(url: &str, args: Args) -> Value {
         "events_per_sec": (requests * args.events_per_request as f64 / elapsed).round(),
         "latency_ms": crate::latency_report(&latencies),
         "errors": errors,
+        "condition_failed": refused,
         "requests_per_commit": per_commit,
     })
 }

@@ -9,6 +9,7 @@
 //! cargo run --release -p benches -- projection --events 100000 --database-url postgres://…
 //! cargo run --release -p benches -- scavenge --backlog 1000000 --clients 64
 //! cargo run --release -p benches -- expire-size --data-dir data --minutes 2
+//! cargo run --release -p benches -- tags --events 200000
 //! ```
 
 mod appends;
@@ -20,6 +21,7 @@ mod report;
 mod retention;
 mod sse;
 mod subscribe;
+mod tags;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
@@ -63,6 +65,8 @@ enum Scenario {
     Scavenge(retention::ScavengeArgs),
     /// The SQLite file's size over a steady append-and-expire run.
     ExpireSize(retention::ExpireSizeArgs),
+    /// Tag queries and conditional appends over a large tagged log.
+    Tags(tags::Args),
     /// Tables and PNG plots from a file of report lines.
     Report(report::Args),
 }
@@ -81,6 +85,7 @@ async fn main() {
         Scenario::ExpireSize(args) => ("expire-size", retention::expire_size(&cli.url, args).await),
         Scenario::SqliteInserts(args) => ("appends", raw::sqlite_inserts(args).await),
         Scenario::RawReads(args) => ("reads", raw::reads(args).await),
+        Scenario::Tags(args) => ("tags", tags::run(&cli.url, args).await),
         Scenario::Report(args) => return report::run(args),
     };
     let mut line = json!({"system": cli.system, "scenario": scenario});

@@ -12,7 +12,7 @@
 //! | `server` | `run(listener, config, shutdown)`, the one entry point |
 //! | `listen` | the accept loop: TLS, connection and header limits, graceful shutdown |
 //! | `http` | the routes and who may call each, one file per resource; `problem.rs` turns errors into problem documents |
-//! | `decide` | the decision model: appends, deletions and retention changes, and how a batch of them is decided; what retention keeps (pure) |
+//! | `decide` | the decision model: appends (over one stream or several, with checks and conditions), deletions and retention changes, and how a batch of them is decided; what retention keeps (pure) |
 //! | `crypto` | the keys of crypto-shredding: the key file's master key wraps each data subject's key, which seals its events' data |
 //! | `append` | the write path: the writer's queue and group commit |
 //! | `scavenger` | removes what retention gives up, in steps the writer runs between commits |
@@ -21,7 +21,7 @@
 //! | `metrics` | the Prometheus registry |
 //! | `auth` | bearer tokens from the auth file: roles and stream scopes |
 //!
-//! The write path, end to end: `http/streams.rs` (`append`) → `append::Writer::append`
+//! The write path, end to end: `http/append.rs` (`stream`, `several`) → `append::Writer::append`
 //! (queue) → the writer task batches → `Store::commit` (one transaction: lock, snapshot,
 //! `decide::decide`, insert) → each request gets its own outcome.
 //!

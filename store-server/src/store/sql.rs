@@ -157,10 +157,17 @@ fn matching<'a>(sql: &mut Sql<'a>, items: &'a [QueryItem], after: Position, limi
             Some((first, others)) => {
                 let tag = sql.bind(Param::Text(first.as_str()));
                 let after = sql.bind(Param::Int(to_i64(after.0)));
-                sql.text = format!(
-                    "SELECT t.position FROM event_tags t CROSS JOIN events e \
-                     WHERE e.position = t.position AND t.tag = {tag} AND t.position > {after}"
-                );
+                // Tags alone are answered by the tag index; types need the event's row.
+                sql.text = match item.types.is_empty() {
+                    true => format!(
+                        "SELECT t.position FROM event_tags t WHERE t.tag = {tag} \
+                         AND t.position > {after}"
+                    ),
+                    false => format!(
+                        "SELECT t.position FROM event_tags t CROSS JOIN events e \
+                         WHERE e.position = t.position AND t.tag = {tag} AND t.position > {after}"
+                    ),
+                };
                 sql.and_tagged("t.position", others);
                 if !item.types.is_empty() {
                     sql.and_one_of("e.type", item.types.iter().map(|t| t.as_str()).collect());

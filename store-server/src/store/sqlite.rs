@@ -1021,6 +1021,9 @@ mod tests {
         }
         let types_only = super::super::sql::first_match(&items[1..], Position(5), Dialect::Sqlite);
         let plan = plan(&writer, &types_only);
-        assert!(plan.contains("USING COVERING INDEX events_type_position (type=? AND position>?)"), "{plan}");
+        assert!(
+            plan.contains("USING COVERING INDEX events_type_position (type=? AND position>?)"),
+            "{plan}"
+        );
     }
 }
