@@ -926,3 +926,77 @@ async fn runners_hand_erased_events_and_erasures_typed_and_upcasters_leave_them_
     assert_eq!(never.upcast(erased), Ok(serde_json::Value::Null));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_appends_several_streams_on_conditions_and_reads_by_tags_and_queries() {
+    use projection_sdk::protocol::{
+        Condition, MultiAppendRequest, QueryItem, StreamAppend, StreamCheck, Tag,
+    };
+    use projection_sdk::{Error, LogRead};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), "127.0.0.1:0").await;
+    let client = Client::new(&server.url);
+    let (sku, order) = (Tag::new("sku:7").unwrap(), Tag::new("order:17").unwrap());
+    let event = |event_type: &str, tags: Vec<Tag>| {
+        NewEvent::new(EventType::new(event_type).unwrap(), &json!({})).unwrap().tagged(tags)
+    };
+    let name = |name: &str| StreamName::new(name).unwrap();
+    client
+        .append(
+            &name("sku-7"),
+            ExpectedRevision::NoStream,
+            vec![event("Stocked", vec![sku.clone()])],
+        )
+        .await
+        .unwrap();
+    let reserved =
+        vec![QueryItem::new(vec![EventType::new("Reserved").unwrap()], vec![sku.clone()]).unwrap()];
+    let (matches, head) = client.query_all(&reserved, None).await.unwrap();
+    assert!(matches.is_empty());
+    let request = MultiAppendRequest {
+        appends: vec![
+            StreamAppend {
+                stream: name("order-17"),
+                expected_revision: ExpectedRevision::NoStream,
+                events: vec![event("Placed", vec![order.clone(), sku.clone()])],
+            },
+            StreamAppend {
+                stream: name("sku-7"),
+                expected_revision: ExpectedRevision::Any,
+                events: vec![event("Reserved", vec![sku.clone()])],
+            },
+        ],
+        checks: vec![StreamCheck {
+            stream: name("sku-7"),
+            expected_revision: ExpectedRevision::StreamExists,
+        }],
+        condition: Some(Condition::new(reserved.clone(), Some(head))),
+    };
+    // A stream both written and checked is refused as the API says.
+    let refused = client.append_several(request.clone()).await;
+    assert_eq!(
+        refused.unwrap_err().problem_type(),
+        Some(projection_sdk::protocol::ProblemType::InvalidRequest)
+    );
+    let request = MultiAppendRequest { checks: Vec::new(), ..request };
+    let written = client.append_several(request).await.unwrap();
+    assert_eq!((written.first_position, written.last_position), (Position(2), Position(3)));
+    // Decided on the old read, the condition fails now, typed with the match.
+    let late = client
+        .append_if(
+            &name("sku-7"),
+            ExpectedRevision::Any,
+            vec![event("Reserved", vec![sku.clone()])],
+            Condition::new(reserved.clone(), Some(head)),
+        )
+        .await;
+    assert!(matches!(late, Err(Error::ConditionFailed { position: Position(3) })), "{late:?}");
+    let (matches, head) = client.query_all(&reserved, None).await.unwrap();
+    assert_eq!((matches.len(), head), (1, Position(3)));
+    let page = client.read_all(&LogRead::forward().tags([sku.clone()])).await.unwrap();
+    assert_eq!(page.events.iter().map(|e| e.position.0).collect::<Vec<_>>(), [1, 2, 3]);
+    let page = client.read_all(&LogRead::forward().tags([sku, order])).await.unwrap();
+    assert_eq!(page.events.len(), 1);
+    assert_eq!(page.events[0].tags.len(), 2);
+    server.stop().await;
+}
