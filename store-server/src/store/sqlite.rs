@@ -35,6 +35,11 @@ pub const FILE_NAME: &str = "events.sqlite3";
 /// WAL checkpoint, holding it).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Prepared statements each connection keeps. rusqlite keeps 16 by default; the writer uses
+/// about 20 (commits, the scavenger's steps, a condition's shapes), and one evicted is
+/// parsed again at its next use.
+const STATEMENT_CACHE: usize = 64;
+
 /// A store in an SQLite file.
 pub struct Sqlite {
     /// Only the writer task commits, so this lock is never contended; it makes the
@@ -113,6 +118,7 @@ fn open_writer(path: &Path) -> Result<Connection, Error> {
     // the pages a write touches anyway, instead of lingering in free space.
     connection.pragma_update(None, "secure_delete", "FAST")?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     migrate(&mut connection)?;
     Ok(connection)
 }
@@ -153,6 +159,7 @@ impl deadpool::managed::Manager for Readers {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = Connection::open_with_flags(&self.path, flags)?;
         connection.busy_timeout(BUSY_TIMEOUT)?;
+        connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(connection)
     }
 
