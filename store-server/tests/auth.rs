@@ -346,6 +346,9 @@ fn api_access_table() -> Vec<(Method, &'static str, Access)> {
         (Method::POST, "/streams/{stream}", Stream(Write)),
         (Method::POST, "/append", InScope(Write)),
         (Method::POST, "/query", Everything(Read)),
+        (Method::GET, "/streams", InScope(Read)),
+        (Method::GET, "/categories", InScope(Read)),
+        (Method::GET, "/types", Everything(Read)),
         (Method::GET, "/streams/{stream}", Stream(Read)),
         (Method::GET, "/streams/{stream}/subscribe", Stream(Read)),
         (Method::GET, "/categories/{category}", Category(Read)),
@@ -542,6 +545,22 @@ async fn a_scoped_token_reads_only_its_streams_through_categories_and_consumers(
         .await
         .unwrap();
     assert_eq!(streams(&page), ["account-1", "account-2"], "not the stream named account");
+    // The catalog: only its streams, and their categories counted over those streams.
+    let get = |path: &'static str| {
+        let request = as_token(&scoped, Method::GET, path);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let listed = get("/streams").await;
+    let names: Vec<&str> =
+        listed["streams"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["account-1", "account-2", "other-1"]);
+    assert_eq!(
+        get("/categories").await["categories"],
+        json!([{"name": "account", "streams": 2, "events": 2},
+               {"name": "other", "streams": 1, "events": 1}])
+    );
+    let types = as_token(&scoped, Method::GET, "/types").send().await.unwrap();
+    assert_eq!(types.status(), StatusCode::FORBIDDEN, "types span every stream");
 
     // The same through a subscription: the backlog, then live.
     let response =

@@ -428,6 +428,33 @@ impl store_server::store::Store for PanicsOnCommit {
     > {
         self.store.read_log(query).await
     }
+    async fn streams(
+        &self,
+        query: store_server::store::CatalogQuery,
+    ) -> Result<
+        store_server::protocol::Listing<store_server::protocol::StreamInfo>,
+        store_server::store::Error,
+    > {
+        self.store.streams(query).await
+    }
+    async fn categories(
+        &self,
+        query: store_server::store::CatalogQuery,
+    ) -> Result<
+        store_server::protocol::Listing<store_server::protocol::CategoryInfo>,
+        store_server::store::Error,
+    > {
+        self.store.categories(query).await
+    }
+    async fn types(
+        &self,
+        query: store_server::store::CatalogQuery,
+    ) -> Result<
+        store_server::protocol::Listing<store_server::protocol::TypeInfo>,
+        store_server::store::Error,
+    > {
+        self.store.types(query).await
+    }
     async fn query(
         &self,
         query: store_server::store::EventQuery,

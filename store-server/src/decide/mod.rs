@@ -177,6 +177,8 @@ pub struct Decision<'a> {
     pub rows: Vec<Row<'a>>,
     /// The new state of every stream that changed.
     pub streams: Vec<(&'a StreamName, StreamState)>,
+    /// The streams the batch writes first: storage had no row of theirs.
+    pub created: Vec<&'a StreamName>,
     /// The new defaults of every category that changed, in batch order.
     pub categories: Vec<(&'a Category, CategoryRetention)>,
     /// The new state of every data subject whose key was created or destroyed.
@@ -205,6 +207,7 @@ pub fn decide(batch: &[Command], snapshot: Snapshot) -> Decision<'_> {
         snapshot,
         rows: Vec::new(),
         changed: BTreeSet::new(),
+        created: Vec::new(),
         categories: Vec::new(),
         subjects: BTreeSet::new(),
         head,
@@ -227,7 +230,7 @@ pub fn decide(batch: &[Command], snapshot: Snapshot) -> Decision<'_> {
             Command::Erase(erase) => decider.erase(erase),
         })
         .collect();
-    let Decider { snapshot, rows, changed, categories, subjects, head, .. } = decider;
+    let Decider { snapshot, rows, changed, created, categories, subjects, head, .. } = decider;
     debug_assert!(
         rows.windows(2).all(|w| w[1].position == w[0].position.after(1)),
         "positions of a batch are consecutive"
@@ -235,13 +238,14 @@ pub fn decide(batch: &[Command], snapshot: Snapshot) -> Decision<'_> {
     let streams = changed.into_iter().map(|name| (name, snapshot.streams[name])).collect();
     let subjects = subjects.into_iter().map(|s| (s, snapshot.subjects[s])).collect();
     let first_position = snapshot.head.after(1);
-    Decision { outcomes, rows, streams, categories, subjects, first_position, head }
+    Decision { outcomes, rows, streams, created, categories, subjects, first_position, head }
 }
 
 struct Decider<'a> {
     snapshot: Snapshot,
     rows: Vec<Row<'a>>,
     changed: BTreeSet<&'a StreamName>,
+    created: Vec<&'a StreamName>,
     categories: Vec<(&'a Category, CategoryRetention)>,
     subjects: BTreeSet<&'a DataSubject>,
     head: Position,
@@ -427,7 +431,9 @@ impl<'a> Decider<'a> {
     }
 
     fn set(&mut self, stream: &'a StreamName, state: StreamState) {
-        self.snapshot.streams.insert(stream.clone(), state);
+        if self.snapshot.streams.insert(stream.clone(), state).is_none() {
+            self.created.push(stream);
+        }
         self.changed.insert(stream);
     }
 }

@@ -3,6 +3,7 @@
 mod append;
 mod authorize;
 mod body;
+mod catalog;
 mod consumers;
 mod lifecycle;
 mod log;
@@ -132,6 +133,9 @@ fn routes(public_metrics: bool) -> Routes {
         // Every stream in scope, and a condition unscoped: checked by the handler.
         .route(Method::POST, "/append", InScope(Write), append::several)
         .route(Method::POST, "/query", Everything(Read), query::query)
+        .route(Method::GET, "/streams", InScope(Read), catalog::streams)
+        .route(Method::GET, "/categories", InScope(Read), catalog::categories)
+        .route(Method::GET, "/types", Everything(Read), catalog::types)
         .route(Method::GET, "/streams/{stream}", Stream(Read), streams::read)
         .route(Method::DELETE, "/streams/{stream}", Stream(Delete), lifecycle::delete)
         .route(Method::GET, "/streams/{stream}/subscribe", Stream(Read), subscribe::stream)

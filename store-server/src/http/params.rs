@@ -76,17 +76,8 @@ impl ReadParams {
     pub fn parse(query: RawQuery, limit_max: usize) -> Result<Self, ApiError> {
         let query = self::query(query)?;
         let from = query.get("from")?.map(|v| number("from", &v)).transpose()?;
-        let limit = match query.get("limit")? {
-            None => 100.min(limit_max),
-            Some(value) => match number("limit", &value)? {
-                n if n >= 1 && n <= limit_max as u64 => n as usize,
-                _ => {
-                    return Err(ApiError::InvalidRequest(format!(
-                        "limit must be between 1 and {limit_max}"
-                    )));
-                }
-            },
-        };
+        let limit =
+            limit(query.get("limit")?.map(|v| number("limit", &v)).transpose()?, limit_max)?;
         let direction = match query.get("direction")?.as_deref() {
             None | Some("forward") => Direction::Forward,
             Some("backward") => Direction::Backward,
@@ -98,6 +89,17 @@ impl ReadParams {
         };
         let (types, tags) = (types(&query)?, tags(&query)?);
         Ok(Self { from, limit, direction, types, tags })
+    }
+}
+
+/// A page's `limit`: 100 (or the maximum, if lower) when absent, else 1 to `limit_max`.
+pub fn limit(limit: Option<u64>, limit_max: usize) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(100.min(limit_max)),
+        Some(n) if n >= 1 && n <= limit_max as u64 => Ok(n as usize),
+        Some(_) => {
+            Err(ApiError::InvalidRequest(format!("limit must be between 1 and {limit_max}")))
+        }
     }
 }
 

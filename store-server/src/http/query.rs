@@ -18,16 +18,7 @@ pub async fn query(
 ) -> Result<Json<QueryPage>, ApiError> {
     let request: QueryRequest =
         json(&headers, body, state.http.request_body_bytes_max, "query").await?;
-    let limit_max = state.http.read_limit_max;
-    let limit = match request.limit {
-        None => 100.min(limit_max),
-        Some(limit) if (1..=limit_max).contains(&limit) => limit,
-        Some(_) => {
-            return Err(ApiError::InvalidRequest(format!(
-                "limit must be between 1 and {limit_max}"
-            )));
-        }
-    };
+    let limit = super::params::limit(request.limit.map(|l| l as u64), state.http.read_limit_max)?;
     let query = EventQuery {
         items: request.items,
         after: request.after.unwrap_or_default(),

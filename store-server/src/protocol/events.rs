@@ -201,7 +201,9 @@ pub struct RecordedEvent {
 }
 
 /// The log holds the server's system streams too (`$data-subjects`).
-fn recorded_stream<'de, D: Deserializer<'de>>(deserializer: D) -> Result<StreamName, D::Error> {
+pub(super) fn recorded_stream<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<StreamName, D::Error> {
     let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
     StreamName::recorded(text.into_owned()).map_err(de::Error::custom)
 }

@@ -1,6 +1,7 @@
 //! The wire contract of shared/API.md, defined once: the server speaks it and the SDK
 //! uses it. Builds without any server dependency (`default-features = false`).
 
+mod catalog;
 mod conditions;
 mod consumers;
 mod events;
@@ -10,6 +11,9 @@ mod personal;
 mod problems;
 mod strict;
 
+pub use catalog::{
+    CategoryInfo, CategoryList, Listing, StreamInfo, StreamList, TypeInfo, TypeList,
+};
 pub use conditions::{
     Condition, MultiAppendRequest, MultiAppendResult, QueryItem, QueryPage, QueryRequest,
     StreamAppend, StreamCheck, TAGS_PER_EVENT_MAX,

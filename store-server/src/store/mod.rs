@@ -5,6 +5,7 @@
 //! and fan-out live above it, shared. This file is the contract; `rows.rs` checks what both
 //! backends read, `sql.rs` writes the filtered log read for both.
 
+mod catalog;
 mod migrations;
 mod personal;
 mod postgres;
@@ -13,6 +14,7 @@ mod rows;
 mod sql;
 mod sqlite;
 
+pub use catalog::CatalogQuery;
 pub use postgres::{
     CONNECT_TIMEOUT_MS as POSTGRES_CONNECT_TIMEOUT_MS,
     POOL_CONNECTIONS_MAX as POSTGRES_POOL_CONNECTIONS_MAX, Postgres, PostgresOptions,
@@ -23,8 +25,9 @@ pub use sqlite::{FILE_NAME as SQLITE_FILE_NAME, Sqlite};
 use crate::crypto::MasterKey;
 use crate::decide::{Command, Outcome, StreamState};
 use crate::protocol::{
-    Category, CategoryRetention, ConsumerConflict, ConsumerName, DataSubject, DataSubjectInfo,
-    EventType, Page, Position, QueryItem, SetConsumer, StreamName, StreamRevision, Tag, Timestamp,
+    Category, CategoryInfo, CategoryRetention, ConsumerConflict, ConsumerName, DataSubject,
+    DataSubjectInfo, EventType, Listing, Page, Position, QueryItem, SetConsumer, StreamInfo,
+    StreamName, StreamRevision, Tag, Timestamp, TypeInfo,
 };
 use std::sync::Arc;
 
@@ -254,6 +257,17 @@ pub trait Store: Send + Sync + 'static {
     /// following page; its `head` is at least every position the read could see, so a
     /// condition with `after` = `head` fails on anything matching appended since.
     async fn query(&self, query: EventQuery) -> Result<Page<Position>, Error>;
+
+    /// Streams by name (`GET /streams`), those `query` names.
+    async fn streams(&self, query: CatalogQuery) -> Result<Listing<StreamInfo>, Error>;
+
+    /// Categories by name with their counts, exact as of the last commit (`GET
+    /// /categories`). With a scope: the categories of the streams it covers, counted over
+    /// those streams only.
+    async fn categories(&self, query: CatalogQuery) -> Result<Listing<CategoryInfo>, Error>;
+
+    /// Event types by name with their counts and schema versions (`GET /types`).
+    async fn types(&self, query: CatalogQuery) -> Result<Listing<TypeInfo>, Error>;
 
     /// The last position in the log (0 when empty).
     async fn head(&self) -> Result<Position, Error>;

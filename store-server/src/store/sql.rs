@@ -2,7 +2,8 @@
 //! filtered reads give (guarantee 6), so both backends must filter alike. Only the
 //! placeholders differ by dialect.
 
-use super::rows::{EVENT_COLUMNS, EVENT_COLUMNS_OF_E, to_i64};
+use super::catalog::CatalogQuery;
+use super::rows::{EVENT_COLUMNS, EVENT_COLUMNS_OF_E, STREAM_COLUMNS, to_i64};
 use super::{Direction, LogQuery, StreamPattern};
 use crate::protocol::{Position, QueryItem, Tag};
 
@@ -103,26 +104,7 @@ pub(super) fn read_log(query: &LogQuery, dialect: Dialect) -> Sql<'_> {
         sql.and_one_of("e.type", filter.types.iter().map(|t| t.as_str()).collect());
     }
     if let Some(scope) = &filter.scope {
-        // Prefixes compare as substrings, not with LIKE: no wildcard to escape, and the
-        // same meaning in both dialects whatever the collation.
-        let mut covered = Vec::with_capacity(scope.len());
-        for pattern in scope.iter() {
-            covered.push(match pattern {
-                StreamPattern::Exact(name) => {
-                    format!("e.stream = {}", sql.bind(Param::Text(name)))
-                }
-                StreamPattern::Prefix(prefix) => {
-                    // Its length from SQL as well: both dialects count characters there.
-                    let (length_of, equal_to) =
-                        (sql.bind(Param::Text(prefix)), sql.bind(Param::Text(prefix)));
-                    format!("substr(e.stream, 1, length({length_of})) = {equal_to}")
-                }
-            });
-        }
-        match covered.is_empty() {
-            true => sql.text.push_str(" AND FALSE"),
-            false => sql.text.push_str(&format!(" AND ({})", covered.join(" OR "))),
-        }
+        sql.and_in_scope("e.stream", scope);
     }
     let order = match query.direction {
         Direction::Forward => "",
@@ -134,6 +116,30 @@ pub(super) fn read_log(query: &LogQuery, dialect: Dialect) -> Sql<'_> {
 }
 
 impl<'a> Sql<'a> {
+    /// ` AND` the stream named by `column` is one `scope` covers.
+    fn and_in_scope(&mut self, column: &str, scope: &'a [StreamPattern]) {
+        // Prefixes compare as substrings, not with LIKE: no wildcard to escape, and the
+        // same meaning in both dialects whatever the collation.
+        let mut covered = Vec::with_capacity(scope.len());
+        for pattern in scope {
+            covered.push(match pattern {
+                StreamPattern::Exact(name) => {
+                    format!("{column} = {}", self.bind(Param::Text(name)))
+                }
+                StreamPattern::Prefix(prefix) => {
+                    // Its length from SQL as well: both dialects count characters there.
+                    let (length_of, equal_to) =
+                        (self.bind(Param::Text(prefix)), self.bind(Param::Text(prefix)));
+                    format!("substr({column}, 1, length({length_of})) = {equal_to}")
+                }
+            });
+        }
+        match covered.is_empty() {
+            true => self.text.push_str(" AND FALSE"),
+            false => self.text.push_str(&format!(" AND ({})", covered.join(" OR "))),
+        }
+    }
+
     /// ` AND` the event at `position` carries each of `tags`.
     fn and_tagged(&mut self, position: &str, tags: &'a [Tag]) {
         for tag in tags {
@@ -195,6 +201,49 @@ fn matching<'a>(sql: &mut Sql<'a>, items: &'a [QueryItem], after: Position, limi
         .map(|(i, walk)| format!("SELECT position FROM ({walk}) w{i}"))
         .collect();
     sql.text = outer + &walks.join(" UNION ");
+}
+
+/// A page of `GET /streams`: `limit + 1` rows of `name, revision, deleted`, by name.
+pub(super) fn list_streams<'a>(
+    query: &'a CatalogQuery,
+    range: &'a (String, Option<String>),
+    dialect: Dialect,
+) -> Sql<'a> {
+    let mut sql = Sql::new(format!("SELECT {STREAM_COLUMNS} FROM streams s WHERE "), dialect);
+    let after = sql.bind(Param::Text(query.after.as_deref().unwrap_or("")));
+    let low = sql.bind(Param::Text(&range.0));
+    sql.text.push_str(&format!("s.name > {after} AND s.name >= {low}"));
+    if let Some(high) = &range.1 {
+        let high = sql.bind(Param::Text(high));
+        sql.text.push_str(&format!(" AND s.name < {high}"));
+    }
+    if let Some(scope) = &query.scope {
+        sql.and_in_scope("s.name", scope);
+    }
+    let limit = sql.bind(Param::Int(to_i64(query.limit as u64 + 1)));
+    sql.text.push_str(&format!(" ORDER BY s.name LIMIT {limit}"));
+    sql
+}
+
+/// The names of every stream `scope` covers, by name.
+pub(super) fn streams_in_scope<'a>(scope: &'a [StreamPattern], dialect: Dialect) -> Sql<'a> {
+    let mut sql = Sql::new("SELECT name FROM streams WHERE TRUE".into(), dialect);
+    sql.and_in_scope("name", scope);
+    sql.text.push_str(" ORDER BY name");
+    sql
+}
+
+/// How many events of `category` are in streams `scope` covers: one row, one count.
+pub(super) fn count_in_scope<'a>(
+    category: &'a str,
+    scope: &'a [StreamPattern],
+    dialect: Dialect,
+) -> Sql<'a> {
+    let mut sql = Sql::new("SELECT count(*) FROM events WHERE category = ".into(), dialect);
+    let category = sql.bind(Param::Text(category));
+    sql.text.push_str(&category);
+    sql.and_in_scope("stream", scope);
+    sql
 }
 
 /// The first position after `after` of an event matching any of `items`, as one row of

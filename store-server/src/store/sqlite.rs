@@ -3,6 +3,7 @@
 //! a pool of read-only connections for reads. SQLite calls block, so they run on
 //! tokio's blocking threads.
 
+use super::catalog::{self, CatalogQuery, prefix_range};
 use super::personal::{self, EncryptionRow, KeyFacts, SUBJECT_COLUMNS, SubjectRow, Unopened};
 use super::retention::{self, CANDIDATE_COLUMNS, Candidate, OWN_RETENTION};
 use super::rows::{
@@ -18,8 +19,9 @@ use crate::crypto::MasterKey;
 use crate::decide::retention::Retention;
 use crate::decide::{Command, StreamState};
 use crate::protocol::{
-    Category, CategoryRetention, ConsumerConflict, ConsumerName, DataSubject, DataSubjectInfo,
-    Page, Position, SetConsumer, StreamName, StreamRevision, Timestamp,
+    Category, CategoryInfo, CategoryRetention, ConsumerConflict, ConsumerName, DataSubject,
+    DataSubjectInfo, Listing, Page, Position, SetConsumer, StreamInfo, StreamName, StreamRevision,
+    Timestamp, TypeInfo,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -339,6 +341,73 @@ impl Store for Sqlite {
             let page = fill(&tx, sql, page)?;
             let head = log_head(&tx)?;
             open_page(&tx, page.finish(head)?, master.as_deref()).map(query_page)
+        })
+        .await
+    }
+
+    async fn streams(&self, query: CatalogQuery) -> Result<Listing<StreamInfo>, Error> {
+        self.read(move |connection| {
+            let range = query.prefix.as_deref().map_or((String::new(), None), prefix_range);
+            let sql = super::sql::list_streams(&query, &range, Dialect::Sqlite);
+            let mut statement = connection.prepare_cached(&sql.text)?;
+            let rows = statement
+                .query_map(rusqlite::params_from_iter(values(sql.params)), stream_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            catalog::streams(rows, query.limit)
+        })
+        .await
+    }
+
+    async fn categories(&self, query: CatalogQuery) -> Result<Listing<CategoryInfo>, Error> {
+        self.read(move |connection| {
+            // One snapshot for every count of the page.
+            let tx = connection.transaction()?;
+            let after = query.after.as_deref();
+            let Some(scope) = &query.scope else {
+                let rows = tx
+                    .prepare_cached(
+                        "SELECT category, streams, events FROM category_counts
+                         WHERE category > ?1 ORDER BY category LIMIT ?2",
+                    )?
+                    .query_map(params![after.unwrap_or(""), to_i64(query.limit as u64 + 1)], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                return catalog::categories(rows, query.limit);
+            };
+            let sql = super::sql::streams_in_scope(scope, Dialect::Sqlite);
+            let names = tx
+                .prepare_cached(&sql.text)?
+                .query_map(rusqlite::params_from_iter(values(sql.params)), |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            let mut rows = Vec::new();
+            for (category, streams) in catalog::scoped_categories(&names, after, query.limit) {
+                let sql = super::sql::count_in_scope(&category, scope, Dialect::Sqlite);
+                let events: i64 = tx
+                    .prepare_cached(&sql.text)?
+                    .query_row(rusqlite::params_from_iter(values(sql.params)), |r| r.get(0))?;
+                rows.push((category.clone(), to_i64(streams), events));
+            }
+            catalog::categories(rows, query.limit)
+        })
+        .await
+    }
+
+    async fn types(&self, query: CatalogQuery) -> Result<Listing<TypeInfo>, Error> {
+        self.read(move |connection| {
+            let rows = connection
+                .prepare_cached(
+                    "SELECT type, schema_version, events FROM type_counts
+                     WHERE events > 0 AND type IN (SELECT DISTINCT type FROM type_counts
+                         WHERE type > ?1 AND events > 0 ORDER BY type LIMIT ?2)
+                     ORDER BY type, schema_version",
+                )?
+                .query_map(
+                    params![query.after.as_deref().unwrap_or(""), to_i64(query.limit as u64 + 1)],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            catalog::types(rows, query.limit)
         })
         .await
     }
@@ -772,6 +841,27 @@ fn scavenge(
     if step.until <= step.from {
         return Ok(Scavenged::default());
     }
+    // The catalog's counts lose what goes, by type and version.
+    let removing = tx
+        .prepare_cached(
+            "SELECT type, schema_version, count(*) FROM events WHERE stream = ?1
+             AND revision >= ?2 AND revision < ?3 AND substr(type, 1, 1) <> '$'
+             GROUP BY type, schema_version",
+        )?
+        .query_map(params![stream.as_str(), to_i64(step.from.0), to_i64(step.until.0)], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut uncount = tx.prepare_cached(
+        "UPDATE type_counts SET events = events - ?3 WHERE type = ?1 AND schema_version = ?2",
+    )?;
+    for (event_type, version, events) in &removing {
+        uncount.execute(params![event_type, version, events])?;
+    }
+    drop(uncount);
+    let total: i64 = removing.iter().map(|(_, _, n)| n).sum();
+    tx.prepare_cached("UPDATE category_counts SET events = events - ?2 WHERE category = ?1")?
+        .execute(params![stream.category(), total])?;
     // The tag index's rows go with their events, listed by the events' own `tags`.
     tx.prepare_cached(
         "DELETE FROM event_tags WHERE (tag, position) IN (
@@ -861,6 +951,7 @@ fn commit(
         }
         tx.prepare_cached("UPDATE log_head SET position = ?1")?
             .execute([to_i64(decision.head.0)])?;
+        add_counts(&tx, &catalog::counts(&decision))?;
     }
     if !decision.streams.is_empty() {
         let mut upsert = tx.prepare_cached(
@@ -913,6 +1004,26 @@ fn commit(
         forget_old_pages(connection);
     }
     Ok(Committed { outcomes, head })
+}
+
+/// Adds a commit's counts to the catalog's.
+fn add_counts(tx: &Connection, counts: &catalog::Counts<'_>) -> Result<(), Error> {
+    let mut category = tx.prepare_cached(
+        "INSERT INTO category_counts (category, streams, events) VALUES (?1, ?2, ?3)
+         ON CONFLICT (category) DO UPDATE SET streams = streams + excluded.streams,
+             events = events + excluded.events",
+    )?;
+    for (name, streams, events) in &counts.categories {
+        category.execute(params![name, streams, events])?;
+    }
+    let mut event_type = tx.prepare_cached(
+        "INSERT INTO type_counts (type, schema_version, events) VALUES (?1, ?2, ?3)
+         ON CONFLICT (type, schema_version) DO UPDATE SET events = events + excluded.events",
+    )?;
+    for (name, version, events) in &counts.types {
+        event_type.execute(params![name, version, events])?;
+    }
+    Ok(())
 }
 
 /// After an erasure: copies the WAL into the file (where `secure_delete` left the destroyed

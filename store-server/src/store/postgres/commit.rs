@@ -119,6 +119,8 @@ pub(super) async fn commit(
         .flat_map(|r| r.event.tags.iter().map(|t| (t.as_str(), to_i64(r.position.0))))
         .unzip();
     let tag_params: [&(dyn ToSql + Sync); 2] = [&tag_names, &tag_positions];
+    let counts = CountColumns::of(&crate::store::catalog::counts(&decision));
+    let (category_params, type_params) = (counts.category_params(), counts.type_params());
     let head_states = stream_states(&decision.streams);
     let new_head = to_i64(decision.head.0);
     let at = recorded_at.to_offset_date_time();
@@ -159,6 +161,8 @@ pub(super) async fn commit(
             }
         },
         client.execute(&statements.upsert_streams, &heads_params),
+        client.execute(&statements.add_category_counts, &category_params),
+        client.execute(&statements.add_type_counts, &type_params),
         client.execute(&statements.advance_log_head, &log_head_params),
         client.execute(&statements.notify, &notify_params),
         client.batch_execute("COMMIT"),
@@ -202,6 +206,37 @@ impl StreamStates<'_> {
             &self.max_ages,
             &self.truncate_befores,
         ]
+    }
+}
+
+/// What a commit adds to the catalog's counts, column by column.
+struct CountColumns<'a> {
+    categories: Vec<&'a str>,
+    category_streams: Vec<i64>,
+    category_events: Vec<i64>,
+    types: Vec<&'a str>,
+    versions: Vec<i32>,
+    type_events: Vec<i64>,
+}
+
+impl<'a> CountColumns<'a> {
+    fn of(counts: &crate::store::catalog::Counts<'a>) -> Self {
+        Self {
+            categories: counts.categories.iter().map(|c| c.0).collect(),
+            category_streams: counts.categories.iter().map(|c| c.1).collect(),
+            category_events: counts.categories.iter().map(|c| c.2).collect(),
+            types: counts.types.iter().map(|t| t.0).collect(),
+            versions: counts.types.iter().map(|t| t.1).collect(),
+            type_events: counts.types.iter().map(|t| t.2).collect(),
+        }
+    }
+
+    fn category_params(&self) -> [&(dyn ToSql + Sync); 3] {
+        [&self.categories, &self.category_streams, &self.category_events]
+    }
+
+    fn type_params(&self) -> [&(dyn ToSql + Sync); 3] {
+        [&self.types, &self.versions, &self.type_events]
     }
 }
 
@@ -299,6 +334,8 @@ struct Statements {
     insert_tags: tokio_postgres::Statement,
     upsert_subjects: tokio_postgres::Statement,
     upsert_streams: tokio_postgres::Statement,
+    add_category_counts: tokio_postgres::Statement,
+    add_type_counts: tokio_postgres::Statement,
     advance_log_head: tokio_postgres::Statement,
     notify: tokio_postgres::Statement,
 }
@@ -318,6 +355,8 @@ impl Statements {
             insert_tags,
             upsert_subjects,
             upsert_streams,
+            add_category_counts,
+            add_type_counts,
             advance_log_head,
             notify,
         ) = tokio::try_join!(
@@ -358,6 +397,19 @@ impl Statements {
                      max_age_seconds = EXCLUDED.max_age_seconds,
                      truncate_before = EXCLUDED.truncate_before"
             ),
+            client.prepare_cached(
+                "INSERT INTO category_counts (category, streams, events)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[])
+                 ON CONFLICT (category) DO UPDATE
+                 SET streams = category_counts.streams + EXCLUDED.streams,
+                     events = category_counts.events + EXCLUDED.events"
+            ),
+            client.prepare_cached(
+                "INSERT INTO type_counts (type, schema_version, events)
+                 SELECT * FROM UNNEST($1::text[], $2::int4[], $3::bigint[])
+                 ON CONFLICT (type, schema_version) DO UPDATE
+                 SET events = type_counts.events + EXCLUDED.events"
+            ),
             client.prepare_cached("UPDATE log_head SET position = $1"),
             client.prepare_cached("SELECT pg_notify($1, $2)"),
         )?;
@@ -371,6 +423,8 @@ impl Statements {
             insert_tags,
             upsert_subjects,
             upsert_streams,
+            add_category_counts,
+            add_type_counts,
             advance_log_head,
             notify,
         })

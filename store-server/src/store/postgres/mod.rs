@@ -4,6 +4,7 @@
 //!
 //! `commit.rs` is the write path, `read.rs` the reads, `listen.rs` the LISTEN connection.
 
+mod catalog;
 mod commit;
 mod listen;
 mod personal;
@@ -12,14 +13,15 @@ mod retention;
 
 use super::rows::{StreamRow, to_i64, to_u64};
 use super::{
-    Backend, Committed, Error, EventQuery, LogQuery, Removable, Scavenged, Store, StoredConsumer,
-    StreamQuery, StreamRead, migrations,
+    Backend, CatalogQuery, Committed, Error, EventQuery, LogQuery, Removable, Scavenged, Store,
+    StoredConsumer, StreamQuery, StreamRead, migrations,
 };
 use crate::crypto::MasterKey;
 use crate::decide::{Command, StreamState};
 use crate::protocol::{
-    Category, CategoryRetention, ConsumerConflict, ConsumerName, DataSubject, DataSubjectInfo,
-    Page, Position, SetConsumer, StreamName, Timestamp,
+    Category, CategoryInfo, CategoryRetention, ConsumerConflict, ConsumerName, DataSubject,
+    DataSubjectInfo, Listing, Page, Position, SetConsumer, StreamInfo, StreamName, Timestamp,
+    TypeInfo,
 };
 use deadpool_postgres::PoolError;
 use deadpool_postgres::{GenericClient, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -283,6 +285,18 @@ impl Store for Postgres {
 
     async fn read_log(&self, query: LogQuery) -> Result<Page<Position>, Error> {
         read::log(&self.connection().await?, query, self.master.as_deref()).await
+    }
+
+    async fn streams(&self, query: CatalogQuery) -> Result<Listing<StreamInfo>, Error> {
+        catalog::streams(&self.connection().await?, query).await
+    }
+
+    async fn categories(&self, query: CatalogQuery) -> Result<Listing<CategoryInfo>, Error> {
+        catalog::categories(&mut self.connection().await?, query).await
+    }
+
+    async fn types(&self, query: CatalogQuery) -> Result<Listing<TypeInfo>, Error> {
+        catalog::types(&self.connection().await?, query).await
     }
 
     async fn query(&self, query: EventQuery) -> Result<Page<Position>, Error> {

@@ -178,7 +178,7 @@ pub(super) async fn scavenge(
         return Ok(Scavenged::default());
     }
     let until = to_i64(step.until.0);
-    let delete_params: [&(dyn ToSql + Sync); 3] = [&name, &from, &until];
+    let delete_params: [&(dyn ToSql + Sync); 4] = [&name, &from, &until, &category];
     let update_params: [&(dyn ToSql + Sync); 2] = [&name, &until];
     // Prepared first: a statement sent as text is parsed in a round trip of its own, so
     // the pipeline would not keep its order, and COMMIT could pass the DELETE.
@@ -187,12 +187,21 @@ pub(super) async fn scavenge(
         client.prepare_cached(
             "WITH removed AS (
                  DELETE FROM events WHERE stream = $1 AND revision >= $2 AND revision < $3
-                 AND substr(type, 1, 1) <> '$' RETURNING position, tags),
+                 AND substr(type, 1, 1) <> '$' RETURNING position, tags, type, schema_version),
              untagged AS (
                  DELETE FROM event_tags WHERE (tag, position) IN (
                      SELECT j.tag, r.position FROM removed r,
                          json_array_elements_text(r.tags::json) AS j(tag)
-                     WHERE r.tags IS NOT NULL))
+                     WHERE r.tags IS NOT NULL)),
+             by_type AS (
+                 SELECT type, schema_version, count(*) AS events FROM removed
+                 GROUP BY type, schema_version),
+             uncounted_types AS (
+                 UPDATE type_counts t SET events = t.events - b.events FROM by_type b
+                 WHERE t.type = b.type AND t.schema_version = b.schema_version),
+             uncounted_category AS (
+                 UPDATE category_counts SET events = events - (SELECT count(*) FROM removed)
+                 WHERE category = $4)
              SELECT count(*) FROM removed"
         ),
         client.prepare_cached("UPDATE streams SET removed_before = $2 WHERE name = $1"),
