@@ -212,6 +212,16 @@ pub enum Command {
     /// Manage the key file personal data is sealed under.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Copy the SQLite store under --data-dir into a new file, consistent as of one moment,
+    /// while a server runs and appends go on. To restore, put the file in an empty folder
+    /// as `events.sqlite3` and start a server there.
+    ///
+    /// Example: `store-server backup --data-dir data --to backup-2026-12-02.sqlite3`
+    Backup {
+        /// The new file (it must not exist).
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 /// What to do with key files.

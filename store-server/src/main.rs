@@ -45,6 +45,7 @@ async fn main() -> ExitCode {
             Ok(())
         }
         Command::Key(KeyCommand::Rotate { old, new }) => rotate(&config, &old, &new).await,
+        Command::Backup { to } => backup(&config, &to),
         Command::Migrate => store_server::store::open(&config.storage, None)
             .await
             .map(|_| tracing::info!("migrations applied"))
@@ -82,6 +83,19 @@ async fn rotate(
         keys,
         "every data subject key is wrapped by the new key file; start the servers with it"
     );
+    Ok(())
+}
+
+/// `store-server backup`: a consistent copy of a SQLite store, taken online.
+fn backup(
+    config: &store_server::config::Config,
+    to: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let store_server::store::Options::Sqlite { data_dir, .. } = &config.storage else {
+        return Err("backup copies a SQLite store; for PostgreSQL, see the README (pg_dump)".into());
+    };
+    let events = store_server::store::sqlite_backup(data_dir, to)?;
+    tracing::info!(events, to = %to.display(), "backup written");
     Ok(())
 }
 

@@ -233,12 +233,13 @@ async fn commit(
     match result {
         Ok(committed) => {
             assert_eq!(committed.outcomes.len(), replies.len(), "one outcome per request");
+            // Before the answers: a client that reads the metrics after its 201 sees its head.
+            if let Some(head) = committed.head {
+                metrics.head_position.set(crate::store::to_i64(head.0));
+            }
             for (reply, outcome) in replies.into_iter().zip(committed.outcomes) {
                 // The client may have gone; what it asked for stands all the same.
                 let _ = reply.send(Ok(outcome));
-            }
-            if let Some(head) = committed.head {
-                metrics.head_position.set(crate::store::to_i64(head.0));
             }
             committed.head.map_or(Commit::Nothing, Commit::Wrote)
         }

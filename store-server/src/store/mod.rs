@@ -20,7 +20,7 @@ pub use postgres::{
     POOL_CONNECTIONS_MAX as POSTGRES_POOL_CONNECTIONS_MAX, Postgres, PostgresOptions,
 };
 pub use rows::to_i64;
-pub use sqlite::{FILE_NAME as SQLITE_FILE_NAME, Sqlite};
+pub use sqlite::{FILE_NAME as SQLITE_FILE_NAME, Sqlite, backup as sqlite_backup};
 
 use crate::crypto::MasterKey;
 use crate::decide::{Command, Outcome, StreamState};

@@ -107,6 +107,36 @@ impl Sqlite {
     }
 }
 
+/// Copies the store under `data_dir` into a new file `to`, consistent as of one moment,
+/// while a server may go on appending (SQLite's `VACUUM INTO`, in a read transaction of its
+/// own: commits after it began are not in the copy, and are not held up). Answers how many
+/// events the copy holds. Refuses a `to` that exists.
+///
+/// # Errors
+/// No store under `data_dir`, `to` exists, or SQLite fails.
+pub fn backup(data_dir: &Path, to: &Path) -> Result<u64, Error> {
+    let path = data_dir.join(FILE_NAME);
+    if !path.exists() {
+        return Err(Error::Migration(format!("no store at {}", path.display())));
+    }
+    if to.exists() {
+        return Err(Error::Migration(format!(
+            "{} exists: a backup never overwrites",
+            to.display()
+        )));
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(&path, flags)?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    let target =
+        to.to_str().ok_or_else(|| Error::Migration("the backup's path is not UTF-8".into()))?;
+    connection.execute("VACUUM INTO ?1", [target])?;
+    // The copy is an ordinary file; a server opening it turns it to WAL mode.
+    let copy = Connection::open_with_flags(to, flags)?;
+    let events: i64 = copy.query_row("SELECT count(*) FROM events", [], |row| row.get(0))?;
+    to_u64(events, 0, "events")
+}
+
 fn open_writer(path: &Path) -> Result<Connection, Error> {
     let mut connection = Connection::open(path)?;
     let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;

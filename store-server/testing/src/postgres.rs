@@ -33,6 +33,27 @@ fn server_bin_dir() -> Option<PathBuf> {
     })
 }
 
+/// A program of the PostgreSQL installation the clusters come from (`pg_dump`,
+/// `pg_restore`); `None` when PostgreSQL is not installed.
+pub fn program(name: &str) -> Option<PathBuf> {
+    let beside_initdb = server_bin_dir()?.join(name);
+    if beside_initdb.is_file() {
+        return Some(beside_initdb);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
+        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|entry| Some(entry.ok()?.path().join("bin").join(name)))
+            .filter(|program| program.is_file())
+            .collect();
+        found.sort();
+        found.pop()
+    })
+}
+
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.starts_with(b"0\n"))
 }
