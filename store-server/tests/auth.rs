@@ -367,6 +367,7 @@ fn api_access_table() -> Vec<(Method, &'static str, Access)> {
         (Method::DELETE, "/streams/{stream}", Stream(Delete)),
         (Method::GET, "/data-subjects/{subject}", Everything(Delete)),
         (Method::DELETE, "/data-subjects/{subject}", Everything(Delete)),
+        (Method::GET, "/export", Everything(Admin)),
         (Method::GET, "/health/live", Public),
         (Method::GET, "/health/ready", Public),
         (Method::GET, "/openapi.json", Public),

@@ -455,6 +455,13 @@ impl store_server::store::Store for PanicsOnCommit {
     > {
         self.store.types(query).await
     }
+    async fn export(
+        &self,
+        from: store_server::protocol::Position,
+        out: tokio::sync::mpsc::Sender<store_server::store::export::ExportLine>,
+    ) -> Result<(), store_server::store::Error> {
+        self.store.export(from, out).await
+    }
     async fn query(
         &self,
         query: store_server::store::EventQuery,

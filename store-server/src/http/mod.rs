@@ -5,6 +5,7 @@ mod authorize;
 mod body;
 mod catalog;
 mod consumers;
+mod export;
 mod lifecycle;
 mod log;
 mod ops;
@@ -169,6 +170,7 @@ fn routes(public_metrics: bool) -> Routes {
         .route(Method::PUT, "/consumers/{name}", Everything(Admin), consumers::put)
         .route(Method::DELETE, "/consumers/{name}", Everything(Admin), consumers::delete)
         .route(Method::GET, "/consumers/{name}/wait", InScope(Read), consumers::wait)
+        .route(Method::GET, "/export", Everything(Admin), export::export)
         .route(Method::GET, "/health/live", Public, ops::live)
         .route(Method::GET, "/health/ready", Public, ops::ready)
         .route(Method::GET, "/info", Authenticated, ops::info)

@@ -6,6 +6,7 @@
 //! backends read, `sql.rs` writes the filtered log read for both.
 
 mod catalog;
+pub mod export;
 mod migrations;
 mod personal;
 mod postgres;
@@ -268,6 +269,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Event types by name with their counts and schema versions (`GET /types`).
     async fn types(&self, query: CatalogQuery) -> Result<Listing<TypeInfo>, Error>;
+
+    /// Sends the store, from position `from` on, into `out` as export lines, all from one
+    /// consistent snapshot: the header, the events in position order, the state beside them,
+    /// the end. Memory stays bounded by `out`'s capacity. Stops early, without an error,
+    /// when `out` is closed (the client went away).
+    async fn export(
+        &self,
+        from: Position,
+        out: tokio::sync::mpsc::Sender<export::ExportLine>,
+    ) -> Result<(), Error>;
 
     /// The last position in the log (0 when empty).
     async fn head(&self) -> Result<Position, Error>;

@@ -4,6 +4,10 @@
 //! tokio's blocking threads.
 
 use super::catalog::{self, CatalogQuery, prefix_range};
+use super::export::{
+    End, ExportLine, FORMAT, Header, StoredCategoryRetention, StoredConsumerPosition,
+    StoredDataSubject, StoredEncryption, StoredEvent, StoredStream, VERSION,
+};
 use super::personal::{self, EncryptionRow, KeyFacts, SUBJECT_COLUMNS, SubjectRow, Unopened};
 use super::retention::{self, CANDIDATE_COLUMNS, Candidate, OWN_RETENTION};
 use super::rows::{
@@ -29,6 +33,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// The file inside the data directory.
 pub const FILE_NAME: &str = "events.sqlite3";
@@ -438,6 +443,93 @@ impl Store for Sqlite {
                 )?
                 .collect::<Result<Vec<_>, _>>()?;
             catalog::types(rows, query.limit)
+        })
+        .await
+    }
+
+    async fn export(&self, from: Position, out: mpsc::Sender<ExportLine>) -> Result<(), Error> {
+        self.read(move |connection| {
+            // One read transaction: every line below comes from the same snapshot.
+            let tx = connection.transaction()?;
+            let head = log_head(&tx)?;
+            let send = |line: ExportLine| out.blocking_send(line).is_ok();
+            let header = Header { format: FORMAT.into(), version: VERSION, head: to_u64(head, 0, "head")?, from: from.0 };
+            if !send(ExportLine::Header(header)) {
+                return Ok(());
+            }
+            let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position >= ?1 ORDER BY position");
+            let mut statement = tx.prepare(&sql)?;
+            let mut events = 0;
+            for row in statement.query_map([to_i64(from.0)], event_row)? {
+                if !send(ExportLine::Event(StoredEvent::of(row?)?)) {
+                    return Ok(());
+                }
+                events += 1;
+            }
+            let mut streams = tx.prepare(
+                "SELECT name, revision, deleted, max_count, max_age_seconds, truncate_before,
+                        removed_before FROM streams ORDER BY name",
+            )?;
+            for row in streams.query_map([], |r| {
+                Ok(StoredStream {
+                    name: r.get(0)?,
+                    revision: r.get(1)?,
+                    deleted: r.get(2)?,
+                    max_count: r.get(3)?,
+                    max_age_seconds: r.get(4)?,
+                    truncate_before: r.get(5)?,
+                    removed_before: r.get(6)?,
+                })
+            })? {
+                if !send(ExportLine::Stream(row?)) {
+                    return Ok(());
+                }
+            }
+            let mut defaults =
+                tx.prepare("SELECT category, max_count, max_age_seconds FROM category_retention ORDER BY category")?;
+            for row in defaults.query_map([], |r| {
+                Ok(StoredCategoryRetention { category: r.get(0)?, max_count: r.get(1)?, max_age_seconds: r.get(2)? })
+            })? {
+                if !send(ExportLine::CategoryRetention(row?)) {
+                    return Ok(());
+                }
+            }
+            let mut consumers = tx.prepare("SELECT name, position, updated_at FROM consumers ORDER BY name")?;
+            for row in consumers.query_map([], |r| {
+                Ok(StoredConsumerPosition { name: r.get(0)?, position: r.get(1)?, updated_at: r.get(2)? })
+            })? {
+                if !send(ExportLine::Consumer(row?)) {
+                    return Ok(());
+                }
+            }
+            let mut subjects = tx.prepare(
+                "SELECT subject, key_since, wrapped_key, master_key_id, first_position
+                 FROM data_subjects ORDER BY subject",
+            )?;
+            for row in subjects.query_map([], |r| {
+                Ok(StoredDataSubject {
+                    subject: r.get(0)?,
+                    key_since: r.get(1)?,
+                    wrapped_key: r.get::<_, Option<Vec<u8>>>(2)?.map(hex::encode),
+                    master_key_id: r.get::<_, Option<Vec<u8>>>(3)?.map(hex::encode),
+                    first_position: r.get(4)?,
+                })
+            })? {
+                if !send(ExportLine::DataSubject(row?)) {
+                    return Ok(());
+                }
+            }
+            if let Some(row) = encryption_row(&tx)? {
+                let line = StoredEncryption {
+                    master_key_id: hex::encode(&row.master_key_id),
+                    rotating_to: row.rotating_to.as_ref().map(hex::encode),
+                };
+                if !send(ExportLine::Encryption(line)) {
+                    return Ok(());
+                }
+            }
+            send(ExportLine::End(End { events }));
+            Ok(())
         })
         .await
     }

@@ -6,6 +6,7 @@
 
 mod catalog;
 mod commit;
+mod export;
 mod listen;
 mod personal;
 mod read;
@@ -297,6 +298,14 @@ impl Store for Postgres {
 
     async fn types(&self, query: CatalogQuery) -> Result<Listing<TypeInfo>, Error> {
         catalog::types(&self.connection().await?, query).await
+    }
+
+    async fn export(
+        &self,
+        from: Position,
+        out: tokio::sync::mpsc::Sender<crate::store::export::ExportLine>,
+    ) -> Result<(), Error> {
+        export::export(&mut self.connection().await?, from, out).await
     }
 
     async fn query(&self, query: EventQuery) -> Result<Page<Position>, Error> {

@@ -133,7 +133,7 @@ pub(super) async fn log_head(client: &impl GenericClient) -> Result<i64, tokio_p
     Ok(client.query_one(&stmt, &[]).await?.get(0))
 }
 
-fn event_row(row: &tokio_postgres::Row) -> EventRow {
+pub(super) fn event_row(row: &tokio_postgres::Row) -> EventRow {
     let recorded_at: time::OffsetDateTime = row.get(8);
     EventRow {
         position: row.get(0),
