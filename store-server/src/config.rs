@@ -222,6 +222,16 @@ pub enum Command {
         #[arg(long)]
         to: PathBuf,
     },
+    /// Read an export (`GET /export`) into the configured storage, which must be empty,
+    /// with the servers stopped: the same positions, ids, revisions and times. Interrupted,
+    /// run it again with the same file: it carries on.
+    ///
+    /// Example: `curl -s -H "authorization: Bearer $ADMIN" localhost:2114/export > store.ndjson`
+    /// then `store-server --database-url postgres://… import store.ndjson`
+    Import {
+        /// The export, or `-` for standard input.
+        file: PathBuf,
+    },
 }
 
 /// What to do with key files.

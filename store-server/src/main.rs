@@ -46,6 +46,7 @@ async fn main() -> ExitCode {
         }
         Command::Key(KeyCommand::Rotate { old, new }) => rotate(&config, &old, &new).await,
         Command::Backup { to } => backup(&config, &to),
+        Command::Import { file } => import(&config, &file).await,
         Command::Migrate => store_server::store::open(&config.storage, None)
             .await
             .map(|_| tracing::info!("migrations applied"))
@@ -96,6 +97,31 @@ fn backup(
     };
     let events = store_server::store::sqlite_backup(data_dir, to)?;
     tracing::info!(events, to = %to.display(), "backup written");
+    Ok(())
+}
+
+/// `store-server import`: an export into empty storage, with its progress on stderr.
+async fn import(
+    config: &store_server::config::Config,
+    file: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::BufReader;
+    let store = store_server::store::open(&config.storage, None).await?;
+    let reader: Box<dyn std::io::BufRead + Send> = match file.to_str() {
+        Some("-") => Box::new(BufReader::new(std::io::stdin())),
+        _ => Box::new(BufReader::new(std::fs::File::open(file)?)),
+    };
+    let progress = |events: u64| {
+        if events % 100_000 == 0 {
+            tracing::info!(events, "importing");
+        }
+    };
+    let imported = store_server::store::import::import(&*store, reader, progress).await?;
+    tracing::info!(
+        events = imported.events,
+        carried_on_after = imported.skipped,
+        "import complete"
+    );
     Ok(())
 }
 

@@ -462,6 +462,24 @@ impl store_server::store::Store for PanicsOnCommit {
     ) -> Result<(), store_server::store::Error> {
         self.store.export(from, out).await
     }
+    async fn import_begin(
+        &self,
+        head: store_server::protocol::Position,
+    ) -> Result<store_server::store::import::ImportStart, store_server::store::Error> {
+        self.store.import_begin(head).await
+    }
+    async fn import_events(
+        &self,
+        events: Vec<store_server::store::export::StoredEvent>,
+    ) -> Result<(), store_server::store::Error> {
+        self.store.import_events(events).await
+    }
+    async fn import_state(
+        &self,
+        state: store_server::store::import::ImportedState,
+    ) -> Result<(), store_server::store::Error> {
+        self.store.import_state(state).await
+    }
     async fn query(
         &self,
         query: store_server::store::EventQuery,

@@ -145,6 +145,35 @@ pub(super) fn types(
     Ok(page(types, limit, |t| t.name.clone()))
 }
 
+/// What imported events add to the counts (streams come with the state).
+pub(super) fn counts_of_events(events: &[super::export::StoredEvent]) -> Counts<'_> {
+    let mut categories: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    let mut types: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for event in events {
+        let category = event.stream.split_once('-').map_or(event.stream.as_str(), |(c, _)| c);
+        categories.entry(category).or_default().1 += 1;
+        let version = i32::try_from(event.schema_version).unwrap_or(i32::MAX);
+        *types.entry((event.event_type.as_str(), version)).or_default() += 1;
+    }
+    Counts {
+        categories: categories.into_iter().map(|(c, (s, e))| (c, s, e)).collect(),
+        types: types.into_iter().map(|((t, v), e)| (t, v, e)).collect(),
+    }
+}
+
+/// What imported streams add to the counts.
+pub(super) fn counts_of_streams(streams: &[super::export::StoredStream]) -> Counts<'_> {
+    let mut categories: BTreeMap<&str, i64> = BTreeMap::new();
+    for stream in streams {
+        let category = stream.name.split_once('-').map_or(stream.name.as_str(), |(c, _)| c);
+        *categories.entry(category).or_default() += 1;
+    }
+    Counts {
+        categories: categories.into_iter().map(|(c, n)| (c, n, 0)).collect(),
+        types: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,8 +61,8 @@ pub struct StoredEvent {
     #[serde(rename = "type")]
     pub event_type: String,
     pub schema_version: i64,
-    /// The JSON as sent; absent when sealed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The JSON as sent (`null` included); absent when sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     pub data: Option<Box<RawValue>>,
     /// The sealed data, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -136,6 +136,13 @@ pub struct StoredEncryption {
 pub struct End {
     /// Event lines in the export.
     pub events: u64,
+}
+
+/// A field that is there, `null` included (absent is `None`, by `default`).
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
 impl StoredEvent {

@@ -7,6 +7,7 @@
 
 mod catalog;
 pub mod export;
+pub mod import;
 mod migrations;
 mod personal;
 mod postgres;
@@ -280,6 +281,20 @@ pub trait Store: Send + Sync + 'static {
         out: tokio::sync::mpsc::Sender<export::ExportLine>,
     ) -> Result<(), Error>;
 
+    /// Begins an import of an export whose log head is `head`: into an empty store, or into
+    /// the interrupted import of the same export.
+    ///
+    /// # Errors
+    /// [`Error::Import`] when the store holds anything else.
+    async fn import_begin(&self, head: Position) -> Result<import::ImportStart, Error>;
+
+    /// Writes exported events as they were stored, in one transaction, with their tag rows
+    /// and their counts; the log head moves to the last.
+    async fn import_events(&self, events: Vec<export::StoredEvent>) -> Result<(), Error>;
+
+    /// Writes the state beside the log and ends the import, in one transaction.
+    async fn import_state(&self, state: import::ImportedState) -> Result<(), Error>;
+
     /// The last position in the log (0 when empty).
     async fn head(&self) -> Result<Position, Error>;
 
@@ -466,6 +481,9 @@ pub enum Error {
     /// rotation to finish. Says which, never a key.
     #[error("{0}")]
     Key(String),
+    /// An import cannot go into this store (it is not empty, or holds another import).
+    #[error("{0}")]
+    Import(String),
     /// PostgreSQL is configured to acknowledge commits before they are durable.
     #[error(
         "postgres has {setting} = off, so an acknowledged append could be lost; fix the \
@@ -493,6 +511,7 @@ impl Error {
             Self::Key(_) => "key",
             Self::DataDir { .. } => "data_dir",
             Self::Migration(_) => "migration",
+            Self::Import(_) => "import",
             Self::AsyncCommit { .. } => "async_commit",
         }
     }

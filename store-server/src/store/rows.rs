@@ -295,3 +295,34 @@ pub(super) fn snapshot(
         matches,
     })
 }
+
+/// The columns of an imported event that are not as the export line holds them.
+pub(super) struct ImportedRow {
+    pub category: String,
+    /// `data` as stored: the JSON text, or empty when sealed.
+    pub data: String,
+    pub sealed: Option<Vec<u8>>,
+    pub tags: Option<String>,
+}
+
+impl ImportedRow {
+    pub(super) fn of(event: &super::export::StoredEvent) -> Result<Self, Error> {
+        let corrupt = |why: String| Error::Corrupt { position: event.position, why };
+        let stream =
+            StreamName::recorded(event.stream.clone()).map_err(|e| corrupt(e.to_string()))?;
+        let sealed = unhex(event.sealed.as_deref())?;
+        let data = match (&event.data, &sealed) {
+            (Some(data), None) => data.get().to_owned(),
+            (None, Some(_)) => String::new(),
+            _ => return Err(corrupt("an event has either data or sealed data".into())),
+        };
+        let tags = (!event.tags.is_empty())
+            .then(|| serde_json::to_string(&event.tags).expect("strings serialize"));
+        Ok(Self { category: stream.category().to_owned(), data, sealed, tags })
+    }
+}
+
+/// Bytes from an export's hex.
+pub(super) fn unhex(text: Option<&str>) -> Result<Option<Vec<u8>>, Error> {
+    text.map(|t| hex::decode(t).map_err(|e| Error::Import(format!("not hex: {e}")))).transpose()
+}

@@ -8,8 +8,11 @@ use super::export::{
     End, ExportLine, FORMAT, Header, StoredCategoryRetention, StoredConsumerPosition,
     StoredDataSubject, StoredEncryption, StoredEvent, StoredStream, VERSION,
 };
+use super::import::{ImportStart, ImportedState};
 use super::personal::{self, EncryptionRow, KeyFacts, SUBJECT_COLUMNS, SubjectRow, Unopened};
 use super::retention::{self, CANDIDATE_COLUMNS, Candidate, OWN_RETENTION};
+use super::rows::ImportedRow;
+use super::rows::unhex;
 use super::rows::{
     EVENT_COLUMNS, EventRow, PageBuilder, STREAM_COLUMNS, StreamRow, batch_keys, batch_subjects,
     category_retention, query_page, snapshot, tags_column, to_i64, to_sql, to_u64,
@@ -529,6 +532,128 @@ impl Store for Sqlite {
                 }
             }
             send(ExportLine::End(End { events }));
+            Ok(())
+        })
+        .await
+    }
+
+    async fn import_begin(&self, head: Position) -> Result<ImportStart, Error> {
+        self.write(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let marker: Option<i64> =
+                tx.query_row("SELECT head FROM import_progress", [], |r| r.get(0)).optional()?;
+            let stored = log_head(&tx)?;
+            let start = match marker {
+                Some(marked) if marked == to_i64(head.0) => {
+                    ImportStart::Resume { after: Position(to_u64(stored, 0, "head")?) }
+                }
+                Some(_) => {
+                    return Err(Error::Import(
+                        "the store holds the unfinished import of another export".into(),
+                    ));
+                }
+                None => {
+                    let streams: i64 =
+                        tx.query_row("SELECT count(*) FROM streams", [], |r| r.get(0))?;
+                    if stored > 0 || streams > 0 {
+                        return Err(Error::Import(
+                            "the store is not empty: an import goes into an empty store".into(),
+                        ));
+                    }
+                    tx.execute(
+                        "INSERT INTO import_progress (singleton, head) VALUES (1, ?1)",
+                        [to_i64(head.0)],
+                    )?;
+                    ImportStart::Fresh
+                }
+            };
+            tx.commit()?;
+            Ok(start)
+        })
+        .await
+    }
+
+    async fn import_events(&self, events: Vec<StoredEvent>) -> Result<(), Error> {
+        self.write(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (position, stream, category, revision, id, type, schema_version,
+                                     data, metadata, recorded_at, data_subject, sealed, tags)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?;
+            let mut tag =
+                tx.prepare_cached("INSERT INTO event_tags (tag, position) VALUES (?1, ?2)")?;
+            for event in &events {
+                let row = ImportedRow::of(event)?;
+                insert.execute(params![
+                    event.position,
+                    event.stream,
+                    row.category,
+                    event.revision,
+                    event.id.as_bytes(),
+                    event.event_type,
+                    event.schema_version,
+                    row.data,
+                    event.metadata.as_ref().map(|m| m.get()),
+                    event.recorded_at,
+                    event.data_subject,
+                    row.sealed,
+                    row.tags,
+                ])?;
+                for name in &event.tags {
+                    tag.execute(params![name, event.position])?;
+                }
+            }
+            drop((insert, tag));
+            add_counts(&tx, &catalog::counts_of_events(&events))?;
+            if let Some(last) = events.last() {
+                tx.execute("UPDATE log_head SET position = max(position, ?1)", [last.position])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn import_state(&self, state: ImportedState) -> Result<(), Error> {
+        self.write(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut stream = tx.prepare(
+                "INSERT INTO streams (name, revision, deleted, max_count, max_age_seconds,
+                                      truncate_before, removed_before)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for s in &state.streams {
+                stream.execute(params![s.name, s.revision, s.deleted, s.max_count, s.max_age_seconds, s.truncate_before, s.removed_before])?;
+            }
+            drop(stream);
+            add_counts(&tx, &catalog::counts_of_streams(&state.streams))?;
+            for c in &state.categories {
+                tx.execute(
+                    "INSERT INTO category_retention (category, max_count, max_age_seconds) VALUES (?1, ?2, ?3)",
+                    params![c.category, c.max_count, c.max_age_seconds],
+                )?;
+            }
+            for c in &state.consumers {
+                tx.execute(
+                    "INSERT INTO consumers (name, position, updated_at) VALUES (?1, ?2, ?3)",
+                    params![c.name, c.position, c.updated_at],
+                )?;
+            }
+            for d in &state.subjects {
+                let (wrapped, key_id) = (unhex(d.wrapped_key.as_deref())?, unhex(d.master_key_id.as_deref())?);
+                tx.execute(
+                    &format!("INSERT INTO data_subjects ({SUBJECT_COLUMNS}, first_position) VALUES (?1, ?2, ?3, ?4, ?5)"),
+                    params![d.subject, d.key_since, wrapped, key_id, d.first_position],
+                )?;
+            }
+            if let Some(e) = &state.encryption {
+                let (id, to) = (unhex(Some(&e.master_key_id))?, unhex(e.rotating_to.as_deref())?);
+                tx.execute("INSERT INTO encryption (singleton, master_key_id, rotating_to) VALUES (1, ?1, ?2)", params![id, to])?;
+            }
+            tx.execute("UPDATE log_head SET position = ?1", [to_i64(state.head)])?;
+            tx.execute("DELETE FROM import_progress", [])?;
+            tx.commit()?;
             Ok(())
         })
         .await

@@ -7,6 +7,7 @@
 mod catalog;
 mod commit;
 mod export;
+mod import;
 mod listen;
 mod personal;
 mod read;
@@ -306,6 +307,24 @@ impl Store for Postgres {
         out: tokio::sync::mpsc::Sender<crate::store::export::ExportLine>,
     ) -> Result<(), Error> {
         export::export(&mut self.connection().await?, from, out).await
+    }
+
+    async fn import_begin(
+        &self,
+        head: Position,
+    ) -> Result<crate::store::import::ImportStart, Error> {
+        import::begin(&mut self.connection().await?, head).await
+    }
+
+    async fn import_events(
+        &self,
+        events: Vec<crate::store::export::StoredEvent>,
+    ) -> Result<(), Error> {
+        import::events(&mut self.connection().await?, events).await
+    }
+
+    async fn import_state(&self, state: crate::store::import::ImportedState) -> Result<(), Error> {
+        import::state(&mut self.connection().await?, state).await
     }
 
     async fn query(&self, query: EventQuery) -> Result<Page<Position>, Error> {
