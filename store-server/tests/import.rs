@@ -220,6 +220,10 @@ async fn an_import_refuses_a_store_that_is_not_empty_and_an_unknown_format_and_c
     let output = import(&["--data-dir", &target], &cut).await;
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("run the import again"));
+    // A server does not start on a half-imported store.
+    let started = store_server::server::start(&Config::sqlite(dirs.1.path())).await;
+    let refused = started.err().map(|e| store_server::error_chain(&e)).unwrap_or_default();
+    assert!(refused.contains("import into this store is not finished"), "{refused}");
     let output = import(&["--data-dir", &target], &file).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let copy = TestServer::start(Config::sqlite(dirs.1.path())).await;

@@ -12,6 +12,16 @@ use super::{Error, Store};
 use crate::protocol::Position;
 use std::io::BufRead;
 
+/// What a server says when it finds an unfinished import in its store.
+pub const UNFINISHED: &str = "an import into this store is not finished: run store-server import \
+     again with the same file (a server started now would write into a half-imported store)";
+
+/// Whether a store holds anything besides events (which the log head tells): one row, one
+/// boolean.
+pub(super) const EMPTY_SQL: &str = "SELECT EXISTS (SELECT 1 FROM streams)
+    OR EXISTS (SELECT 1 FROM consumers) OR EXISTS (SELECT 1 FROM category_retention)
+    OR EXISTS (SELECT 1 FROM data_subjects)";
+
 /// Events written per transaction.
 pub const BATCH_EVENTS: usize = 1000;
 

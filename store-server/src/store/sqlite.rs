@@ -8,7 +8,7 @@ use super::export::{
     End, ExportLine, FORMAT, Header, StoredCategoryRetention, StoredConsumerPosition,
     StoredDataSubject, StoredEncryption, StoredEvent, StoredStream, VERSION,
 };
-use super::import::{ImportStart, ImportedState};
+use super::import::{EMPTY_SQL, ImportStart, ImportedState};
 use super::personal::{self, EncryptionRow, KeyFacts, SUBJECT_COLUMNS, SubjectRow, Unopened};
 use super::retention::{self, CANDIDATE_COLUMNS, Candidate, OWN_RETENTION};
 use super::rows::ImportedRow;
@@ -553,9 +553,8 @@ impl Store for Sqlite {
                     ));
                 }
                 None => {
-                    let streams: i64 =
-                        tx.query_row("SELECT count(*) FROM streams", [], |r| r.get(0))?;
-                    if stored > 0 || streams > 0 {
+                    let anything: bool = tx.query_row(EMPTY_SQL, [], |r| r.get(0))?;
+                    if stored > 0 || anything {
                         return Err(Error::Import(
                             "the store is not empty: an import goes into an empty store".into(),
                         ));
@@ -649,7 +648,9 @@ impl Store for Sqlite {
             }
             if let Some(e) = &state.encryption {
                 let (id, to) = (unhex(Some(&e.master_key_id))?, unhex(e.rotating_to.as_deref())?);
-                tx.execute("INSERT INTO encryption (singleton, master_key_id, rotating_to) VALUES (1, ?1, ?2)", params![id, to])?;
+                tx.execute("INSERT INTO encryption (singleton, master_key_id, rotating_to) VALUES (1, ?1, ?2)
+                     ON CONFLICT (singleton) DO UPDATE SET master_key_id = excluded.master_key_id,
+                         rotating_to = excluded.rotating_to", params![id, to])?;
             }
             tx.execute("UPDATE log_head SET position = ?1", [to_i64(state.head)])?;
             tx.execute("DELETE FROM import_progress", [])?;
@@ -663,6 +664,9 @@ impl Store for Sqlite {
         let master = self.master.clone();
         self.write(move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if tx.query_row("SELECT EXISTS (SELECT 1 FROM import_progress)", [], |r| r.get(0))? {
+                return Err(Error::Import(super::import::UNFINISHED.into()));
+            }
             let row = encryption_row(&tx)?;
             let live_keys = master.is_none()
                 && tx.query_row(

@@ -5,7 +5,7 @@ use crate::protocol::Position;
 use crate::store::Error;
 use crate::store::catalog;
 use crate::store::export::StoredEvent;
-use crate::store::import::{ImportStart, ImportedState};
+use crate::store::import::{EMPTY_SQL, ImportStart, ImportedState};
 use crate::store::rows::{ImportedRow, to_i64, to_u64, unhex};
 use deadpool_postgres::Client;
 use tokio_postgres::types::ToSql;
@@ -26,8 +26,8 @@ pub(super) async fn begin(client: &mut Client, head: Position) -> Result<ImportS
             ));
         }
         None => {
-            let streams: i64 = tx.query_one("SELECT count(*) FROM streams", &[]).await?.get(0);
-            if stored > 0 || streams > 0 {
+            let anything: bool = tx.query_one(EMPTY_SQL, &[]).await?.get(0);
+            if stored > 0 || anything {
                 return Err(Error::Import(
                     "the store is not empty: an import goes into an empty store".into(),
                 ));
@@ -183,7 +183,9 @@ pub(super) async fn state(client: &mut Client, state: ImportedState) -> Result<(
     if let Some(e) = &state.encryption {
         let (id, to) = (unhex(Some(&e.master_key_id))?, unhex(e.rotating_to.as_deref())?);
         tx.execute(
-            "INSERT INTO encryption (master_key_id, rotating_to) VALUES ($1, $2)",
+            "INSERT INTO encryption (master_key_id, rotating_to) VALUES ($1, $2)
+             ON CONFLICT (singleton) DO UPDATE SET master_key_id = EXCLUDED.master_key_id,
+                 rotating_to = EXCLUDED.rotating_to",
             &[&id, &to],
         )
         .await?;

@@ -94,6 +94,9 @@ pub(super) async fn check_key(
     master: Option<&MasterKey>,
 ) -> Result<(), Error> {
     let tx = client.transaction().await?;
+    if tx.query_one("SELECT EXISTS (SELECT 1 FROM import_progress)", &[]).await?.get(0) {
+        return Err(Error::Import(crate::store::import::UNFINISHED.into()));
+    }
     // Instances starting together record the key once.
     tx.execute("LOCK TABLE encryption IN EXCLUSIVE MODE", &[]).await?;
     let id = master.map(|m| m.id().as_bytes().to_vec());
