@@ -22,6 +22,28 @@ pub(super) const EMPTY_SQL: &str = "SELECT EXISTS (SELECT 1 FROM streams)
     OR EXISTS (SELECT 1 FROM consumers) OR EXISTS (SELECT 1 FROM category_retention)
     OR EXISTS (SELECT 1 FROM data_subjects)";
 
+/// How an import of the export whose log head is `head` begins, given the store's import
+/// marker, its log head and whether it holds anything besides events.
+pub(super) fn start(
+    head: Position,
+    marker: Option<i64>,
+    stored: i64,
+    anything: bool,
+) -> Result<ImportStart, Error> {
+    match marker {
+        Some(marked) if marked == super::to_i64(head.0) => {
+            Ok(ImportStart::Resume { after: Position(super::rows::to_u64(stored, 0, "head")?) })
+        }
+        Some(_) => {
+            Err(Error::Import("the store holds the unfinished import of another export".into()))
+        }
+        None if stored > 0 || anything => {
+            Err(Error::Import("the store is not empty: an import goes into an empty store".into()))
+        }
+        None => Ok(ImportStart::Fresh),
+    }
+}
+
 /// Events written per transaction.
 pub const BATCH_EVENTS: usize = 1000;
 

@@ -543,29 +543,14 @@ impl Store for Sqlite {
             let marker: Option<i64> =
                 tx.query_row("SELECT head FROM import_progress", [], |r| r.get(0)).optional()?;
             let stored = log_head(&tx)?;
-            let start = match marker {
-                Some(marked) if marked == to_i64(head.0) => {
-                    ImportStart::Resume { after: Position(to_u64(stored, 0, "head")?) }
-                }
-                Some(_) => {
-                    return Err(Error::Import(
-                        "the store holds the unfinished import of another export".into(),
-                    ));
-                }
-                None => {
-                    let anything: bool = tx.query_row(EMPTY_SQL, [], |r| r.get(0))?;
-                    if stored > 0 || anything {
-                        return Err(Error::Import(
-                            "the store is not empty: an import goes into an empty store".into(),
-                        ));
-                    }
-                    tx.execute(
-                        "INSERT INTO import_progress (singleton, head) VALUES (1, ?1)",
-                        [to_i64(head.0)],
-                    )?;
-                    ImportStart::Fresh
-                }
-            };
+            let anything: bool = tx.query_row(EMPTY_SQL, [], |r| r.get(0))?;
+            let start = super::import::start(head, marker, stored, anything)?;
+            if start == ImportStart::Fresh {
+                tx.execute(
+                    "INSERT INTO import_progress (singleton, head) VALUES (1, ?1)",
+                    [to_i64(head.0)],
+                )?;
+            }
             tx.commit()?;
             Ok(start)
         })

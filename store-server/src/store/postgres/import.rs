@@ -6,7 +6,7 @@ use crate::store::Error;
 use crate::store::catalog;
 use crate::store::export::StoredEvent;
 use crate::store::import::{EMPTY_SQL, ImportStart, ImportedState};
-use crate::store::rows::{ImportedRow, to_i64, to_u64, unhex};
+use crate::store::rows::{ImportedRow, to_i64, unhex};
 use deadpool_postgres::Client;
 use tokio_postgres::types::ToSql;
 
@@ -16,30 +16,15 @@ pub(super) async fn begin(client: &mut Client, head: Position) -> Result<ImportS
     let marker: Option<i64> =
         tx.query_opt("SELECT head FROM import_progress", &[]).await?.map(|r| r.get(0));
     let stored: i64 = tx.query_one("SELECT position FROM log_head", &[]).await?.get(0);
-    let start = match marker {
-        Some(marked) if marked == to_i64(head.0) => {
-            ImportStart::Resume { after: Position(to_u64(stored, 0, "head")?) }
-        }
-        Some(_) => {
-            return Err(Error::Import(
-                "the store holds the unfinished import of another export".into(),
-            ));
-        }
-        None => {
-            let anything: bool = tx.query_one(EMPTY_SQL, &[]).await?.get(0);
-            if stored > 0 || anything {
-                return Err(Error::Import(
-                    "the store is not empty: an import goes into an empty store".into(),
-                ));
-            }
-            tx.execute(
-                "INSERT INTO import_progress (singleton, head) VALUES (1, $1)",
-                &[&to_i64(head.0)],
-            )
-            .await?;
-            ImportStart::Fresh
-        }
-    };
+    let anything: bool = tx.query_one(EMPTY_SQL, &[]).await?.get(0);
+    let start = crate::store::import::start(head, marker, stored, anything)?;
+    if start == ImportStart::Fresh {
+        tx.execute(
+            "INSERT INTO import_progress (singleton, head) VALUES (1, $1)",
+            &[&to_i64(head.0)],
+        )
+        .await?;
+    }
     tx.commit().await?;
     Ok(start)
 }
