@@ -22,7 +22,7 @@ use std::time::Duration;
 /// --scavenge-interval-ms, in steps of --scavenge-chunk-events run between group commits,
 /// so the space is reused; other reads and subscriptions stop returning them by then.
 /// System events ($stream-deleted, $stream-truncated) are kept for every reader.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "store-server", version)]
 pub struct Cli {
     /// What to do; serving is the default.
@@ -231,6 +231,48 @@ pub enum Command {
     Import {
         /// The export, or `-` for standard input.
         file: PathBuf,
+    },
+    /// Check the store's invariants and print digests of its log and its state: the same
+    /// for two identical stores on either backend. Reads the configured storage (servers
+    /// may run), or a running server with --url. With --encryption-key-file, every sealed
+    /// event is opened too. Exits 1 on any violation, saying what and where.
+    ///
+    /// Example: `store-server --data-dir data verify`, or
+    /// `STORE_TOKEN=$ADMIN store-server verify --url http://localhost:2114`
+    Verify {
+        /// A running server to verify through its export (`GET /export`, admin).
+        #[arg(long, env = "STORE_URL")]
+        url: Option<String>,
+        /// The admin token for --url.
+        #[arg(long, env = "STORE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Copy a running server's store into new, empty storage (either backend) through its
+    /// export: the same positions, ids, revisions and times. With --follow it stays in step
+    /// until stopped (Ctrl-C or SIGTERM), then ends whole at the next sync, and a server
+    /// may start on it. Killed, run it again with the same target: it carries on.
+    ///
+    /// Example: `store-server copy --from http://old:2114 --to-database-url postgres://… --follow`
+    Copy {
+        /// The running server to copy from.
+        #[arg(long)]
+        from: String,
+        /// The admin token of --from.
+        #[arg(long, env = "STORE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// A SQLite store in this folder (new or empty).
+        #[arg(
+            long,
+            required_unless_present = "to_database_url",
+            conflicts_with = "to_database_url"
+        )]
+        to_data_dir: Option<PathBuf>,
+        /// A PostgreSQL database (empty).
+        #[arg(long, hide_env_values = true)]
+        to_database_url: Option<String>,
+        /// Keep the copy in step until stopped.
+        #[arg(long)]
+        follow: bool,
     },
 }
 

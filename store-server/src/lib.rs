@@ -20,6 +20,7 @@
 //! | `subscriptions` | live delivery: the tailer and its broadcast (`Hub`), one follower per SSE connection |
 //! | `metrics` | the Prometheus registry |
 //! | `auth` | bearer tokens from the auth file: roles and stream scopes |
+//! | `tools` | operators' commands on a store's export: `verify` (invariants, digests) and `copy` (a live copy into other storage) |
 //!
 //! The write path, end to end: `http/append.rs` (`stream`, `several`) → `append::Writer::append`
 //! (queue) → the writer task batches → `Store::commit` (one transaction: lock, snapshot,
@@ -27,7 +28,7 @@
 //!
 //! Modules import downward only, in this order (a test keeps it so): `protocol`, `decide`,
 //! `crypto`, `store`, `metrics`, `append`, `scavenger`, `subscriptions`, `auth`, `http`, `listen`,
-//! `config`, `server`.
+//! `config`, `server`, `tools`.
 //!
 //! Build with `default-features = false` for [`protocol`] alone.
 
@@ -57,6 +58,8 @@ pub mod server;
 pub mod store;
 #[cfg(feature = "server")]
 pub mod subscriptions;
+#[cfg(feature = "server")]
+pub mod tools;
 
 /// An error and its sources on one line, for logs (never for clients).
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

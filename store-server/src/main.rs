@@ -3,6 +3,7 @@
 use clap::Parser;
 use std::process::ExitCode;
 use store_server::config::{Cli, Command, KeyCommand, LogFormat, TokenCommand};
+use store_server::tools::{copy::copy as copy_store, remote::Source, verify};
 use tracing::error;
 
 #[tokio::main]
@@ -10,7 +11,12 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: a log file or a collector gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
@@ -47,6 +53,18 @@ async fn main() -> ExitCode {
         Command::Key(KeyCommand::Rotate { old, new }) => rotate(&config, &old, &new).await,
         Command::Backup { to } => backup(&config, &to),
         Command::Import { file } => import(&config, &file).await,
+        Command::Verify { url, token } => verify(&config, url, token).await,
+        Command::Copy { from, token, to_data_dir, to_database_url, follow } => {
+            let target = Cli {
+                data_dir: to_data_dir.unwrap_or_default(),
+                database_url: to_database_url,
+                ..cli.clone()
+            };
+            match target.config() {
+                Ok(target) => copy(&from, token, &target, follow).await,
+                Err(err) => Err(err.into()),
+            }
+        }
         Command::Migrate => store_server::store::open(&config.storage, None)
             .await
             .map(|_| tracing::info!("migrations applied"))
@@ -121,6 +139,76 @@ async fn import(
         events = imported.events,
         carried_on_after = imported.skipped,
         "import complete"
+    );
+    Ok(())
+}
+
+/// `store-server verify`: the report on stdout; a violation fails the command.
+async fn verify(
+    config: &store_server::config::Config,
+    url: Option<String>,
+    token: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let origin = match url {
+        Some(url) => verify::Origin::Server(Source::new(&url, token)),
+        None => verify::Origin::Storage(store_server::store::open(&config.storage, None).await?),
+    };
+    let report = verify::verify(&origin, config.encryption.clone()).await?;
+    for violation in &report.violations {
+        println!("violation: {violation}");
+    }
+    if report.violations_found > report.violations.len() as u64 {
+        println!("… {} violations in all", report.violations_found);
+    }
+    println!("events: {}\nstreams: {}\nhead: {}", report.events, report.streams, report.head);
+    if report.opened + report.erased > 0 {
+        println!(
+            "sealed events opened: {}\nsealed events erased: {}",
+            report.opened, report.erased
+        );
+    }
+    println!(
+        "log digest: sha256:{}\nstate digest: sha256:{}",
+        report.log_digest, report.state_digest
+    );
+    if report.is_sound() {
+        Ok(())
+    } else {
+        Err(format!("{} violations", report.violations_found).into())
+    }
+}
+
+/// `store-server copy`: progress on stderr; with `--follow`, until Ctrl-C or SIGTERM.
+async fn copy(
+    from: &str,
+    token: Option<String>,
+    target: &store_server::config::Config,
+    follow: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let store = store_server::store::open(&target.storage, None).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping at the next sync");
+        let _ = stop.send(true);
+    });
+    let started = std::time::Instant::now();
+    let mut last_said = started;
+    let progress = |done: &store_server::tools::copy::Progress, synced: bool| {
+        let now = std::time::Instant::now();
+        if synced && follow || now.duration_since(last_said).as_secs() >= 5 {
+            last_said = now;
+            let rate = done.events as f64 / started.elapsed().as_secs_f64().max(0.001);
+            tracing::info!(events = done.events, head = done.head, rate = rate as u64, "copying");
+        }
+    };
+    let source = Source::new(from, token);
+    let done = copy_store(&source, &*store, follow, stopped, progress).await?;
+    tracing::info!(
+        events = done.events,
+        head = done.head,
+        resumed = done.resumed,
+        "copy complete: a server may start on it"
     );
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `GET /export` on each backend: the header, every stored event as stored (sealed data as
 //! ciphertext), the state beside the log, the end line; from one snapshot while appends go
-//! on.
+//! on. Followed, in rounds: new events and the state rows that changed, then `sync`.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -10,6 +10,7 @@ use store_testing::{Backend, TestServer, assert_problem, event, per_backend};
 per_backend!(
     an_export_holds_every_event_as_stored_and_the_state_beside_the_log,
     an_export_is_one_snapshot_while_appends_go_on,
+    a_followed_export_sends_each_round_of_new_events_and_changed_state_up_to_a_sync,
 );
 
 async fn export(server: &TestServer, query: &str) -> (StatusCode, Vec<Value>) {
@@ -98,7 +99,7 @@ async fn an_export_holds_every_event_as_stored_and_the_state_beside_the_log(
     let positions: Vec<u64> =
         from_three.iter().filter_map(|l| l["event"]["position"].as_u64()).collect();
     assert_eq!(positions, [3, 4]);
-    for bad in ["?from=x", "?follow=true", "?from=1&from=2"] {
+    for bad in ["?from=x", "?follow=yes", "?from=1&from=2"] {
         let response =
             server.client.get(format!("{}/export{bad}", server.url)).send().await.unwrap();
         let status = response.status();
@@ -137,5 +138,74 @@ async fn an_export_is_one_snapshot_while_appends_go_on(backend: Backend, test: &
     assert!(late_in_streams == (head > 3000), "the streams from the same snapshot");
     assert!(streams >= 1);
     assert_eq!(lines.last().unwrap()["end"]["events"], head);
+    server.stop().await;
+}
+
+/// The lines of a followed export up to and including its next `sync`.
+async fn round(response: &mut reqwest::Response, pending: &mut Vec<u8>) -> Vec<Value> {
+    let mut lines = Vec::new();
+    loop {
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Value = serde_json::from_slice(&pending[..end]).unwrap();
+            pending.drain(..=end);
+            let synced = line.get("sync").is_some();
+            lines.push(line);
+            if synced {
+                return lines;
+            }
+        }
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), response.chunk());
+        pending.extend_from_slice(&chunk.await.unwrap().unwrap().expect("the export goes on"));
+    }
+}
+
+async fn a_followed_export_sends_each_round_of_new_events_and_changed_state_up_to_a_sync(
+    backend: Backend,
+    test: &str,
+) {
+    let Some(server) = TestServer::fresh(backend, test).await else { return };
+    server.append("order-1", json!("any"), json!([event("Placed", json!(1))])).await;
+    server.append("order-2", json!("any"), json!([event("Placed", json!(2))])).await;
+    let url = format!("{}/export?follow=true", server.url);
+    let mut response = server.client.get(url).send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let mut pending = Vec::new();
+    let first = round(&mut response, &mut pending).await;
+    assert!(first[0].get("header").is_some());
+    let events: Vec<u64> = first.iter().filter_map(|l| l["event"]["position"].as_u64()).collect();
+    assert_eq!(events, [1, 2]);
+    assert_eq!(first.iter().filter(|l| l.get("stream").is_some()).count(), 2);
+    assert_eq!(first.last().unwrap()["sync"]["head"], 2);
+    assert!(first.iter().all(|l| l.get("end").is_none()));
+
+    // An append: its event and its stream's row, not the other stream's.
+    server.append("order-1", json!("any"), json!([event("Shipped", json!(3))])).await;
+    let mut next = round(&mut response, &mut pending).await;
+    while next.len() == 1 {
+        next = round(&mut response, &mut pending).await; // a round from before the append
+    }
+    assert_eq!(next[0]["event"]["position"], 3);
+    let streams: Vec<&Value> = next.iter().filter_map(|l| l.get("stream")).collect();
+    assert_eq!(streams.len(), 1);
+    assert_eq!((&streams[0]["name"], &streams[0]["revision"]), (&json!("order-1"), &json!(1)));
+    assert_eq!(next.last().unwrap()["sync"]["head"], 3);
+
+    // State without events: a consumer set, then deleted.
+    server.send_json(Method::PUT, "/consumers/balances", &json!({"position": 2})).await;
+    let mut next = round(&mut response, &mut pending).await;
+    while next.len() == 1 {
+        next = round(&mut response, &mut pending).await;
+    }
+    assert_eq!(next[0]["consumer"]["name"], "balances");
+    server.send_json(Method::DELETE, "/consumers/balances", &Value::Null).await;
+    let mut next = round(&mut response, &mut pending).await;
+    while next.len() == 1 {
+        next = round(&mut response, &mut pending).await;
+    }
+    assert_eq!(next[0]["removed"], json!({"table": "consumer", "key": "balances"}));
+    // Nothing new: a round of its own `sync` only, within the interval.
+    let quiet = round(&mut response, &mut pending).await;
+    assert_eq!(quiet, [json!({"sync": {"head": 3}})]);
+    drop(response);
     server.stop().await;
 }

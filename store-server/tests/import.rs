@@ -11,6 +11,20 @@ use store_server::config::Config;
 use store_server::crypto::MasterKey;
 use store_testing::{TestServer, event, postgres};
 
+/// `store-server <storage> verify`: its exit status and the digests it printed.
+async fn verify(storage: &[&str]) -> (bool, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_store-server"))
+        .args(storage)
+        .arg("verify")
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    let digests = printed.lines().filter(|l| l.contains("digest")).collect::<Vec<_>>().join("\n");
+    assert!(!digests.is_empty(), "{printed}{}", String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), digests)
+}
+
 async fn export(server: &TestServer) -> String {
     let response = server.client.get(format!("{}/export", server.url)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -145,6 +159,11 @@ async fn a_store_exported_from_sqlite_imported_into_postgres_and_back_is_the_sam
     assert!(positions.windows(2).any(|w| w[1] > w[0] + 1), "holes: {positions:?}");
     let first = export(&source).await;
     source.stop().await;
+    let key_arg = key_file.to_str().unwrap();
+    let source_dir = dirs.0.path().to_str().unwrap();
+    let (sound, digests) =
+        verify(&["--data-dir", source_dir, "--encryption-key-file", key_arg]).await;
+    assert!(sound, "the source verifies");
 
     let file = dirs.2.path().join("first.ndjson");
     std::fs::write(&file, &first).unwrap();
@@ -158,6 +177,9 @@ async fn a_store_exported_from_sqlite_imported_into_postgres_and_back_is_the_sam
     );
     let second = export(&on_postgres).await;
     assert_eq!(second, first, "the export of the copy is the export of the original");
+    let on_postgres_verified =
+        verify(&["--database-url", &database, "--encryption-key-file", key_arg]).await;
+    assert_eq!(on_postgres_verified, (true, digests.clone()), "the same digests on PostgreSQL");
     // New appends go on after the imported head, names closed stay closed.
     let (status, body) =
         on_postgres.append("user-9", json!("any"), json!([event("E", json!(1))])).await;

@@ -20,6 +20,7 @@ const LAYERS: &[&str] = &[
     "listen",
     "config",
     "server",
+    "tools",
 ];
 
 /// Items of the crate root that are not modules.

@@ -162,16 +162,23 @@ pub(super) fn counts_of_events(events: &[super::export::StoredEvent]) -> Counts<
 }
 
 /// What imported streams add to the counts.
-pub(super) fn counts_of_streams(streams: &[super::export::StoredStream]) -> Counts<'_> {
+pub(super) fn counts_of_streams<'a>(
+    streams: impl IntoIterator<Item = &'a super::export::StoredStream>,
+) -> Counts<'a> {
     let mut categories: BTreeMap<&str, i64> = BTreeMap::new();
     for stream in streams {
-        let category = stream.name.split_once('-').map_or(stream.name.as_str(), |(c, _)| c);
-        *categories.entry(category).or_default() += 1;
+        *categories.entry(category_of(&stream.name)).or_default() += 1;
     }
     Counts {
         categories: categories.into_iter().map(|(c, n)| (c, n, 0)).collect(),
         types: Vec::new(),
     }
+}
+
+/// The category of a stream named `name`, as `StreamName::category` says, for a name read
+/// from storage.
+pub(super) fn category_of(name: &str) -> &str {
+    name.split_once('-').map_or(name, |(category, _)| category)
 }
 
 #[cfg(test)]

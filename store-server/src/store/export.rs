@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 
 /// The format's name in the header.
 pub const FORMAT: &str = "eventstore-export";
@@ -34,6 +36,11 @@ pub enum ExportLine {
     Encryption(StoredEncryption),
     /// The last line of a complete export.
     End(End),
+    /// In a followed export, in place of `end`: the lines before it complete a consistent
+    /// snapshot up to `head`. Sent at least once a second, so it is the keep-alive too.
+    Sync(Sync),
+    /// In a followed export: a state row gone since the last `sync`.
+    Removed(Removed),
 }
 
 /// The header line.
@@ -136,6 +143,63 @@ pub struct StoredEncryption {
 pub struct End {
     /// Event lines in the export.
     pub events: u64,
+}
+
+/// The end of one round of a followed export.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sync {
+    /// The log head of the round's snapshot.
+    pub head: u64,
+}
+
+/// A state row gone since the last round of a followed export.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Removed {
+    /// `category_retention`, `consumer` or `data_subject` (stream rows never go).
+    pub table: String,
+    /// The row's name.
+    pub key: String,
+}
+
+/// What a followed export has sent of the state beside the log: each later round sends
+/// only the rows that changed, and [`Removed`] for those that went. Memory: one entry per
+/// state row.
+#[derive(Default)]
+pub struct StateSent {
+    sent: HashMap<Removed, u64>,
+    seen: HashSet<Removed>,
+}
+
+impl StateSent {
+    /// Whether `line` must be sent: an event, or a state row new or changed since the
+    /// last round.
+    pub fn changed(&mut self, line: &ExportLine) -> bool {
+        let (table, key) = match line {
+            ExportLine::Stream(s) => ("stream", &s.name),
+            ExportLine::CategoryRetention(c) => ("category_retention", &c.category),
+            ExportLine::Consumer(c) => ("consumer", &c.name),
+            ExportLine::DataSubject(d) => ("data_subject", &d.subject),
+            ExportLine::Encryption(_) => ("encryption", &String::new()),
+            _ => return true,
+        };
+        let mut hasher = std::hash::DefaultHasher::new();
+        serde_json::to_string(line).unwrap_or_default().hash(&mut hasher);
+        let row = Removed { table: table.into(), key: key.clone() };
+        self.seen.insert(row.clone());
+        self.sent.insert(row, hasher.finish()) != Some(hasher.finish())
+    }
+
+    /// At a round's end: the rows sent before and not seen in this round.
+    pub fn gone(&mut self) -> Vec<Removed> {
+        let seen = std::mem::take(&mut self.seen);
+        let gone: Vec<Removed> = self.sent.keys().filter(|r| !seen.contains(*r)).cloned().collect();
+        for row in &gone {
+            self.sent.remove(row);
+        }
+        gone
+    }
 }
 
 /// A field that is there, `null` included (absent is `None`, by `default`).

@@ -44,6 +44,9 @@ pub(super) fn start(
     }
 }
 
+/// The import marker of a copy (`store-server copy`), which carries on from any source head.
+pub const COPY: Position = Position(i64::MAX as u64);
+
 /// Events written per transaction.
 pub const BATCH_EVENTS: usize = 1000;
 
@@ -60,11 +63,20 @@ pub enum ImportStart {
     },
 }
 
-/// The state beside the log, written with the import's last transaction.
+/// The state beside the log, written in one transaction: at the end of an import, or at
+/// each `sync` of a copy. Stream rows are upserted; where one says the source's scavenger
+/// removed more of the stream than this store did, those events go here too.
 #[derive(Debug, Default)]
 pub struct ImportedState {
     /// The export's log head (it may pass the last event: removed events at the end).
     pub head: u64,
+    /// Category defaults, consumers and data subjects not named here go (a whole state);
+    /// otherwise only the rows in `removed` do (the changes since the last sync).
+    pub replace: bool,
+    /// Rows gone since the last sync.
+    pub removed: Vec<super::export::Removed>,
+    /// Ends the import: a server may start on the store.
+    pub done: bool,
     pub streams: Vec<StoredStream>,
     pub categories: Vec<StoredCategoryRetention>,
     pub consumers: Vec<StoredConsumerPosition>,
@@ -142,7 +154,8 @@ pub async fn import(
     };
     let (mut imported, mut skipped) = (Imported { events: 0, skipped: 0 }, 0u64);
     let mut batch = Vec::with_capacity(BATCH_EVENTS);
-    let mut state = ImportedState { head: header.head, ..ImportedState::default() };
+    let mut state =
+        ImportedState { head: header.head, replace: true, done: true, ..ImportedState::default() };
     for text in lines {
         match line(text)? {
             ExportLine::Event(event) => {
@@ -163,6 +176,11 @@ pub async fn import(
             ExportLine::DataSubject(subject) => state.subjects.push(subject),
             ExportLine::Encryption(encryption) => state.encryption = Some(encryption),
             ExportLine::Header(_) => return Err(ImportError::Format("a second header".into())),
+            ExportLine::Sync(_) | ExportLine::Removed(_) => {
+                return Err(ImportError::Format(
+                    "a followed export: store-server copy reads those".into(),
+                ));
+            }
             ExportLine::End(end) => {
                 imported.events += batch.len() as u64;
                 if !batch.is_empty() {

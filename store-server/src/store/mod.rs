@@ -307,6 +307,13 @@ pub trait Store: Send + Sync + 'static {
     /// rotation. On the first start with a key file, records the key's id (never the key).
     async fn check_key(&self) -> Result<(), Error>;
 
+    /// The storage's own consistency check, for `store-server verify`: what it finds wrong
+    /// (tables and their indexes disagreeing, damaged pages). By default nothing: PostgreSQL
+    /// checks its pages as it reads them, and `amcheck` is the tool for its indexes.
+    async fn check_integrity(&self) -> Result<Vec<String>, Error> {
+        Ok(Vec::new())
+    }
+
     /// What the store holds of a data subject; `None` when no event ever named it.
     async fn data_subject(&self, subject: &DataSubject) -> Result<Option<DataSubjectInfo>, Error>;
 

@@ -602,32 +602,70 @@ impl Store for Sqlite {
     async fn import_state(&self, state: ImportedState) -> Result<(), Error> {
         self.write(move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut stream = tx.prepare(
-                "INSERT INTO streams (name, revision, deleted, max_count, max_age_seconds,
-                                      truncate_before, removed_before)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
+            let mut new_streams = Vec::new();
             for s in &state.streams {
-                stream.execute(params![s.name, s.revision, s.deleted, s.max_count, s.max_age_seconds, s.truncate_before, s.removed_before])?;
+                let ours: Option<i64> = tx
+                    .prepare_cached("SELECT removed_before FROM streams WHERE name = ?1")?
+                    .query_row([&s.name], |r| r.get(0))
+                    .optional()?;
+                // Events the source's scavenger removed since they were copied go here too.
+                let from = ours.unwrap_or(0);
+                if s.removed_before > from {
+                    remove_revisions(&tx, &s.name, catalog::category_of(&s.name), from, s.removed_before)?;
+                }
+                tx.prepare_cached(
+                    "INSERT INTO streams (name, revision, deleted, max_count, max_age_seconds,
+                                          truncate_before, removed_before)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (name) DO UPDATE SET revision = excluded.revision,
+                         deleted = excluded.deleted, max_count = excluded.max_count,
+                         max_age_seconds = excluded.max_age_seconds,
+                         truncate_before = excluded.truncate_before,
+                         removed_before = excluded.removed_before",
+                )?
+                .execute(params![s.name, s.revision, s.deleted, s.max_count, s.max_age_seconds, s.truncate_before, s.removed_before.max(from)])?;
+                if ours.is_none() {
+                    new_streams.push(s);
+                }
             }
-            drop(stream);
-            add_counts(&tx, &catalog::counts_of_streams(&state.streams))?;
+            add_counts(&tx, &catalog::counts_of_streams(new_streams))?;
+            if state.replace {
+                tx.execute_batch("DELETE FROM category_retention; DELETE FROM consumers; DELETE FROM data_subjects;")?;
+            }
+            for gone in &state.removed {
+                let sql = match gone.table.as_str() {
+                    "category_retention" => "DELETE FROM category_retention WHERE category = ?1",
+                    "consumer" => "DELETE FROM consumers WHERE name = ?1",
+                    "data_subject" => "DELETE FROM data_subjects WHERE subject = ?1",
+                    _ => continue,
+                };
+                tx.execute(sql, [&gone.key])?;
+            }
             for c in &state.categories {
                 tx.execute(
-                    "INSERT INTO category_retention (category, max_count, max_age_seconds) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO category_retention (category, max_count, max_age_seconds) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (category) DO UPDATE SET max_count = excluded.max_count,
+                         max_age_seconds = excluded.max_age_seconds",
                     params![c.category, c.max_count, c.max_age_seconds],
                 )?;
             }
             for c in &state.consumers {
                 tx.execute(
-                    "INSERT INTO consumers (name, position, updated_at) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO consumers (name, position, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO UPDATE SET position = excluded.position,
+                         updated_at = excluded.updated_at",
                     params![c.name, c.position, c.updated_at],
                 )?;
             }
+            let mut keys_destroyed = false;
             for d in &state.subjects {
                 let (wrapped, key_id) = (unhex(d.wrapped_key.as_deref())?, unhex(d.master_key_id.as_deref())?);
+                keys_destroyed |= wrapped.is_none() && !state.replace;
                 tx.execute(
-                    &format!("INSERT INTO data_subjects ({SUBJECT_COLUMNS}, first_position) VALUES (?1, ?2, ?3, ?4, ?5)"),
+                    &format!("INSERT INTO data_subjects ({SUBJECT_COLUMNS}, first_position) VALUES (?1, ?2, ?3, ?4, ?5)
+                              ON CONFLICT (subject) DO UPDATE SET key_since = excluded.key_since,
+                                  wrapped_key = excluded.wrapped_key, master_key_id = excluded.master_key_id,
+                                  first_position = excluded.first_position"),
                     params![d.subject, d.key_since, wrapped, key_id, d.first_position],
                 )?;
             }
@@ -637,10 +675,26 @@ impl Store for Sqlite {
                      ON CONFLICT (singleton) DO UPDATE SET master_key_id = excluded.master_key_id,
                          rotating_to = excluded.rotating_to", params![id, to])?;
             }
-            tx.execute("UPDATE log_head SET position = ?1", [to_i64(state.head)])?;
-            tx.execute("DELETE FROM import_progress", [])?;
+            tx.execute("UPDATE log_head SET position = max(position, ?1)", [to_i64(state.head)])?;
+            if state.done {
+                tx.execute("DELETE FROM import_progress", [])?;
+            }
             tx.commit()?;
+            if keys_destroyed {
+                forget_old_pages(connection);
+            }
             Ok(())
+        })
+        .await
+    }
+
+    async fn check_integrity(&self) -> Result<Vec<String>, Error> {
+        self.read(|connection| {
+            // Every index against its table (the ids' among them), every page.
+            let mut check = connection.prepare("PRAGMA integrity_check")?;
+            let found = check.query_map([], |row| row.get::<_, String>(0))?;
+            let problems: Vec<String> = found.collect::<Result<_, _>>()?;
+            Ok(problems.into_iter().filter(|p| p != "ok").collect())
         })
         .await
     }
@@ -1077,6 +1131,28 @@ fn scavenge(
     if step.until <= step.from {
         return Ok(Scavenged::default());
     }
+    let removed = remove_revisions(
+        &tx,
+        stream.as_str(),
+        stream.category(),
+        to_i64(step.from.0),
+        to_i64(step.until.0),
+    )?;
+    tx.prepare_cached("UPDATE streams SET removed_before = ?2 WHERE name = ?1")?
+        .execute(params![stream.as_str(), to_i64(step.until.0)])?;
+    tx.commit()?;
+    Ok(Scavenged { removed: removed as u64, more: step.more })
+}
+
+/// Removes `stream`'s events of revisions `from..until`, system events aside, with their
+/// tag rows and their counts in the catalog; answers how many went.
+fn remove_revisions(
+    tx: &Connection,
+    stream: &str,
+    category: &str,
+    from: i64,
+    until: i64,
+) -> Result<usize, Error> {
     // The catalog's counts lose what goes, by type and version.
     let removing = tx
         .prepare_cached(
@@ -1084,7 +1160,7 @@ fn scavenge(
              AND revision >= ?2 AND revision < ?3 AND substr(type, 1, 1) <> '$'
              GROUP BY type, schema_version",
         )?
-        .query_map(params![stream.as_str(), to_i64(step.from.0), to_i64(step.until.0)], |r| {
+        .query_map(params![stream, from, until], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -1097,7 +1173,7 @@ fn scavenge(
     drop(uncount);
     let total: i64 = removing.iter().map(|(_, _, n)| n).sum();
     tx.prepare_cached("UPDATE category_counts SET events = events - ?2 WHERE category = ?1")?
-        .execute(params![stream.category(), total])?;
+        .execute(params![category, total])?;
     // The tag index's rows go with their events, listed by the events' own `tags`.
     tx.prepare_cached(
         "DELETE FROM event_tags WHERE (tag, position) IN (
@@ -1105,17 +1181,13 @@ fn scavenge(
              WHERE e.stream = ?1 AND e.revision >= ?2 AND e.revision < ?3
              AND e.tags IS NOT NULL AND substr(e.type, 1, 1) <> '$')",
     )?
-    .execute(params![stream.as_str(), to_i64(step.from.0), to_i64(step.until.0)])?;
-    let removed = tx
+    .execute(params![stream, from, until])?;
+    Ok(tx
         .prepare_cached(
             "DELETE FROM events WHERE stream = ?1 AND revision >= ?2 AND revision < ?3
              AND substr(type, 1, 1) <> '$'",
         )?
-        .execute(params![stream.as_str(), to_i64(step.from.0), to_i64(step.until.0)])?;
-    tx.prepare_cached("UPDATE streams SET removed_before = ?2 WHERE name = ?1")?
-        .execute(params![stream.as_str(), to_i64(step.until.0)])?;
-    tx.commit()?;
-    Ok(Scavenged { removed: removed as u64, more: step.more })
+        .execute(params![stream, from, until])?)
 }
 
 fn commit(

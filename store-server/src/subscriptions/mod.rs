@@ -167,6 +167,11 @@ impl Hub {
         (hub, task)
     }
 
+    /// How far the tailer has read: it moves with every commit, this server's or another's.
+    pub fn tailed(&self) -> watch::Receiver<Position> {
+        self.tailed.subscribe()
+    }
+
     /// Waits, at most `timeout`, until the tailer has read past `position`; answers whether
     /// it did.
     pub async fn tailed_past(&self, position: Position, timeout: Duration) -> bool {

@@ -120,11 +120,31 @@ async fn add_counts(
 
 pub(super) async fn state(client: &mut Client, state: ImportedState) -> Result<(), Error> {
     let tx = client.transaction().await?;
+    let mut new_streams = Vec::new();
     for s in &state.streams {
+        let ours: Option<i64> = tx
+            .query_opt("SELECT removed_before FROM streams WHERE name = $1", &[&s.name])
+            .await?
+            .map(|r| r.get(0));
+        // Events the source's scavenger removed since they were copied go here too.
+        let from = ours.unwrap_or(0);
+        if s.removed_before > from {
+            let category = catalog::category_of(&s.name);
+            tx.query_one(
+                super::retention::REMOVE_SQL,
+                &[&s.name, &from, &s.removed_before, &category],
+            )
+            .await?;
+        }
         tx.execute(
             "INSERT INTO streams (name, revision, deleted, max_count, max_age_seconds,
                                   truncate_before, removed_before)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (name) DO UPDATE SET revision = EXCLUDED.revision,
+                 deleted = EXCLUDED.deleted, max_count = EXCLUDED.max_count,
+                 max_age_seconds = EXCLUDED.max_age_seconds,
+                 truncate_before = EXCLUDED.truncate_before,
+                 removed_before = EXCLUDED.removed_before",
             &[
                 &s.name,
                 &s.revision,
@@ -132,15 +152,35 @@ pub(super) async fn state(client: &mut Client, state: ImportedState) -> Result<(
                 &s.max_count,
                 &s.max_age_seconds,
                 &s.truncate_before,
-                &s.removed_before,
+                &s.removed_before.max(from),
             ],
         )
         .await?;
+        if ours.is_none() {
+            new_streams.push(s);
+        }
     }
-    add_counts(&tx, &catalog::counts_of_streams(&state.streams)).await?;
+    add_counts(&tx, &catalog::counts_of_streams(new_streams)).await?;
+    if state.replace {
+        tx.batch_execute(
+            "DELETE FROM category_retention; DELETE FROM consumers; DELETE FROM data_subjects;",
+        )
+        .await?;
+    }
+    for gone in &state.removed {
+        let sql = match gone.table.as_str() {
+            "category_retention" => "DELETE FROM category_retention WHERE category = $1",
+            "consumer" => "DELETE FROM consumers WHERE name = $1",
+            "data_subject" => "DELETE FROM data_subjects WHERE subject = $1",
+            _ => continue,
+        };
+        tx.execute(sql, &[&gone.key]).await?;
+    }
     for c in &state.categories {
         tx.execute(
-            "INSERT INTO category_retention (category, max_count, max_age_seconds) VALUES ($1, $2, $3)",
+            "INSERT INTO category_retention (category, max_count, max_age_seconds) VALUES ($1, $2, $3)
+             ON CONFLICT (category) DO UPDATE SET max_count = EXCLUDED.max_count,
+                 max_age_seconds = EXCLUDED.max_age_seconds",
             &[&c.category, &c.max_count, &c.max_age_seconds],
         )
         .await?;
@@ -150,7 +190,9 @@ pub(super) async fn state(client: &mut Client, state: ImportedState) -> Result<(
             .ok_or_else(|| Error::Import(format!("consumer {}: updated_at out of range", c.name)))?
             .to_offset_date_time();
         tx.execute(
-            "INSERT INTO consumers (name, position, updated_at) VALUES ($1, $2, $3)",
+            "INSERT INTO consumers (name, position, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position,
+                 updated_at = EXCLUDED.updated_at",
             &[&c.name, &c.position, &at],
         )
         .await?;
@@ -160,7 +202,10 @@ pub(super) async fn state(client: &mut Client, state: ImportedState) -> Result<(
             (unhex(d.wrapped_key.as_deref())?, unhex(d.master_key_id.as_deref())?);
         tx.execute(
             "INSERT INTO data_subjects (subject, key_since, wrapped_key, master_key_id, first_position)
-             VALUES ($1, $2, $3, $4, $5)",
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (subject) DO UPDATE SET key_since = EXCLUDED.key_since,
+                 wrapped_key = EXCLUDED.wrapped_key, master_key_id = EXCLUDED.master_key_id,
+                 first_position = EXCLUDED.first_position",
             &[&d.subject, &d.key_since, &wrapped, &key_id, &d.first_position],
         )
         .await?;
@@ -175,8 +220,11 @@ pub(super) async fn state(client: &mut Client, state: ImportedState) -> Result<(
         )
         .await?;
     }
-    tx.execute("UPDATE log_head SET position = $1", &[&to_i64(state.head)]).await?;
-    tx.execute("DELETE FROM import_progress", &[]).await?;
+    tx.execute("UPDATE log_head SET position = greatest(position, $1)", &[&to_i64(state.head)])
+        .await?;
+    if state.done {
+        tx.execute("DELETE FROM import_progress", &[]).await?;
+    }
     tx.commit().await?;
     Ok(())
 }

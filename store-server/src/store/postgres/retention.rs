@@ -122,6 +122,28 @@ pub(super) async fn removable(
 /// locks the category's row (shared) and then the stream's, in the order a commit that
 /// changes them takes them, so a limit raised meanwhile is seen here (nothing it keeps is
 /// removed) and the two never deadlock. Appends to other streams go on meanwhile.
+/// Removes the events of stream `$1` of revisions `$2..$3`, system events aside, with
+/// their tag rows and their counts in the catalog (`$4`: the stream's category); answers
+/// how many went.
+pub(super) const REMOVE_SQL: &str = "WITH removed AS (
+         DELETE FROM events WHERE stream = $1 AND revision >= $2 AND revision < $3
+         AND substr(type, 1, 1) <> '$' RETURNING position, tags, type, schema_version),
+     untagged AS (
+         DELETE FROM event_tags WHERE (tag, position) IN (
+             SELECT j.tag, r.position FROM removed r,
+                 json_array_elements_text(r.tags::json) AS j(tag)
+             WHERE r.tags IS NOT NULL)),
+     by_type AS (
+         SELECT type, schema_version, count(*) AS events FROM removed
+         GROUP BY type, schema_version),
+     uncounted_types AS (
+         UPDATE type_counts t SET events = t.events - b.events FROM by_type b
+         WHERE t.type = b.type AND t.schema_version = b.schema_version),
+     uncounted_category AS (
+         UPDATE category_counts SET events = events - (SELECT count(*) FROM removed)
+         WHERE category = $4)
+     SELECT count(*) FROM removed";
+
 pub(super) async fn scavenge(
     client: &deadpool_postgres::Client,
     stream: &StreamName,
@@ -184,26 +206,7 @@ pub(super) async fn scavenge(
     // the pipeline would not keep its order, and COMMIT could pass the DELETE.
     let (remove, advance) = tokio::try_join!(
         // The tag index's rows go with their events, listed by the events' own `tags`.
-        client.prepare_cached(
-            "WITH removed AS (
-                 DELETE FROM events WHERE stream = $1 AND revision >= $2 AND revision < $3
-                 AND substr(type, 1, 1) <> '$' RETURNING position, tags, type, schema_version),
-             untagged AS (
-                 DELETE FROM event_tags WHERE (tag, position) IN (
-                     SELECT j.tag, r.position FROM removed r,
-                         json_array_elements_text(r.tags::json) AS j(tag)
-                     WHERE r.tags IS NOT NULL)),
-             by_type AS (
-                 SELECT type, schema_version, count(*) AS events FROM removed
-                 GROUP BY type, schema_version),
-             uncounted_types AS (
-                 UPDATE type_counts t SET events = t.events - b.events FROM by_type b
-                 WHERE t.type = b.type AND t.schema_version = b.schema_version),
-             uncounted_category AS (
-                 UPDATE category_counts SET events = events - (SELECT count(*) FROM removed)
-                 WHERE category = $4)
-             SELECT count(*) FROM removed"
-        ),
+        client.prepare_cached(REMOVE_SQL),
         client.prepare_cached("UPDATE streams SET removed_before = $2 WHERE name = $1"),
     )?;
     let (removed, _, ()) = tokio::try_join!(
