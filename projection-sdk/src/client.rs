@@ -2,11 +2,12 @@
 
 use crate::backoff::Backoff;
 use crate::protocol::{
-    AppendRequest, AppendResult, Category, CategoryMetadata, CategoryRetention, Condition,
-    Consumer, ConsumerConflict, ConsumerName, ConsumerWait, DataSubject, DataSubjectInfo, Deletion,
-    Direction, EventId, EventType, ExpectedRevision, MultiAppendRequest, MultiAppendResult,
-    NewEvent, Page, Position, Problem, ProblemType, QueryItem, QueryPage, QueryRequest,
-    SetConsumer, StreamMetadata, StreamName, StreamRetention, StreamRevision, Tag,
+    AppendRequest, AppendResult, Category, CategoryList, CategoryMetadata, CategoryRetention,
+    Condition, Consumer, ConsumerConflict, ConsumerName, ConsumerWait, DataSubject,
+    DataSubjectInfo, Deletion, Direction, EventId, EventType, ExpectedRevision, MultiAppendRequest,
+    MultiAppendResult, NewEvent, Page, Position, Problem, ProblemType, QueryItem, QueryPage,
+    QueryRequest, SetConsumer, StreamList, StreamMetadata, StreamName, StreamRetention,
+    StreamRevision, Tag, TypeList,
 };
 use crate::subscription::{Subscription, Target};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -729,6 +730,147 @@ impl Client {
         // The server answers once the wait is over: the request may take that long too.
         let request = self.request(Method::GET, &path).timeout(self.timeout + timeout);
         self.send(request, Retry::Safe).await
+    }
+}
+
+/// A page of a catalog listing: names after `after` (exclusive), at most `limit` (the
+/// server's default and cap unless set), and for streams only those starting with `prefix`.
+///
+/// ```
+/// use projection_sdk::CatalogPage;
+///
+/// let first = CatalogPage { prefix: Some("account-".into()), limit: Some(50), ..Default::default() };
+/// let next = CatalogPage { after: Some("account-49".into()), ..first.clone() };
+/// # let _ = next;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogPage {
+    /// Only names starting with it (streams only).
+    pub prefix: Option<String>,
+    /// Names after this one.
+    pub after: Option<String>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
+impl CatalogPage {
+    fn query(&self) -> String {
+        let mut query = Vec::new();
+        if let Some(prefix) = &self.prefix {
+            query.push(format!("prefix={}", encode(prefix)));
+        }
+        if let Some(after) = &self.after {
+            query.push(format!("after={}", encode(after)));
+        }
+        if let Some(limit) = self.limit {
+            query.push(format!("limit={limit}"));
+        }
+        query.join("&")
+    }
+}
+
+/// The store's export (`GET /export`), line by line: NDJSON in the format the server's
+/// README describes. Read it to its end (the `end` line), or, followed, for as long as
+/// wanted.
+pub struct Export {
+    response: reqwest::Response,
+    pending: Vec<u8>,
+}
+
+impl Export {
+    /// The next line, without its newline; `None` at the end of the export.
+    ///
+    /// # Errors
+    /// [`Error::Http`] when the connection breaks.
+    pub async fn next_line(&mut self) -> Result<Option<String>, Error> {
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).take(end).collect();
+                return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+            }
+            match self.response.chunk().await? {
+                Some(chunk) => self.pending.extend_from_slice(&chunk),
+                None if self.pending.is_empty() => return Ok(None),
+                None => {
+                    let line = std::mem::take(&mut self.pending);
+                    return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+                }
+            }
+        }
+    }
+}
+
+impl Client {
+    /// A page of the store's streams, by name (a scoped token sees its streams only).
+    ///
+    /// ```no_run
+    /// # async fn example(client: projection_sdk::Client) -> Result<(), projection_sdk::Error> {
+    /// use projection_sdk::CatalogPage;
+    ///
+    /// let page = client.streams(&CatalogPage { prefix: Some("account-".into()), ..Default::default() }).await?;
+    /// for stream in &page.streams {
+    ///     println!("{} at revision {}", stream.name, stream.revision);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Problem`] or [`Error::Http`].
+    pub async fn streams(&self, page: &CatalogPage) -> Result<StreamList, Error> {
+        self.send(self.request(Method::GET, &format!("/streams?{}", page.query())), Retry::Safe)
+            .await
+    }
+
+    /// A page of the store's categories with their counts, exact as of the last commit.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] or [`Error::Http`].
+    pub async fn categories(&self, page: &CatalogPage) -> Result<CategoryList, Error> {
+        let path = format!("/categories?{}", page.query());
+        self.send(self.request(Method::GET, &path), Retry::Safe).await
+    }
+
+    /// A page of the store's event types with their counts and schema versions.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] or [`Error::Http`].
+    pub async fn types(&self, page: &CatalogPage) -> Result<TypeList, Error> {
+        self.send(self.request(Method::GET, &format!("/types?{}", page.query())), Retry::Safe).await
+    }
+
+    /// Every consumer with its position and lag.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] or [`Error::Http`].
+    pub async fn consumers(&self) -> Result<Vec<Consumer>, Error> {
+        self.send(self.request(Method::GET, "/consumers"), Retry::Safe).await
+    }
+
+    /// The store's export from position `from` (admin); `follow` keeps it open, in rounds
+    /// each ended by a `sync` line. Nothing bounds how long it takes.
+    ///
+    /// ```no_run
+    /// # async fn example(client: projection_sdk::Client) -> Result<(), projection_sdk::Error> {
+    /// use projection_sdk::protocol::Position;
+    ///
+    /// let mut export = client.export(Position(1), false).await?;
+    /// while let Some(line) = export.next_line().await? {
+    ///     println!("{line}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Problem`] (not an admin token, say) or [`Error::Http`].
+    pub async fn export(&self, from: Position, follow: bool) -> Result<Export, Error> {
+        let path = format!("/export?from={from}&follow={follow}");
+        let response = self.endless_request(Method::GET, &path).send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await?;
+            return Err(Error::from_problem(problem(status, &body)));
+        }
+        Ok(Export { response, pending: Vec::new() })
     }
 }
 

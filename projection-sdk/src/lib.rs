@@ -16,8 +16,8 @@ pub use store_server::protocol;
 pub use aggregate::{ATTEMPTS_DEFAULT, Aggregate, CommandHandler, ExecuteError};
 pub use backoff::Backoff;
 pub use client::{
-    Client, Error, LogRead, REQUEST_TIMEOUT_DEFAULT, RETRY_BACKOFF_DEFAULT, RETRY_TOTAL_DEFAULT,
-    Read, StreamRead,
+    CatalogPage, Client, Error, Export, LogRead, REQUEST_TIMEOUT_DEFAULT, RETRY_BACKOFF_DEFAULT,
+    RETRY_TOTAL_DEFAULT, Read, StreamRead,
 };
 pub use decision::{DecisionHandler, DecisionModel};
 pub use events::{EventError, UpcastError, Upcasters};
