@@ -19,7 +19,7 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum Error {
     /// The stream was not at the expected revision (409 `wrong-expected-revision`).
-    #[error("stream {stream} is at revision {current:?}, not the one expected")]
+    #[error("stream {stream} {}: the request expected otherwise", current.map_or("does not exist".into(), |r| format!("is at revision {r}")))]
     WrongExpectedRevision {
         /// The stream.
         stream: StreamName,

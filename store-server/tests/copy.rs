@@ -156,3 +156,30 @@ async fn a_followed_copy_killed_and_resumed_under_six_writers_ends_the_same_stor
     assert_eq!(status, StatusCode::CREATED, "the copy takes appends once it ended");
     on_target.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_without_follow_ends_at_the_head_it_found_and_refuses_a_store_not_empty() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let source = TestServer::start(Config::sqlite(dirs.0.path())).await;
+    store_testing::append_many(&source, "order-1", "Placed", 1500).await;
+    source.send_json(Method::PUT, "/consumers/reader", &json!({"position": 9})).await;
+    let target = dirs.1.path().to_str().unwrap();
+    let copy = |target: String| {
+        let url = source.url.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_store-server"))
+                .args(["copy", "--from", &url, "--to-data-dir", &target])
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let output = copy(target.into()).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let on_source = verify(&["--data-dir", dirs.0.path().to_str().unwrap()]).await;
+    assert_eq!(verify(&["--data-dir", target]).await, on_source);
+    let output = copy(target.into()).await;
+    assert!(!output.status.success(), "a second copy into the same store is refused");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not empty"));
+    source.stop().await;
+}

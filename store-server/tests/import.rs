@@ -56,6 +56,14 @@ async fn everything(server: &TestServer) -> Value {
             server.get(&format!("/streams/{}/metadata", name.replace('$', "%24"))).await;
         answers.insert(format!("{path} metadata"), metadata);
     }
+    let (_, categories) = server.get("/categories").await;
+    for category in categories["categories"].as_array().unwrap() {
+        let path = format!(
+            "/categories/{}?limit=1000",
+            category["name"].as_str().unwrap().replace('$', "%24")
+        );
+        answers.insert(path.clone(), server.get(&path).await.1["events"].clone());
+    }
     for path in [
         "/streams?limit=1000",
         "/categories",

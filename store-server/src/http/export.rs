@@ -25,8 +25,9 @@ const READY_LINES_MAX: usize = 256;
 /// and so sees a change of state without events (a consumer's position, say) within it.
 const ROUND_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Between two rounds, at least this many times the last round's own time: a round reads
-/// every state row, so on a large store a follower takes at most a tenth of a connection.
+/// Between two rounds, at least this many times the last round's reading of the state
+/// rows: a round reads every one, so on a large store a follower takes at most a tenth of
+/// a connection.
 const ROUND_PAUSE_FACTOR: u32 = 9;
 
 /// `GET /export`.
@@ -78,7 +79,9 @@ async fn rounds(
     let mut sent = StateSent::default();
     let mut first = true;
     loop {
-        let started = Instant::now();
+        // When the round's state rows began: their reading is what the pause pays for (the
+        // first round's events are a backlog, not a cost to repeat).
+        let mut state_started = None;
         let (round, mut lines) = mpsc::channel(READY_LINES_MAX);
         let reading = tokio::spawn({
             let store = store.clone();
@@ -99,8 +102,13 @@ async fn rounds(
                     ExportLine::Event(event)
                 }
                 ExportLine::End(_) => break,
-                state if sent.changed(&state) => state,
-                _ => continue,
+                state => {
+                    state_started.get_or_insert_with(Instant::now);
+                    if !sent.changed(&state) {
+                        continue;
+                    }
+                    state
+                }
             };
             if out.send(line).await.is_err() {
                 return Ok(()); // the client went away
@@ -120,7 +128,8 @@ async fn rounds(
         first = false;
         from = from.max(Position(head + 1));
         // The next round: after a commit, or the interval, never sooner than the pause.
-        let pause = started.elapsed() * ROUND_PAUSE_FACTOR;
+        let pause = state_started.map_or(Duration::ZERO, |at| at.elapsed()) * ROUND_PAUSE_FACTOR;
+        let earliest = tokio::time::Instant::now() + pause;
         let wake = tokio::time::sleep(ROUND_INTERVAL);
         tokio::pin!(wake);
         tokio::select! {
@@ -129,6 +138,6 @@ async fn rounds(
             _ = shutdown.wait_for(|&stop| stop) => return Ok(()),
             () = out.closed() => return Ok(()),
         }
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep_until(earliest).await;
     }
 }
