@@ -27,16 +27,7 @@ fn start_copy(from: &str, target: &[&str], log: &std::path::Path) -> tokio::proc
 
 /// `store-server <storage> verify`: whether it passed, and the digest lines.
 async fn verify(storage: &[&str]) -> (bool, String) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_store-server"))
-        .args(storage)
-        .arg("verify")
-        .output()
-        .await
-        .unwrap();
-    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
-    let digests: Vec<&str> = printed.lines().filter(|l| l.contains("digest")).collect();
-    assert_eq!(digests.len(), 2, "{printed}{}", String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), digests.join("\n"))
+    store_testing::verify_digests(env!("CARGO_BIN_EXE_store-server"), storage).await
 }
 
 /// A writer: appends to its own streams; writer 0 also moves a consumer, writer 1 keeps

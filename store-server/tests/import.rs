@@ -11,18 +11,9 @@ use store_server::config::Config;
 use store_server::crypto::MasterKey;
 use store_testing::{TestServer, event, postgres};
 
-/// `store-server <storage> verify`: its exit status and the digests it printed.
+/// `store-server <storage> verify`: whether it passed, and the digest lines.
 async fn verify(storage: &[&str]) -> (bool, String) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_store-server"))
-        .args(storage)
-        .arg("verify")
-        .output()
-        .await
-        .unwrap();
-    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
-    let digests = printed.lines().filter(|l| l.contains("digest")).collect::<Vec<_>>().join("\n");
-    assert!(!digests.is_empty(), "{printed}{}", String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), digests)
+    store_testing::verify_digests(env!("CARGO_BIN_EXE_store-server"), storage).await
 }
 
 async fn export(server: &TestServer) -> String {

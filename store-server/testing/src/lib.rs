@@ -391,3 +391,15 @@ pub async fn append_many(server: &TestServer, stream: &str, event_type: &str, co
         left -= n;
     }
 }
+
+/// Runs `store-server <args> verify` (the binary at `binary`, which a test names with
+/// `env!("CARGO_BIN_EXE_store-server")`): whether it passed, and its two digest lines.
+pub async fn verify_digests(binary: &str, args: &[&str]) -> (bool, String) {
+    let mut command = std::process::Command::new(binary);
+    command.args(args).arg("verify");
+    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    let digests: Vec<&str> = printed.lines().filter(|l| l.contains("digest")).collect();
+    assert_eq!(digests.len(), 2, "{printed}{}", String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), digests.join("\n"))
+}
