@@ -92,6 +92,11 @@ impl Token {
         self.streams.as_ref()
     }
 
+    /// What it may do, scope aside.
+    pub fn roles(&self) -> Roles {
+        self.roles
+    }
+
     /// Whether this token may act as `role` on `scope`. `admin` may do everything.
     pub fn may(&self, role: Role, scope: Scope<'_>) -> bool {
         let Roles { read, write, delete, admin } = self.roles;
@@ -245,6 +250,57 @@ pub fn new_token(
     // The entry must load: the same rules as the file's.
     Tokens::parse(&entry).map_err(|e| e.to_string())?;
     Ok((token, entry))
+}
+
+/// How long a subscription ticket may wait to be used.
+pub const TICKET_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Tickets outstanding at most (`--ui-tickets-max`): past it, the oldest go.
+pub const TICKETS_MAX: usize = 10_000;
+
+/// Subscription tickets: a browser's `EventSource` cannot send an `Authorization` header,
+/// so the UI trades its token for a ticket and puts that in the subscription's URL. A
+/// ticket acts as the token that got it, for one subscription only (`GET …/subscribe`),
+/// once, within [`TICKET_TTL`]: one that reaches a log or a history is already spent.
+/// Only its SHA-256 is kept.
+pub struct Tickets {
+    issued: std::sync::Mutex<std::collections::VecDeque<([u8; 32], std::time::Instant, Token)>>,
+    max: usize,
+}
+
+impl Tickets {
+    /// Room for `max` outstanding tickets.
+    pub fn new(max: usize) -> Self {
+        Self { issued: std::sync::Mutex::default(), max: max.max(1) }
+    }
+
+    /// A new ticket for `token`.
+    ///
+    /// # Errors
+    /// The system's random source failed.
+    pub fn issue(&self, token: &Token) -> Result<String, String> {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
+        let ticket = hex::encode(secret);
+        let digest: [u8; 32] = Sha256::digest(ticket.as_bytes()).into();
+        let mut issued = self.issued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        issued.retain(|(_, at, _)| now.duration_since(*at) < TICKET_TTL);
+        while issued.len() >= self.max {
+            issued.pop_front();
+        }
+        issued.push_back((digest, now, token.clone()));
+        Ok(ticket)
+    }
+
+    /// The token `ticket` was issued for, once; `None` when unknown, used or expired.
+    pub fn redeem(&self, ticket: &str) -> Option<Token> {
+        let digest: [u8; 32] = Sha256::digest(ticket.as_bytes()).into();
+        let mut issued = self.issued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let index = issued.iter().position(|(d, _, _)| bool::from(d.ct_eq(&digest)))?;
+        let (_, at, token) = issued.remove(index)?;
+        (at.elapsed() < TICKET_TTL).then_some(token)
+    }
 }
 
 #[cfg(test)]

@@ -126,6 +126,15 @@ pub struct Cli {
     #[arg(long, env = "STORE_AUTH_FILE", global = true)]
     pub auth_file: Option<PathBuf>,
 
+    /// Serve the admin web UI at /ui/ (`--ui false` turns it off).
+    #[arg(long, env = "STORE_UI", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub ui: bool,
+
+    /// Subscription tickets the UI may hold outstanding at once (each lives 30 s); past
+    /// this, the oldest go.
+    #[arg(long, env = "STORE_UI_TICKETS_MAX", default_value_t = crate::auth::TICKETS_MAX, value_parser = positive, global = true)]
+    pub ui_tickets_max: usize,
+
     /// Serve /metrics without a token even with an auth file.
     #[arg(long, env = "STORE_PUBLIC_METRICS", global = true)]
     pub public_metrics: bool,
@@ -453,6 +462,8 @@ impl Cli {
                 read_bytes_max: self.read_bytes_max,
                 shutdown_drain_timeout: millis(self.shutdown_drain_timeout_ms),
                 request_timeout: millis(self.request_timeout_ms),
+                ui: self.ui,
+                ui_tickets_max: self.ui_tickets_max,
             },
             transport: listen::Transport {
                 tls: self.tls_cert.clone().zip(self.tls_key.clone()),

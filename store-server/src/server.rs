@@ -78,6 +78,7 @@ pub async fn start(config: &Config) -> Result<Started, Error> {
         consumer_updates: Arc::new(tokio::sync::Notify::new()),
         auth: config.auth.clone(),
         public_metrics: config.public_metrics,
+        tickets: Arc::new(crate::auth::Tickets::new(config.http.ui_tickets_max)),
     };
     Ok(Started { state, stopping, writer_task, tailer, scavenger })
 }

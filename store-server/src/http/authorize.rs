@@ -66,6 +66,8 @@ pub struct Guard {
     pub tokens: std::sync::Arc<Tokens>,
     /// The declared access of every route.
     pub table: std::sync::Arc<Table>,
+    /// Subscription tickets the UI got for its tokens.
+    pub tickets: std::sync::Arc<crate::auth::Tickets>,
 }
 
 /// Lets the request through if its token may do what its route needs. A path parameter that
@@ -89,7 +91,17 @@ pub async fn authorize(
             .into_response();
     }
     let presented = first.and_then(|v| v.to_str().ok()).and_then(bearer);
-    let Some(token) = presented.and_then(|p| guard.tokens.find(p)) else {
+    let redeemed;
+    let token = match presented {
+        Some(presented) => guard.tokens.find(presented),
+        // A ticket stands for its token on a subscription, and nowhere else.
+        None if request.method() == Method::GET && route.as_str().ends_with("/subscribe") => {
+            redeemed = ticket(request.uri().query()).and_then(|t| guard.tickets.redeem(&t));
+            redeemed.as_ref()
+        }
+        None => None,
+    };
+    let Some(token) = token else {
         return ApiError::Unauthorized.into_response();
     };
     let param = |key: &str| {
@@ -113,10 +125,22 @@ pub async fn authorize(
         tracing::info!(token = %token.name, route = route.as_str(), "forbidden");
         return ApiError::Forbidden(token.name.clone()).into_response();
     }
-    let visible = Visible { scope: token.scope().cloned(), token: token.name.clone() };
+    let visible =
+        Visible { scope: token.scope().cloned(), token: token.name.clone(), roles: token.roles() };
     let mut request = request;
     request.extensions_mut().insert(visible);
+    if route.as_str() == TICKETS_ROUTE {
+        request.extensions_mut().insert(token.clone());
+    }
     next.run(request).await
+}
+
+/// Where the UI trades its token for a subscription ticket.
+pub const TICKETS_ROUTE: &str = "/ui/tickets";
+
+/// The `ticket` parameter of a query string.
+fn ticket(query: Option<&str>) -> Option<String> {
+    query?.split('&').find_map(|pair| pair.strip_prefix("ticket=")).map(str::to_owned)
 }
 
 /// What the request's token may see, for handlers that answer only that (category reads
@@ -127,6 +151,8 @@ pub struct Visible {
     pub scope: Option<std::sync::Arc<[crate::store::StreamPattern]>>,
     /// The token's name, for a 403.
     pub token: String,
+    /// What it may do, scope aside (the UI hides what the server would refuse).
+    pub roles: crate::auth::Roles,
 }
 
 impl Visible {

@@ -15,6 +15,7 @@ mod query;
 mod streams;
 mod subjects;
 mod subscribe;
+mod ui;
 
 pub use authorize::{Access, Table};
 pub use problem::ApiError;
@@ -59,6 +60,10 @@ pub struct Limits {
     pub shutdown_drain_timeout: Duration,
     /// How long a request may take (subscriptions and consumer waits aside).
     pub request_timeout: Duration,
+    /// Serve the admin UI at `/ui/`.
+    pub ui: bool,
+    /// Subscription tickets outstanding at most.
+    pub ui_tickets_max: usize,
 }
 
 impl Default for Limits {
@@ -69,6 +74,8 @@ impl Default for Limits {
             read_bytes_max: READ_BYTES_MAX,
             shutdown_drain_timeout: Duration::from_millis(SHUTDOWN_DRAIN_TIMEOUT_MS),
             request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
+            ui: true,
+            ui_tickets_max: crate::auth::TICKETS_MAX,
         }
     }
 }
@@ -100,6 +107,8 @@ pub struct AppState {
     pub auth: Option<Arc<crate::auth::Tokens>>,
     /// `/metrics` without a token.
     pub public_metrics: bool,
+    /// Subscription tickets for the UI's `EventSource` (see `auth::Tickets`).
+    pub tickets: Arc<crate::auth::Tickets>,
 }
 
 /// Routes and the access each declares, built together: a route cannot be added without
@@ -126,10 +135,22 @@ impl Routes {
 
 /// Every route of the API with its access (shared/API.md, "Access"). Handlers are in the
 /// module of their resource.
-fn routes(public_metrics: bool) -> Routes {
+fn routes(public_metrics: bool, ui: bool) -> Routes {
     use Access::{Authenticated, Category, Everything, InScope, Public, Stream};
     let metrics = if public_metrics { Public } else { Authenticated };
-    Routes { router: Router::new(), table: Table::default() }
+    let routes = Routes { router: Router::new(), table: Table::default() };
+    // The UI's files hold no data (the page asks the API, with the person's token).
+    let routes = if ui {
+        routes
+            .route(Method::GET, "/ui", Public, self::ui::root)
+            .route(Method::GET, "/ui/", Public, self::ui::index)
+            .route(Method::GET, "/ui/session", Authenticated, self::ui::session)
+            .route(Method::POST, authorize::TICKETS_ROUTE, Authenticated, self::ui::ticket)
+            .route(Method::GET, "/ui/{file}", Public, self::ui::file)
+    } else {
+        routes
+    };
+    routes
         .route(Method::POST, "/streams/{stream}", Stream(Write), append::stream)
         // Every stream in scope, and a condition unscoped: checked by the handler.
         .route(Method::POST, "/append", InScope(Write), append::several)
@@ -180,12 +201,12 @@ fn routes(public_metrics: bool) -> Routes {
 
 /// What each route needs, as `app` declares it; with `public_metrics`, `/metrics` is public.
 pub fn access_table(public_metrics: bool) -> Table {
-    routes(public_metrics).table
+    routes(public_metrics, true).table
 }
 
 /// The whole API as one service; tests and `server::run` both serve it.
 pub fn app(state: AppState) -> Router {
-    let Routes { router, table } = routes(state.public_metrics);
+    let Routes { router, table } = routes(state.public_metrics, state.http.ui);
     // Route layers run after routing, so they see the route template. The last added runs
     // first: requests are counted (track) whether or not they were authorized.
     let router = router
@@ -193,7 +214,11 @@ pub fn app(state: AppState) -> Router {
     // Without an auth file there is nothing to check: no layer, no work per request.
     let router = match &state.auth {
         Some(tokens) => {
-            let guard = authorize::Guard { tokens: tokens.clone(), table: Arc::new(table) };
+            let guard = authorize::Guard {
+                tokens: tokens.clone(),
+                table: Arc::new(table),
+                tickets: state.tickets.clone(),
+            };
             router.route_layer(axum::middleware::from_fn_with_state(guard, authorize::authorize))
         }
         None => router,
