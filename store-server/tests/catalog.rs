@@ -85,6 +85,10 @@ async fn bad_catalog_parameters_are_refused(server: &TestServer) {
         "/categories?limit=100000",
         "/types?limit=-1",
         "/streams?after=a&after=b",
+        "/streams?after=a%00b",
+        "/streams?prefix=%00",
+        "/categories?after=%00",
+        "/types?after=x%00",
     ] {
         let (status, body) = server.get(path).await;
         assert_problem(status, &body, StatusCode::BAD_REQUEST, "invalid-request");

@@ -55,5 +55,11 @@ fn catalog_query(
         false => None,
     };
     let after = query.get("after")?.filter(|a| !a.is_empty());
+    // No name holds a NUL, and PostgreSQL's text cannot: refused alike on both backends.
+    for (name, value) in [("prefix", &prefix), ("after", &after)] {
+        if value.as_deref().is_some_and(|v| v.contains('\0')) {
+            return Err(ApiError::InvalidRequest(format!("{name} holds a NUL character")));
+        }
+    }
     Ok(CatalogQuery { prefix, after, limit, scope: Visible::scope_of(visible.as_ref()) })
 }
