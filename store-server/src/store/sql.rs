@@ -210,9 +210,18 @@ pub(super) fn list_streams<'a>(
     dialect: Dialect,
 ) -> Sql<'a> {
     let mut sql = Sql::new(format!("SELECT {STREAM_COLUMNS} FROM streams s WHERE "), dialect);
-    let after = sql.bind(Param::Text(query.after.as_deref().unwrap_or("")));
-    let low = sql.bind(Param::Text(&range.0));
-    sql.text.push_str(&format!("s.name > {after} AND s.name >= {low}"));
+    // One lower bound, the higher of the two: given both, SQLite may walk the index from
+    // the lower one (from the first name, for a prefix on the first page).
+    match query.after.as_deref().filter(|after| *after >= range.0.as_str()) {
+        Some(after) => {
+            let after = sql.bind(Param::Text(after));
+            sql.text.push_str(&format!("s.name > {after}"));
+        }
+        None => {
+            let low = sql.bind(Param::Text(&range.0));
+            sql.text.push_str(&format!("s.name >= {low}"));
+        }
+    }
     if let Some(high) = &range.1 {
         let high = sql.bind(Param::Text(high));
         sql.text.push_str(&format!(" AND s.name < {high}"));
