@@ -89,15 +89,8 @@ async fn a_ticket_stands_for_its_token_once_and_on_a_subscription_only() {
         }
         request.send()
     };
-    let body = json!({"events": [event("Placed", json!(1))]});
-    let appended = client
-        .post(format!("{}/streams/order-1", server.url))
-        .bearer_auth(&admin)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(appended.status(), StatusCode::CREATED);
+    store_testing::append_as(&server.url, &admin, "order-1", json!([event("Placed", json!(1))]))
+        .await;
 
     assert_eq!(
         call(Method::GET, "/ui/session", None).await.unwrap().status(),

@@ -8,7 +8,7 @@
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -211,15 +211,8 @@ async fn with_an_auth_file_a_read_token_sees_no_delete_button_and_the_tail_runs_
     ));
     let server = TestServer::start(config).await;
     let admin_client = reqwest::Client::new();
-    let body = json!({"events": [event("Placed", json!(1))]});
-    let appended = admin_client
-        .post(format!("{}/streams/order-1", server.url))
-        .bearer_auth(&admin)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(appended.status(), StatusCode::CREATED);
+    store_testing::append_as(&server.url, &admin, "order-1", json!([event("Placed", json!(1))]))
+        .await;
 
     let browser = browser(&driver).await;
     browser.goto(&format!("{}/ui/#/stream/order-1", server.url)).await.unwrap();
@@ -247,17 +240,8 @@ async fn with_an_auth_file_a_read_token_sees_no_delete_button_and_the_tail_runs_
     // The live tail: an EventSource on a ticket (it cannot send the token).
     browser.goto(&format!("{}/ui/#/tail", server.url)).await.unwrap();
     text_when(&browser, "main p span", |t| t == "live").await;
-    let body = json!({"events": [event("Shipped", json!(2))]});
-    let appended: Value = admin_client
-        .post(format!("{}/streams/order-2", server.url))
-        .bearer_auth(&admin)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events = json!([event("Shipped", json!(2))]);
+    let appended = store_testing::append_as(&server.url, &admin, "order-2", events).await;
     let position = appended["last_position"].to_string();
     text_when(&browser, &format!("tr[data-position='{position}']"), |t| t.contains("Shipped"))
         .await;

@@ -403,3 +403,17 @@ pub async fn verify_digests(binary: &str, args: &[&str]) -> (bool, String) {
     assert_eq!(digests.len(), 2, "{printed}{}", String::from_utf8_lossy(&output.stderr));
     (output.status.success(), digests.join("\n"))
 }
+
+/// Appends `events` to `stream` on the server at `base` as `token`; the answer's body,
+/// once it is `201 Created`.
+pub async fn append_as(base: &str, token: &str, stream: &str, events: Value) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/streams/{stream}"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"events": events}))
+        .send()
+        .await
+        .expect("append");
+    assert_eq!(response.status(), StatusCode::CREATED, "append to {stream}");
+    response.json().await.expect("the append's answer")
+}
