@@ -3,7 +3,7 @@
 //! consumer's lag); an append arrives in the live tail; an admin deletes a stream from its
 //! page; with an auth file a read token is asked for, sees no delete button, and the server
 //! refuses the call anyway; no request leaves for another origin. Screenshots of each page
-//! go to `target/tmp/ui-screenshots/`. Needs Debian's `chromium` and `chromium-driver`;
+//! go to `ui-screenshots/` in cargo's `CARGO_TARGET_TMPDIR` (under the target folder). Needs Debian's `chromium` and `chromium-driver`;
 //! without them the test says SKIPPED, and with `REQUIRE_CHROMIUM=1` (CI) it fails instead.
 
 use fantoccini::{Client, ClientBuilder, Locator};
