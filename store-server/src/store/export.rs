@@ -85,7 +85,7 @@ pub struct StoredEvent {
 }
 
 /// A stream's row.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoredStream {
     pub name: String,

@@ -200,7 +200,10 @@ impl Verifier {
     pub fn line(&mut self, line: &ExportLine) {
         match line {
             ExportLine::Header(header) => self.report.head = header.head,
-            ExportLine::Event(event) => self.event(event),
+            ExportLine::Event(event) => {
+                hash_line(&mut self.log, line);
+                self.event(event);
+            }
             ExportLine::Stream(stream) => self.stream(stream),
             ExportLine::End(end) => {
                 self.ended = true;
@@ -215,7 +218,7 @@ impl Verifier {
             ExportLine::DataSubject(_)
             | ExportLine::CategoryRetention(_)
             | ExportLine::Consumer(_)
-            | ExportLine::Encryption(_) => self.hash_state(line),
+            | ExportLine::Encryption(_) => hash_line(&mut self.state, line),
             ExportLine::Sync(_) | ExportLine::Removed(_) => {}
         }
     }
@@ -223,10 +226,6 @@ impl Verifier {
     fn event(&mut self, event: &StoredEvent) {
         let position = event.position;
         self.report.events += 1;
-        if let Ok(text) = serde_json::to_string(&ExportLine::Event(clone_event(event))) {
-            self.log.update(text.as_bytes());
-            self.log.update(b"\n");
-        }
         if let Some(last) = self.last_position.filter(|&last| position <= last) {
             let how = if position == last { "repeats" } else { "goes back" };
             self.report.violation(format!("position {position} {how} after position {last}"));
@@ -285,8 +284,8 @@ impl Verifier {
 
     fn stream(&mut self, stream: &StoredStream) {
         self.report.streams += 1;
-        let without_mark = StoredStream { removed_before: 0, ..clone_stream(stream) };
-        self.hash_state(&ExportLine::Stream(without_mark));
+        let without_mark = StoredStream { removed_before: 0, ..stream.clone() };
+        hash_line(&mut self.state, &ExportLine::Stream(without_mark));
         let name = &stream.name;
         let Some(seen) = self.streams.remove(name) else {
             // Every event of it removed, or a stream with retention set before it was written.
@@ -317,13 +316,6 @@ impl Verifier {
                  those before {}",
                 stream.removed_before
             ));
-        }
-    }
-
-    fn hash_state(&mut self, line: &ExportLine) {
-        if let Ok(text) = serde_json::to_string(line) {
-            self.state.update(text.as_bytes());
-            self.state.update(b"\n");
         }
     }
 
@@ -406,32 +398,11 @@ impl Opener {
     }
 }
 
-fn clone_event(event: &StoredEvent) -> StoredEvent {
-    StoredEvent {
-        position: event.position,
-        stream: event.stream.clone(),
-        revision: event.revision,
-        id: event.id,
-        event_type: event.event_type.clone(),
-        schema_version: event.schema_version,
-        data: event.data.clone(),
-        sealed: event.sealed.clone(),
-        metadata: event.metadata.clone(),
-        recorded_at: event.recorded_at,
-        data_subject: event.data_subject.clone(),
-        tags: event.tags.clone(),
-    }
-}
-
-fn clone_stream(stream: &StoredStream) -> StoredStream {
-    StoredStream {
-        name: stream.name.clone(),
-        revision: stream.revision,
-        deleted: stream.deleted.clone(),
-        max_count: stream.max_count,
-        max_age_seconds: stream.max_age_seconds,
-        truncate_before: stream.truncate_before,
-        removed_before: stream.removed_before,
+/// Adds `line`, as the export writes it, to `digest`.
+fn hash_line(digest: &mut Sha256, line: &ExportLine) {
+    if let Ok(text) = serde_json::to_string(line) {
+        digest.update(text.as_bytes());
+        digest.update(b"\n");
     }
 }
 
