@@ -247,35 +247,16 @@ async fn run(client: &Client, command: Command, out: Output) -> Result<(), Failu
         }
         Command::Read(read) => self::read(client, read, out).await?,
         Command::Streams { prefix, page } => {
-            let page = CatalogPage { prefix, after: page.after, limit: Some(page.limit) };
-            let list = client.streams(&page).await?;
-            let rows: Vec<Value> = list.streams.iter().map(|s| json!(s)).collect();
-            out.rows(&["name", "revision", "deleted"], &rows);
-            more(out, list.next);
+            let list = client.streams(&page.of(prefix)).await?;
+            listing(out, &["name", "revision", "deleted"], &list.streams, list.next);
         }
         Command::Categories { page } => {
-            let list = client
-                .categories(&CatalogPage {
-                    after: page.after,
-                    limit: Some(page.limit),
-                    ..Default::default()
-                })
-                .await?;
-            let rows: Vec<Value> = list.categories.iter().map(|c| json!(c)).collect();
-            out.rows(&["name", "streams", "events"], &rows);
-            more(out, list.next);
+            let list = client.categories(&page.of(None)).await?;
+            listing(out, &["name", "streams", "events"], &list.categories, list.next);
         }
         Command::Types { page } => {
-            let list = client
-                .types(&CatalogPage {
-                    after: page.after,
-                    limit: Some(page.limit),
-                    ..Default::default()
-                })
-                .await?;
-            let rows: Vec<Value> = list.types.iter().map(|t| json!(t)).collect();
-            out.rows(&["name", "events", "schema_versions"], &rows);
-            more(out, list.next);
+            let list = client.types(&page.of(None)).await?;
+            listing(out, &["name", "events", "schema_versions"], &list.types, list.next);
         }
         Command::Consumers => {
             let rows: Vec<Value> = client.consumers().await?.iter().map(|c| json!(c)).collect();
@@ -324,10 +305,23 @@ fn expected_revision(text: &str) -> Result<ExpectedRevision, Failure> {
     })
 }
 
-/// Says on stderr how to ask for the next page, when there is one.
-fn more(out: Output, next: Option<String>) {
+/// A catalog page under `columns`, then, on stderr, how to ask for the next one.
+fn listing<T: serde::Serialize>(
+    out: Output,
+    columns: &[&str],
+    entries: &[T],
+    next: Option<String>,
+) {
+    let rows: Vec<Value> = entries.iter().map(|entry| json!(entry)).collect();
+    out.rows(columns, &rows);
     if let Some(next) = next {
         out.note(&format!("more: --after {next}"));
+    }
+}
+
+impl PageArgs {
+    fn of(self, prefix: Option<String>) -> CatalogPage {
+        CatalogPage { prefix, after: self.after, limit: Some(self.limit) }
     }
 }
 
