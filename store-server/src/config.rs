@@ -41,6 +41,24 @@ pub struct Cli {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
 
+    /// A hot standby of the --database-url database to serve reads, the catalog and
+    /// subscriptions from (appends, deletions and consumer positions stay on the primary).
+    /// Several hosts: the first that answers; list the primary last to read from it while
+    /// no replica answers, else reads answer 503 meanwhile.
+    #[arg(
+        long,
+        env = "STORE_READ_DATABASE_URL",
+        hide_env_values = true,
+        requires = "database_url",
+        global = true
+    )]
+    pub read_database_url: Option<String>,
+
+    /// How long a read with `min_position` waits for the events to be readable here (the
+    /// replica to replay them) before it answers 503.
+    #[arg(long, env = "STORE_MIN_POSITION_TIMEOUT_MS", default_value_t = http::MIN_POSITION_TIMEOUT_MS, value_parser = millis_positive, global = true)]
+    pub min_position_timeout_ms: u64,
+
     /// Serve even when PostgreSQL has fsync or synchronous_commit off, so that an
     /// acknowledged append can be lost in a crash.
     #[arg(long, env = "STORE_UNSAFE_ALLOW_ASYNC_COMMIT", global = true)]
@@ -445,6 +463,7 @@ impl Cli {
         let storage = match &self.database_url {
             Some(url) => store::Options::Postgres(PostgresOptions {
                 url: url.clone(),
+                read_url: self.read_database_url.clone(),
                 pool_connections_max: self.postgres_pool_connections_max,
                 connect_timeout: millis(self.storage_timeout_ms),
                 allow_async_commit: self.unsafe_allow_async_commit,
@@ -462,6 +481,7 @@ impl Cli {
                 read_bytes_max: self.read_bytes_max,
                 shutdown_drain_timeout: millis(self.shutdown_drain_timeout_ms),
                 request_timeout: millis(self.request_timeout_ms),
+                min_position_timeout: millis(self.min_position_timeout_ms),
                 ui: self.ui,
                 ui_tickets_max: self.ui_tickets_max,
             },

@@ -3,7 +3,7 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -56,6 +56,14 @@ pub struct Metrics {
     pub scavenge_pending_events: IntGauge,
     /// Data subjects erased here (their keys destroyed).
     pub data_subjects_erased_total: IntCounter,
+    /// Standbys streaming from the primary, refreshed at every scrape (PostgreSQL only).
+    pub replication_standbys: IntGaugeVec,
+    /// 1 while the read replica answers, 0 while not (only with a read replica).
+    pub replica_up: IntGaugeVec,
+    /// Time since the last commit the read replica replayed was made, when it is behind.
+    pub replica_lag_seconds: GaugeVec,
+    /// Positions the read replica is behind the primary's head.
+    pub replica_lag_positions: IntGaugeVec,
 }
 
 impl Metrics {
@@ -180,6 +188,36 @@ impl Metrics {
                 &r,
                 "eventstore_scavenge_pending_events",
                 "Removable events not removed yet (for max_age, at most this many)",
+            )?,
+            // Without labels, and without a value until set: a store without replication
+            // shows none of them, rather than a 0 that reads as "caught up".
+            replication_standbys: gauge_vec(
+                &r,
+                "eventstore_replication_standbys",
+                "Standbys streaming from the primary",
+                &[],
+            )?,
+            replica_up: gauge_vec(
+                &r,
+                "eventstore_replica_up",
+                "Whether the read replica answers",
+                &[],
+            )?,
+            replica_lag_seconds: registered(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "eventstore_replica_lag_seconds",
+                        "Age of the last commit the read replica replayed, while it is behind",
+                    ),
+                    &[],
+                )?,
+            )?,
+            replica_lag_positions: gauge_vec(
+                &r,
+                "eventstore_replica_lag_positions",
+                "Positions the read replica is behind the primary",
+                &[],
             )?,
             registry: r,
         };

@@ -60,7 +60,13 @@ pub async fn start(config: &Config) -> Result<Started, Error> {
     metrics.head_position.set(crate::store::to_i64(head.0));
     // Every long-lived task watches this; it turns true once `shutdown` completes.
     let (stopping, stop) = watch::channel(false);
-    let (hub, tailer) = Hub::start(store.clone(), config.subscriptions, head, stop.clone());
+    // The tailer starts at what reads see: behind a replica, perhaps less than the head (and
+    // from the start, when the replica does not answer yet).
+    let readable = match store.reads_from_replica() {
+        true => store.read_head().await.unwrap_or_default(),
+        false => head,
+    };
+    let (hub, tailer) = Hub::start(store.clone(), config.subscriptions, readable, stop.clone());
     let (writer, writer_task) =
         Writer::start(store.clone(), config.batch, metrics.clone(), hub.committed());
     let scavenger =
@@ -125,6 +131,7 @@ pub async fn run(
         None => None,
     };
     let started = start(&config).await?;
+    let replication = started.state.store.replication().await?;
     info!(
         %address,
         auth = config.auth.is_some(),
@@ -132,6 +139,9 @@ pub async fn run(
         personal_data = config.encryption.is_some(),
         backend = started.state.store.backend().name(),
         storage = %config.storage.describe(),
+        replication = replication.commits.name(),
+        standbys = replication.standbys,
+        read_replica = started.state.store.reads_from_replica(),
         request_body_bytes_max = config.http.request_body_bytes_max,
         append_events_max = config.append.append_events_max,
         event_bytes_max = config.append.event_bytes_max,

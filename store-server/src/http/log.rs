@@ -33,6 +33,7 @@ pub async fn read_category(
 
 async fn read(state: &AppState, filter: Filter, query: RawQuery) -> Result<Response, ApiError> {
     let params = ReadParams::parse(query, state.http.read_limit_max)?;
+    super::read_your_writes::wait(state, params.min_position).await?;
     let query = LogQuery {
         filter: Filter { types: params.types, tags: params.tags, ..filter },
         from: params.from.map(Position),

@@ -12,6 +12,7 @@ mod ops;
 mod params;
 mod problem;
 mod query;
+mod read_your_writes;
 mod streams;
 mod subjects;
 mod subscribe;
@@ -46,6 +47,8 @@ pub const READ_BYTES_MAX: usize = 4 << 20;
 pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// `--request-timeout-ms` when not given.
 pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// `--min-position-timeout-ms` when not given.
+pub const MIN_POSITION_TIMEOUT_MS: u64 = 5_000;
 
 /// Limits HTTP requests are held to.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +63,8 @@ pub struct Limits {
     pub shutdown_drain_timeout: Duration,
     /// How long a request may take (subscriptions and consumer waits aside).
     pub request_timeout: Duration,
+    /// How long a read with `min_position` waits for the replica to reach it before 503.
+    pub min_position_timeout: Duration,
     /// Serve the admin UI at `/ui/`.
     pub ui: bool,
     /// Subscription tickets outstanding at most.
@@ -74,6 +79,7 @@ impl Default for Limits {
             read_bytes_max: READ_BYTES_MAX,
             shutdown_drain_timeout: Duration::from_millis(SHUTDOWN_DRAIN_TIMEOUT_MS),
             request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
+            min_position_timeout: Duration::from_millis(MIN_POSITION_TIMEOUT_MS),
             ui: true,
             ui_tickets_max: crate::auth::TICKETS_MAX,
         }

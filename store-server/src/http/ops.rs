@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tracing::warn;
 
+/// The label values of a gauge without labels.
+const NO_LABELS: &[&str] = &[];
+
 /// How long readiness waits for storage before saying no.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -38,12 +41,63 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 
 /// `GET /info`.
 pub async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let head = state.store.head().await?;
+    let (head, replication) = tokio::try_join!(state.store.head(), state.store.replication())?;
+    let replica = match (state.store.reads_from_replica(), replication.replica) {
+        (false, _) => Value::Null,
+        (true, None) => json!({"reachable": false}),
+        (true, Some(replica)) => json!({
+            "reachable": true,
+            "head": replica.head,
+            "lag_seconds": replica.lag_seconds,
+            "lag_positions": head.0.saturating_sub(replica.head.0),
+        }),
+    };
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "backend": state.store.backend().name(),
         "head": head,
+        "replication": {
+            "commits": replication.commits.name(),
+            "standbys": replication.standbys,
+            "replica": replica,
+        },
     })))
+}
+
+/// Refreshes the replication gauges from what the database says now.
+async fn replication_metrics(state: &AppState, head: Option<crate::protocol::Position>) {
+    if state.store.backend() != crate::store::Backend::Postgres {
+        return;
+    }
+    let metrics = &state.metrics;
+    let replication = match state.store.replication().await {
+        Ok(replication) => replication,
+        Err(err) => {
+            warn!(cause = %crate::error_chain(&err), "cannot read replication for metrics");
+            return;
+        }
+    };
+    metrics.replication_standbys.with_label_values(NO_LABELS).set(to_i64(replication.standbys));
+    if !state.store.reads_from_replica() {
+        return;
+    }
+    let up = metrics.replica_up.with_label_values(NO_LABELS);
+    match replication.replica {
+        Some(replica) => {
+            up.set(1);
+            metrics.replica_lag_seconds.with_label_values(NO_LABELS).set(replica.lag_seconds);
+            if let Some(head) = head {
+                let behind = head.0.saturating_sub(replica.head.0);
+                metrics.replica_lag_positions.with_label_values(NO_LABELS).set(to_i64(behind));
+            }
+        }
+        None => {
+            // Unknown while it does not answer: no stale figure stays on show.
+            up.set(0);
+            metrics.replica_lag_seconds.reset();
+            metrics.replica_lag_positions.reset();
+        }
+    }
 }
 
 /// `GET /metrics`: Prometheus text exposition. A scoped token sees the series of the
@@ -53,7 +107,9 @@ pub async fn metrics(
     visible: Option<Extension<Visible>>,
 ) -> impl IntoResponse {
     // Consumers report through any instance: their gauges are read from storage.
-    match tokio::try_join!(state.store.consumers(), state.store.head()) {
+    let read = tokio::try_join!(state.store.consumers(), state.store.head());
+    replication_metrics(&state, read.as_ref().ok().map(|(_, head)| *head)).await;
+    match read {
         Ok((consumers, head)) => {
             let metrics = &state.metrics;
             metrics.consumer_position.reset();

@@ -2,7 +2,7 @@
 //! given twice is a 400, never the last one silently.
 
 use super::ApiError;
-use crate::protocol::{EventType, Tag};
+use crate::protocol::{EventType, Position, Tag};
 use crate::store::Direction;
 use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
@@ -69,6 +69,8 @@ pub struct ReadParams {
     pub types: Vec<EventType>,
     /// `tags`, comma-separated.
     pub tags: Vec<Tag>,
+    /// `min_position`: read only once this position is readable here.
+    pub min_position: Option<Position>,
 }
 
 impl ReadParams {
@@ -88,7 +90,11 @@ impl ReadParams {
             }
         };
         let (types, tags) = (types(&query)?, tags(&query)?);
-        Ok(Self { from, limit, direction, types, tags })
+        let min_position = query
+            .get("min_position")?
+            .map(|v| number("min_position", &v).map(Position))
+            .transpose()?;
+        Ok(Self { from, limit, direction, types, tags, min_position })
     }
 }
 

@@ -97,6 +97,10 @@ pub enum ApiError {
         .0.as_millis()
     )]
     TimedOut(std::time::Duration),
+    /// `503 unavailable`: a read's `min_position` is not readable here yet (its read replica
+    /// is behind) within the configured wait.
+    #[error("position {0} is not readable here yet: the read replica is behind; try again")]
+    NotReadableYet(crate::protocol::Position),
     /// `503 unavailable`: storage failed or cannot be reached. Details go to the log only.
     #[error("storage is unavailable, try again")]
     Unavailable(#[source] Option<crate::store::Error>),
@@ -181,9 +185,10 @@ impl ApiError {
             Self::DuplicateEventId { .. } => ProblemType::DuplicateEventId,
             Self::ConditionFailed { .. } => ProblemType::ConditionFailed,
             Self::PayloadTooLarge(_) => ProblemType::PayloadTooLarge,
-            Self::Unavailable(_) | Self::TooManySubscriptions | Self::TimedOut(_) => {
-                ProblemType::Unavailable
-            }
+            Self::Unavailable(_)
+            | Self::TooManySubscriptions
+            | Self::TimedOut(_)
+            | Self::NotReadableYet(_) => ProblemType::Unavailable,
         }
     }
 }
@@ -230,6 +235,9 @@ impl IntoResponse for ApiError {
             Self::ConditionFailed { position } => {
                 extensions.insert("position".into(), json!(position));
             }
+            Self::NotReadableYet(position) => {
+                extensions.insert("min_position".into(), json!(position));
+            }
             _ => {}
         }
         if status.is_server_error() {
@@ -254,7 +262,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
-        if matches!(self, Self::TooManySubscriptions) {
+        if matches!(self, Self::TooManySubscriptions | Self::NotReadableYet(_)) {
             let retry = header::HeaderValue::from_static(SUBSCRIPTION_RETRY_AFTER_SECS);
             response.headers_mut().insert(header::RETRY_AFTER, retry);
         }

@@ -25,6 +25,7 @@ pub async fn read(
 ) -> Result<Response, ApiError> {
     let stream = readable(segment(path)?)?;
     let params = ReadParams::parse(query, state.http.read_limit_max)?;
+    super::read_your_writes::wait(&state, params.min_position).await?;
     let query = StreamQuery {
         stream: stream.clone(),
         from: params.from.map(StreamRevision),

@@ -343,6 +343,22 @@ pub trait Store: Send + Sync + 'static {
     /// Connections of its pool, for the metrics.
     fn pool_connections(&self) -> PoolConnections;
 
+    /// Whether reads come from a replica, which may be behind the commits: then the tailer
+    /// reads a commit only once the replica shows it. By default no.
+    fn reads_from_replica(&self) -> bool {
+        false
+    }
+
+    /// The last position reads see now: the replica's head, when reads come from one.
+    async fn read_head(&self) -> Result<Position, Error> {
+        self.head().await
+    }
+
+    /// How commits and reads are replicated now. By default not at all.
+    async fn replication(&self) -> Result<Replication, Error> {
+        Ok(Replication::default())
+    }
+
     /// Notifies `commits` whenever another process commits to this storage, until
     /// `shutdown`. A hint only: the tailer polls as well. By default nothing: only this
     /// server writes.
@@ -374,6 +390,51 @@ impl PoolConnections {
             max: status.max_size,
         }
     }
+}
+
+/// How a store's commits and reads are replicated, as the database says now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Replication {
+    /// Whether an acknowledged commit is on a standby too.
+    pub commits: CommitReplication,
+    /// Standbys streaming from the primary now.
+    pub standbys: u64,
+    /// The replica reads come from, when there is one.
+    pub replica: Option<ReplicaState>,
+}
+
+/// Whether a commit waits for a standby before it is acknowledged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CommitReplication {
+    /// No standby streams from this database.
+    #[default]
+    None,
+    /// Standbys stream, but a commit is acknowledged before they have it: losing the
+    /// primary can lose the last acknowledged appends.
+    Asynchronous,
+    /// `synchronous_standby_names` is set: a commit waits until a standby has it.
+    Synchronous,
+}
+
+impl CommitReplication {
+    /// The name the start-up line and `/info` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Asynchronous => "asynchronous",
+            Self::Synchronous => "synchronous",
+        }
+    }
+}
+
+/// How far the read replica is, when it answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplicaState {
+    /// The last position it has replayed.
+    pub head: Position,
+    /// Time since the last commit it replayed was made on the primary; 0 when it has
+    /// replayed everything it received.
+    pub lag_seconds: f64,
 }
 
 /// A consumer's stored position.
@@ -491,6 +552,9 @@ pub enum Error {
     /// An import cannot go into this store (it is not empty, or holds another import).
     #[error("{0}")]
     Import(String),
+    /// The read replica is not a replica of the primary's database.
+    #[error("{0}")]
+    Replica(String),
     /// PostgreSQL is configured to acknowledge commits before they are durable.
     #[error(
         "postgres has {setting} = off, so an acknowledged append could be lost; fix the \
@@ -519,6 +583,7 @@ impl Error {
             Self::DataDir { .. } => "data_dir",
             Self::Migration(_) => "migration",
             Self::Import(_) => "import",
+            Self::Replica(_) => "replica",
             Self::AsyncCommit { .. } => "async_commit",
         }
     }

@@ -236,6 +236,11 @@ struct Wakes {
     shutdown: watch::Receiver<bool>,
 }
 
+/// How soon the tailer reads a replica again that has not replayed the commits it knows
+/// of: at first, and at most (doubling in between).
+const REPLICA_RETRY_FIRST: Duration = Duration::from_millis(1);
+const REPLICA_RETRY_MAX: Duration = Duration::from_millis(50);
+
 async fn tail(
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
@@ -244,74 +249,110 @@ async fn tail(
     limits: Limits,
 ) {
     let batches = &hub.batches;
+    // Behind a replica, a commit is read only once the replica shows it: `target` is the
+    // last commit known, from this server's writer or the primary's head.
+    let replica = store.reads_from_replica();
+    let mut target = last;
     // Polling finds commits whose notification was lost (behind poolers, across reconnects).
     let mut poll = tokio::time::interval(limits.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let told = tokio::select! {
             Ok(()) = wakes.here.changed() => {
-                // Our own commit: its head is known, committed and visible. With nobody
-                // listening, move along without a query per commit (measured on PostgreSQL:
-                // that query competed with the next commit for the database).
+                // Our own commit: its head is known, committed and visible (but on a replica
+                // perhaps not yet). With nobody listening, move along without a query per
+                // commit (measured on PostgreSQL: that query competed with the next commit
+                // for the database).
                 let head = *wakes.here.borrow_and_update();
-                if batches.receiver_count() == 0 {
+                target = target.max(head);
+                if batches.receiver_count() == 0 && !replica {
                     last = head.max(last);
                     hub.tailed.send_replace(last);
                     continue;
                 }
+                true
             }
-            () = wakes.elsewhere.notified() => {}
-            _ = poll.tick() => {}
+            () = wakes.elsewhere.notified() => false,
+            _ = poll.tick() => false,
             _ = wakes.shutdown.wait_for(|stopping| *stopping) => return,
-        }
-        if batches.receiver_count() == 0 {
-            // Nobody listens: move along without reading events. Jump only if still nobody
-            // listens once the head is read: a subscriber that arrives after this check
-            // catches up from storage past that head, while one that arrived during the
-            // read must get what follows through the broadcast, from `last` on.
+        };
+        if replica && !told {
+            // Another instance's commit, or the poll: the primary's head says how far to
+            // read (a standby relays no NOTIFY, and cannot tell what it has not replayed).
             match store.head().await {
-                Ok(head) if batches.receiver_count() == 0 => {
-                    last = head.max(last);
-                    hub.tailed.send_replace(last);
-                    continue;
-                }
-                Ok(_) => {}
+                Ok(head) => target = target.max(head),
                 Err(err) => {
-                    warn!(cause = %crate::error_chain(&err), "tailer cannot read the head");
-                    continue;
+                    warn!(cause = %crate::error_chain(&err), "tailer cannot read the primary's head")
                 }
             }
         }
+        let mut retry = REPLICA_RETRY_FIRST;
         loop {
-            let query = LogQuery {
-                filter: Filter::default(),
-                from: Some(last.after(1)),
-                direction: Direction::Forward,
-                limit: limits.buffer_events_max,
-                bytes_max: limits.buffer_bytes_max,
-            };
-            match store.read_log(query).await {
-                Ok(page) => {
-                    // Read up to the next page, or (at the end) up to the head.
-                    let through = page.next.map_or(page.head, |next| Position(next.0 - 1));
-                    if through > last {
-                        hub.record_erasures(&page.events);
-                        let events = page.events.into_iter().map(Encoded::new).collect();
-                        // No receiver left is fine: there is nobody to deliver to.
-                        let _ = batches.send(Arc::new(Stretch { after: last, through, events }));
-                        last = through;
-                        hub.tailed.send_replace(last);
-                    }
-                    if page.next.is_none() {
-                        break;
-                    }
-                }
-                Err(err) => {
-                    // The next notification or poll tries again, from the same position.
-                    warn!(cause = %crate::error_chain(&err), "tailer cannot read new events");
-                    break;
-                }
+            let before = last;
+            if let Err(err) = read_new(&*store, &hub, &mut last, limits).await {
+                // The next notification or poll tries again, from the same position.
+                warn!(cause = %crate::error_chain(&err), "tailer cannot read new events");
+                break;
             }
+            if !replica || last >= target {
+                break;
+            }
+            // The replica is behind what was committed: read it again soon, not at the poll.
+            retry = if last > before {
+                REPLICA_RETRY_FIRST
+            } else {
+                (retry * 2).min(REPLICA_RETRY_MAX)
+            };
+            tokio::select! {
+                () = tokio::time::sleep(retry) => {}
+                _ = wakes.shutdown.wait_for(|stopping| *stopping) => return,
+            }
+        }
+    }
+}
+
+/// Reads and broadcasts every event after `last` that reads see now, or (with nobody
+/// listening) moves `last` to their head without reading events.
+async fn read_new(
+    store: &dyn Store,
+    hub: &Hub,
+    last: &mut Position,
+    limits: Limits,
+) -> Result<(), crate::store::Error> {
+    let batches = &hub.batches;
+    if batches.receiver_count() == 0 {
+        // Nobody listens: move along without reading events. Jump only if still nobody
+        // listens once the head is read: a subscriber that arrives after this check
+        // catches up from storage past that head, while one that arrived during the
+        // read must get what follows through the broadcast, from `last` on.
+        let head = store.read_head().await?;
+        if batches.receiver_count() == 0 {
+            *last = head.max(*last);
+            hub.tailed.send_replace(*last);
+            return Ok(());
+        }
+    }
+    loop {
+        let query = LogQuery {
+            filter: Filter::default(),
+            from: Some(last.after(1)),
+            direction: Direction::Forward,
+            limit: limits.buffer_events_max,
+            bytes_max: limits.buffer_bytes_max,
+        };
+        let page = store.read_log(query).await?;
+        // Read up to the next page, or (at the end) up to the head.
+        let through = page.next.map_or(page.head, |next| Position(next.0 - 1));
+        if through > *last {
+            hub.record_erasures(&page.events);
+            let events = page.events.into_iter().map(Encoded::new).collect();
+            // No receiver left is fine: there is nobody to deliver to.
+            let _ = batches.send(Arc::new(Stretch { after: *last, through, events }));
+            *last = through;
+            hub.tailed.send_replace(*last);
+        }
+        if page.next.is_none() {
+            return Ok(());
         }
     }
 }

@@ -135,18 +135,24 @@ impl TestServer {
         let task = tokio::spawn(store_server::server::run(listener, config, async {
             let _ = stopped.await;
         }));
-        let server =
+        let mut server =
             Self { url, client: reqwest::Client::new(), stop: Some(stop), task, _dir: None };
-        server.wait_ready(tls, ready).await;
+        if !server.wait_ready(tls, ready).await {
+            match (&mut server.task).await {
+                Ok(Err(err)) => panic!("the server stopped while starting: {err:?}"),
+                other => panic!("the server stopped while starting: {other:?}"),
+            }
+        }
         server
     }
 
     /// Waits until it answers `ready` with 200 (over TLS, until it accepts connections: the
     /// caller holds the certificate to trust).
-    async fn wait_ready(&self, tls: bool, ready: &str) {
+    /// Answers false if the server stopped meanwhile.
+    async fn wait_ready(&self, tls: bool, ready: &str) -> bool {
         for _ in 0..200 {
             if self.task.is_finished() {
-                panic!("the server stopped while starting");
+                return false;
             }
             // A client of its own, dropped with its connection: tests of connection
             // limits count every open connection.
@@ -159,7 +165,7 @@ impl TestServer {
                     .is_ok_and(|response| response.status() == StatusCode::OK),
             };
             if ready {
-                return;
+                return true;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }

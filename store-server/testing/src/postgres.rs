@@ -16,6 +16,8 @@ pub struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
     pub port: u16,
+    /// Settings given on the command line at every start, `name=value`.
+    settings: Vec<String>,
 }
 
 /// Where PostgreSQL's server programs are: on PATH, or Debian's versioned folder.
@@ -60,7 +62,11 @@ fn is_root() -> bool {
 
 /// Runs a cluster program, as `postgres` when we are root.
 fn run(bin: &Path, program: &str, args: &[&str]) -> std::process::Output {
-    let program = bin.join(program);
+    // Beside `initdb`, or (where only some programs are linked there) wherever it is.
+    let program = Some(bin.join(program))
+        .filter(|beside| beside.is_file())
+        .or_else(|| self::program(program))
+        .unwrap_or_else(|| panic!("{program} is not installed"));
     let mut command = if is_root() {
         let mut command = Command::new("runuser");
         command.args(["-u", "postgres", "--"]).arg(&program);
@@ -79,16 +85,7 @@ impl Cluster {
     /// Starts a new cluster; `None` when PostgreSQL is not installed.
     pub fn start() -> Option<Cluster> {
         let bin = server_bin_dir()?;
-        let dir = std::env::temp_dir().join(format!(
-            "store-server-pg-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create cluster folder");
-        if is_root() {
-            let status = Command::new("chown").arg("postgres:postgres").arg(&dir).status();
-            assert!(status.is_ok_and(|s| s.success()), "chown the cluster folder to postgres");
-        }
+        let dir = cluster_dir();
         let data = dir.join("data");
         let out = run(
             &bin,
@@ -107,10 +104,57 @@ impl Cluster {
             ],
         );
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        let cluster = Cluster { dir, bin, port: free_port() };
+        let cluster = Cluster { dir, bin, port: free_port(), settings: Vec::new() };
         cluster.watch_parent();
         cluster.start_again();
         Some(cluster)
+    }
+
+    /// A hot standby of this cluster, as `pg_basebackup -R` builds one (streaming from
+    /// it, read-only until promoted), started with `settings` (`name=value`, no spaces).
+    pub fn standby(&self, settings: &[&str]) -> Cluster {
+        let dir = cluster_dir();
+        let data = dir.join("data");
+        let port = self.port.to_string();
+        let out = run(
+            &self.bin,
+            "pg_basebackup",
+            &[
+                "-D",
+                path(&data),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let settings = settings.iter().map(|s| (*s).to_owned()).collect();
+        let standby = Cluster { dir, bin: self.bin.clone(), port: free_port(), settings };
+        standby.watch_parent();
+        standby.start_again();
+        standby
+    }
+
+    /// Promotes this standby to a primary, and waits until it takes writes.
+    pub fn promote(&self) {
+        let out = run(&self.bin, "pg_ctl", &["-D", path(&self.data()), "-w", "promote"]);
+        assert!(
+            out.status.success(),
+            "pg_ctl promote failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn data(&self) -> PathBuf {
@@ -119,11 +163,15 @@ impl Cluster {
 
     /// Starts the (stopped) cluster and waits until it accepts connections.
     pub fn start_again(&self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c autovacuum_naptime=1",
             self.port,
             path(&self.dir)
         );
+        for setting in &self.settings {
+            options.push_str(" -c ");
+            options.push_str(setting);
+        }
         let log = self.dir.join("postgres.log");
         let out = run(
             &self.bin,
@@ -182,6 +230,21 @@ impl Drop for Cluster {
         self.stop_immediate();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A new folder for a cluster, owned by `postgres` when we are root.
+fn cluster_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "store-server-pg-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create cluster folder");
+    if is_root() {
+        let status = Command::new("chown").arg("postgres:postgres").arg(&dir).status();
+        assert!(status.is_ok_and(|s| s.success()), "chown the cluster folder to postgres");
+    }
+    dir
 }
 
 fn path(path: &Path) -> &str {

@@ -2,7 +2,8 @@
 //! database. Writers from every instance are serialised by the `log_head` row lock, so
 //! positions stay gap-free and commit-ordered across all of them.
 //!
-//! `commit.rs` is the write path, `read.rs` the reads, `listen.rs` the LISTEN connection.
+//! `commit.rs` is the write path, `read.rs` the reads, `listen.rs` the LISTEN connection,
+//! `replication.rs` what the standbys and the read replica say.
 
 mod catalog;
 mod commit;
@@ -11,6 +12,7 @@ mod import;
 mod listen;
 mod personal;
 mod read;
+mod replication;
 mod retention;
 
 use super::rows::{StreamRow, to_i64, to_u64};
@@ -31,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tokio_postgres::NoTls;
+use tokio_postgres::config::TargetSessionAttrs;
 use tracing::warn;
 
 /// The channel every commit notifies, with the committing instance's id as payload.
@@ -48,8 +51,12 @@ pub const CONNECT_TIMEOUT_MS: u64 = 5000;
 /// How to reach and use the database.
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
-    /// A libpq-style URL or key=value string.
+    /// A libpq-style URL or key=value string. With several hosts, the one that takes
+    /// writes is used: after a failover, the promoted standby.
     pub url: String,
+    /// A hot standby of the same database that serves reads, catalog and subscriptions
+    /// (several hosts: the first that answers); `None`: the primary serves them.
+    pub read_url: Option<String>,
     /// Most connections in the pool (reads and the writer share it).
     pub pool_connections_max: usize,
     /// How long to wait for a connection: to connect, or for a free one in the pool.
@@ -63,6 +70,7 @@ impl PostgresOptions {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            read_url: None,
             pool_connections_max: POOL_CONNECTIONS_MAX,
             connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS),
             allow_async_commit: false,
@@ -73,6 +81,8 @@ impl PostgresOptions {
 /// A store in a PostgreSQL database.
 pub struct Postgres {
     pool: Pool,
+    /// Connections to the read replica, when reads come from one.
+    replica: Option<Pool>,
     /// For the LISTEN connection, which lives outside the pool.
     config: tokio_postgres::Config,
     /// This instance's NOTIFY payload: its own commits already woke its tailer, so its
@@ -105,26 +115,11 @@ impl Postgres {
         options: &PostgresOptions,
         master: Option<Arc<MasterKey>>,
     ) -> Result<Self, Error> {
-        let mut config: tokio_postgres::Config = options.url.parse()?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(options.connect_timeout);
-        }
-        config.application_name("store-server");
-        // Fast recycling only checks the socket is open: a connection killed by a database
-        // restart fails one statement, then the pool replaces it.
-        let manager = deadpool_postgres::Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_connections_max)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(options.connect_timeout))
-            .create_timeout(Some(options.connect_timeout))
-            .recycle_timeout(Some(options.connect_timeout))
-            .build()
-            .map_err(|e| Error::Pool(Box::new(e)))?;
+        let mut config = connection_config(&options.url, options.connect_timeout)?;
+        // Of several hosts, only the one that takes writes: a standby would fail every
+        // commit, and after a failover the promoted one is found by this alone.
+        config.target_session_attrs(TargetSessionAttrs::ReadWrite);
+        let pool = new_pool(&config, options)?;
         let mut client = pool.get().await?;
         if !options.allow_async_commit {
             for setting in ["fsync", "synchronous_commit"] {
@@ -134,12 +129,29 @@ impl Postgres {
                 }
             }
         }
+        let replication = replication::status(&client, None).await?;
+        if replication.commits == super::CommitReplication::Synchronous && replication.standbys == 0
+        {
+            warn!(
+                "commits wait for a synchronous standby and none is streaming: appends wait until one connects (synchronous_standby_names)"
+            );
+        }
         migrate(&mut client).await?;
+        let replica = match &options.read_url {
+            Some(url) => {
+                let config = connection_config(url, options.connect_timeout)?;
+                let replica = new_pool(&config, options)?;
+                replication::check_replica(&client, &replica).await?;
+                Some(replica)
+            }
+            None => None,
+        };
         drop(client);
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|e| Error::Pool(e.to_string().into()))?;
         Ok(Self {
             pool,
+            replica,
             config,
             instance: hex::encode(id),
             connect_timeout: options.connect_timeout,
@@ -148,6 +160,35 @@ impl Postgres {
             master,
         })
     }
+}
+
+/// `url` parsed, with the storage timeout unless it names its own, and our name.
+fn connection_config(url: &str, timeout: Duration) -> Result<tokio_postgres::Config, Error> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(timeout);
+    }
+    config.application_name("store-server");
+    Ok(config)
+}
+
+/// A pool of connections `config` opens, held to the options' limits.
+fn new_pool(config: &tokio_postgres::Config, options: &PostgresOptions) -> Result<Pool, Error> {
+    // Fast recycling only checks the socket is open: a connection killed by a database
+    // restart or a failover fails one statement, then the pool replaces it.
+    let manager = deadpool_postgres::Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+    );
+    Pool::builder(manager)
+        .max_size(options.pool_connections_max)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(options.connect_timeout))
+        .create_timeout(Some(options.connect_timeout))
+        .recycle_timeout(Some(options.connect_timeout))
+        .build()
+        .map_err(|e| Error::Pool(Box::new(e)))
 }
 
 async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), Error> {
@@ -185,6 +226,16 @@ async fn apply_pending(client: &mut deadpool_postgres::Client) -> Result<(), Err
 }
 
 impl Postgres {
+    /// A connection for a read: from the replica's pool when there is one. Unreachable, the
+    /// read fails (503) rather than fall back on its own: a URL that lists the primary after
+    /// the replica makes that choice explicit.
+    async fn reader(&self) -> Result<deadpool_postgres::Client, Error> {
+        match &self.replica {
+            Some(replica) => Ok(replica.get().await?),
+            None => self.connection().await,
+        }
+    }
+
     /// A connection from the pool. When the database refuses a new one (`max_connections`
     /// reached, as when several instances share it), a request waits, up to the storage
     /// timeout, for one the pool already has, rather than failing at once while others are
@@ -251,7 +302,7 @@ impl Store for Postgres {
     }
 
     async fn read_stream(&self, query: StreamQuery, now: Timestamp) -> Result<StreamRead, Error> {
-        read::stream(&self.connection().await?, query, now, self.master.as_deref()).await
+        read::stream(&self.reader().await?, query, now, self.master.as_deref()).await
     }
 
     async fn stream_state(&self, stream: &StreamName) -> Result<Option<StreamState>, Error> {
@@ -286,19 +337,19 @@ impl Store for Postgres {
     }
 
     async fn read_log(&self, query: LogQuery) -> Result<Page<Position>, Error> {
-        read::log(&self.connection().await?, query, self.master.as_deref()).await
+        read::log(&self.reader().await?, query, self.master.as_deref()).await
     }
 
     async fn streams(&self, query: CatalogQuery) -> Result<Listing<StreamInfo>, Error> {
-        catalog::streams(&self.connection().await?, query).await
+        catalog::streams(&self.reader().await?, query).await
     }
 
     async fn categories(&self, query: CatalogQuery) -> Result<Listing<CategoryInfo>, Error> {
-        catalog::categories(&mut self.connection().await?, query).await
+        catalog::categories(&mut self.reader().await?, query).await
     }
 
     async fn types(&self, query: CatalogQuery) -> Result<Listing<TypeInfo>, Error> {
-        catalog::types(&self.connection().await?, query).await
+        catalog::types(&self.reader().await?, query).await
     }
 
     async fn export(
@@ -408,6 +459,20 @@ impl Store for Postgres {
 
     fn pool_connections(&self) -> super::PoolConnections {
         super::PoolConnections::of(self.pool.status())
+    }
+
+    fn reads_from_replica(&self) -> bool {
+        self.replica.is_some()
+    }
+
+    async fn read_head(&self) -> Result<Position, Error> {
+        let head = read::log_head(&self.reader().await?).await?;
+        Ok(Position(to_u64(head, 0, "log head")?))
+    }
+
+    async fn replication(&self) -> Result<super::Replication, Error> {
+        let client = self.connection().await?;
+        replication::status(&client, self.replica.as_ref()).await
     }
 
     fn watch_commits(&self, commits: Arc<Notify>, shutdown: watch::Receiver<bool>) {
