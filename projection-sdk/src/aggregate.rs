@@ -114,9 +114,11 @@ impl CommandHandler {
         let mut aggregate = A::default();
         let mut revision = None;
         let mut from = StreamRevision(0);
-        while let Some(page) =
-            self.client.read_stream(stream, &StreamRead::forward().from(from).limit(1000)).await?
-        {
+        // Never decide on a stream older than this client's own last append: a server that
+        // reads from a replica waits until the replica has it.
+        let mut read =
+            StreamRead::forward().from(from).limit(1000).min_position(self.client.last_appended());
+        while let Some(page) = self.client.read_stream(stream, &read).await? {
             for event in &page.events {
                 // The server's own records (a truncation) are not the aggregate's events, and
                 // an erased event's data is gone: keep what decisions need out of personal
@@ -130,6 +132,7 @@ impl CommandHandler {
                 Some(next) => from = next,
                 None => break,
             }
+            read = StreamRead::forward().from(from).limit(1000);
         }
         Ok((aggregate, revision))
     }

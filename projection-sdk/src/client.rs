@@ -12,6 +12,8 @@ use crate::protocol::{
 use crate::subscription::{Subscription, Target};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// What can go wrong talking to the store.
@@ -202,6 +204,7 @@ pub struct Read<C> {
     direction: Direction,
     types: Vec<EventType>,
     tags: Vec<Tag>,
+    min_position: Option<Position>,
 }
 
 /// A read of one stream, by revision.
@@ -219,6 +222,7 @@ impl<C: std::fmt::Display> Read<C> {
             direction: Direction::Forward,
             types: Vec::new(),
             tags: Vec::new(),
+            min_position: None,
         }
     }
 
@@ -240,6 +244,23 @@ impl<C: std::fmt::Display> Read<C> {
         self
     }
 
+    /// Read only once every position up to `position` is readable on the server: a server
+    /// that reads from a replica waits until the replica has it (answering 503, which the
+    /// client retries, if it takes too long). Pass [`Client::last_appended`] to read your
+    /// own writes.
+    ///
+    /// ```
+    /// use projection_sdk::StreamRead;
+    /// use projection_sdk::protocol::Position;
+    ///
+    /// let fresh = StreamRead::forward().min_position(Position(42));
+    /// # let _ = fresh;
+    /// ```
+    pub fn min_position(mut self, position: Position) -> Self {
+        self.min_position = Some(position).filter(|p| p.0 > 0);
+        self
+    }
+
     /// The query string, raw.
     fn query(&self) -> String {
         let mut query = format!("direction={}", self.direction.as_str());
@@ -254,6 +275,9 @@ impl<C: std::fmt::Display> Read<C> {
         }
         if !self.tags.is_empty() {
             query.push_str(&format!("&tags={}", join_tags(&self.tags)));
+        }
+        if let Some(position) = self.min_position {
+            query.push_str(&format!("&min_position={position}"));
         }
         query
     }
@@ -309,6 +333,8 @@ pub struct Client {
     timeout: Duration,
     retry_backoff: Backoff,
     retry_total: Duration,
+    /// The last position this client (or a clone) appended at: what its reads ask to see.
+    last_appended: Arc<AtomicU64>,
 }
 
 impl Client {
@@ -322,6 +348,7 @@ impl Client {
             timeout: REQUEST_TIMEOUT_DEFAULT,
             retry_backoff: RETRY_BACKOFF_DEFAULT,
             retry_total: RETRY_TOTAL_DEFAULT,
+            last_appended: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -444,7 +471,25 @@ impl Client {
     ) -> Result<AppendResult, Error> {
         body.events = with_ids(body.events);
         let request = self.request(Method::POST, &format!("/streams/{}", encode(stream.as_str())));
-        self.send(request.json(&body), Retry::Safe).await
+        let result: AppendResult = self.send(request.json(&body), Retry::Safe).await?;
+        self.appended(result.last_position);
+        Ok(result)
+    }
+
+    /// The last position this client, or any clone of it, appended at (0 before its first
+    /// append). Reads given it as [`Read::min_position`] see that append and every earlier
+    /// one, even through a server that reads from a replica.
+    ///
+    /// ```
+    /// let client = projection_sdk::Client::new("http://127.0.0.1:2114");
+    /// assert_eq!(client.last_appended().0, 0);
+    /// ```
+    pub fn last_appended(&self) -> Position {
+        Position(self.last_appended.load(Ordering::Relaxed))
+    }
+
+    fn appended(&self, position: Position) {
+        self.last_appended.fetch_max(position.0, Ordering::Relaxed);
     }
 
     /// Appends to several streams at once (`POST /append`): all or nothing, positions
@@ -462,7 +507,10 @@ impl Client {
         for append in &mut request.appends {
             append.events = with_ids(std::mem::take(&mut append.events));
         }
-        self.send(self.request(Method::POST, "/append").json(&request), Retry::Safe).await
+        let result: MultiAppendResult =
+            self.send(self.request(Method::POST, "/append").json(&request), Retry::Safe).await?;
+        self.appended(result.last_position);
+        Ok(result)
     }
 
     /// One page of the events matching any of `items` after `after` (`POST /query`).

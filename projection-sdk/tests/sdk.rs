@@ -107,6 +107,41 @@ async fn the_aggregate_helper_loses_no_update_under_concurrent_commands() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aggregate_helper_reads_its_own_writes_through_a_lagging_replica() {
+    let test = "the_aggregate_helper_reads_its_own_writes_through_a_lagging_replica";
+    let Some(primary) = postgres::Cluster::start() else {
+        postgres::skip(test);
+        return;
+    };
+    let db = connect(&primary.url("postgres")).await;
+    db.batch_execute("CREATE DATABASE store").await.unwrap();
+    // The replica applies every commit a second late: a read there right after an append
+    // does not see it.
+    let replica = primary.standby(&["recovery_min_apply_delay=1s"]);
+    let mut config = store_server::config::Config::postgres(primary.url("store"));
+    if let store_server::store::Options::Postgres(options) = &mut config.storage {
+        options.read_url = Some(replica.url("store"));
+    }
+    let server = TestServer::start(config).await;
+    let client = Client::new(&server.url);
+    let handler = CommandHandler::new(client.clone(), upcasters());
+    let account = StreamName::new("account-1").unwrap();
+    let stranger = Client::new(&server.url);
+    for n in 1..=3 {
+        handler.execute::<Account>(&account, Command::Deposit(10)).await.expect("deposited");
+        // A client that did not append reads the replica as it is: behind.
+        let stale = stranger.read_stream(&account, &StreamRead::forward()).await.unwrap();
+        let stale_events = stale.map_or(0, |page| page.events.len());
+        assert!(stale_events < n, "the replica is behind: {stale_events} events");
+        // The helper decides on the stream with its own last append in it.
+        let (state, revision) = handler.load::<Account>(&account).await.unwrap();
+        assert_eq!((state.balance, revision.map(|r| r.0)), (10 * n as i64, Some(n as u64 - 1)));
+    }
+    assert_eq!(client.last_appended().0, 3, "the client keeps its last position");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_resumes_across_a_server_restart_without_gap_or_repeat() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path(), "127.0.0.1:0").await;
