@@ -35,13 +35,7 @@ async fn pair(test: &str, standby_settings: &[&str]) -> Option<(Cluster, Cluster
 
 /// Runs `statements` on `url`.
 async fn sql(url: &str, statements: &str) {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-    let connection = tokio::spawn(connection);
-    client.batch_execute(statements).await.unwrap_or_else(|e| panic!("{statements}: {e}"));
-    drop(client);
-    let _ = connection.await;
+    sql_value(url, statements).await;
 }
 
 /// The first column of the first row `query` answers on `url`, as text.
