@@ -20,6 +20,7 @@ per_backend!(
     data_and_metadata_round_trip_exactly,
     stream_reads_page_forward_and_backward,
     missing_stream_is_404,
+    min_position_reads_at_once_what_is_written_and_refuses_what_is_not,
     all_reads_page_by_position_with_next_and_head,
     category_reads_cover_every_stream_of_the_category_only,
     types_filter_keeps_only_those_types,
@@ -362,6 +363,19 @@ async fn missing_stream_is_404(server: &TestServer) {
     let (status, body) = server.get("/streams/nobody-1").await;
     assert_problem(status, &body, StatusCode::NOT_FOUND, "stream-not-found");
     assert_eq!(body["stream"], "nobody-1");
+}
+
+async fn min_position_reads_at_once_what_is_written_and_refuses_what_is_not(server: &TestServer) {
+    append_many(server, "account-1", "Deposited", 3).await;
+    for path in ["/all", "/streams/account-1", "/categories/account"] {
+        let (status, page) = server.get(&format!("{path}?min_position=3")).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {page}");
+        assert_eq!(page["events"].as_array().unwrap().len(), 3, "{path}: {page}");
+        // No append was acknowledged at 4 yet: waiting cannot help, so 400, not a 503 later.
+        let (status, body) = server.get(&format!("{path}?min_position=4")).await;
+        assert_problem(status, &body, StatusCode::BAD_REQUEST, "invalid-request");
+        assert_eq!(body["min_position"], 4, "{path}: {body}");
+    }
 }
 
 async fn all_reads_page_by_position_with_next_and_head(server: &TestServer) {

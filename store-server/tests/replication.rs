@@ -404,17 +404,27 @@ async fn a_read_replica_serves_subscriptions_in_order_and_min_position_sees_own_
         patient.get(&format!("/all?from={position}&min_position={position}")).await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_eq!(page["events"][0]["position"], position, "{page}");
-    // A position the replica does not reach in time: 503, to retry.
-    let far = position + 1000;
+    // A position the replica does not reach in time (its delay is longer than the reader's
+    // wait): 503, to retry.
+    let (status, appended) = writer
+        .append("account-mine", json!("any"), json!([{"type": "Deposited", "data": 2}]))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{appended}");
+    let late = appended["last_position"].as_u64().unwrap();
     let response = reader
         .client
-        .get(format!("{}/categories/account?min_position={far}", reader.url))
+        .get(format!("{}/categories/account?min_position={late}", reader.url))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));
     let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["min_position"], late, "{problem}");
+    // A position not even the primary has: no append was acknowledged there, so 400 at once.
+    let far = late + 1000;
+    let (status, problem) = reader.get(&format!("/all?min_position={far}")).await;
+    store_testing::assert_problem(status, &problem, StatusCode::BAD_REQUEST, "invalid-request");
     assert_eq!(problem["min_position"], far, "{problem}");
     let (status, body) = reader.get("/all?min_position=soon").await;
     store_testing::assert_problem(status, &body, StatusCode::BAD_REQUEST, "invalid-request");

@@ -82,6 +82,10 @@ pub enum ApiError {
         /// The first matching event's position.
         position: crate::protocol::Position,
     },
+    /// `400 invalid-request`: a read's `min_position` is past the primary's head, so no
+    /// append was ever acknowledged there and waiting cannot help.
+    #[error("min_position {0} is past the head of the log: no event is stored there yet")]
+    PositionNotWritten(crate::protocol::Position),
     /// `413 payload-too-large`.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -164,7 +168,7 @@ impl ApiError {
     pub fn kind(&self) -> ProblemType {
         use crate::protocol::ConsumerConflict;
         match self {
-            Self::InvalidRequest(_) => ProblemType::InvalidRequest,
+            Self::InvalidRequest(_) | Self::PositionNotWritten(_) => ProblemType::InvalidRequest,
             Self::InvalidStreamName(_) => ProblemType::InvalidStreamName,
             Self::StreamNotFound(_) => ProblemType::StreamNotFound,
             Self::StreamDeleted(_) => ProblemType::StreamDeleted,
@@ -235,7 +239,7 @@ impl IntoResponse for ApiError {
             Self::ConditionFailed { position } => {
                 extensions.insert("position".into(), json!(position));
             }
-            Self::NotReadableYet(position) => {
+            Self::NotReadableYet(position) | Self::PositionNotWritten(position) => {
                 extensions.insert("min_position".into(), json!(position));
             }
             _ => {}

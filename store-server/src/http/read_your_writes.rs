@@ -11,12 +11,16 @@ const RECHECK_FIRST: Duration = Duration::from_millis(1);
 const RECHECK_MAX: Duration = Duration::from_millis(50);
 
 /// Returns once every position up to `min_position` is readable here; `503` after the
-/// configured timeout.
+/// configured timeout; `400` at once for a position the primary has not reached, which no
+/// append can have been acknowledged at.
 pub async fn wait(state: &AppState, min_position: Option<Position>) -> Result<(), ApiError> {
     let Some(wanted) = min_position else { return Ok(()) };
     // The tailer reads what reads see, so what it has read is readable: most waits end here.
     if *state.hub.tailed().borrow() >= wanted {
         return Ok(());
+    }
+    if state.store.head().await? < wanted {
+        return Err(ApiError::PositionNotWritten(wanted));
     }
     let deadline = Instant::now() + state.http.min_position_timeout;
     let mut recheck = RECHECK_FIRST;
