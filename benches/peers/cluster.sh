@@ -3,7 +3,8 @@
 # Sets PGHOST, PGPORT and PGUSER for psql, createdb and pgbench.
 
 pg_bin() {
-    if command -v initdb >/dev/null; then dirname "$(command -v initdb)"; return; fi
+    # Resolved: a link to initdb alone (as in /usr/local/bin) lacks pg_basebackup.
+    if command -v initdb >/dev/null; then dirname "$(readlink -f "$(command -v initdb)")"; return; fi
     local bin
     bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
     [ -n "$bin" ] || { echo "PostgreSQL's server programs are missing: apt-get install -y postgresql" >&2; return 1; }

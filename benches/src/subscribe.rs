@@ -17,6 +17,10 @@ pub struct CatchupArgs {
     /// that catch-up opens sealed data. Needs a server with `--encryption-key-file`.
     #[arg(long, default_value_t = 0)]
     data_subjects: u64,
+    /// Append the missing events through this server instead (the instance on the primary,
+    /// when `--url` reads from a replica).
+    #[arg(long)]
+    append_url: Option<String>,
 }
 
 /// Live delivery at a steady append rate.
@@ -31,6 +35,10 @@ pub struct LiveArgs {
     /// Seconds measured.
     #[arg(long, default_value_t = 10)]
     duration_secs: u64,
+    /// Append through this server instead (the instance on the primary, when `--url`
+    /// reads from a replica).
+    #[arg(long)]
+    append_url: Option<String>,
 }
 
 async fn head(http: &reqwest::Client, url: &str) -> u64 {
@@ -109,7 +117,12 @@ pub async fn append_requests_about(
 /// memory as it goes.
 pub async fn catchup(url: &str, args: CatchupArgs) -> Value {
     let http = reqwest::Client::new();
-    fill(&http, url, args.events, args.data_subjects).await;
+    if let Some(append_url) = &args.append_url {
+        fill(&http, append_url, args.events, args.data_subjects).await;
+        readable_here(&http, url, args.events).await;
+    } else {
+        fill(&http, url, args.events, args.data_subjects).await;
+    }
     let rss = |http: reqwest::Client, url: String| async move {
         crate::metric(&http, &url, "process_resident_memory_bytes").await.unwrap_or(0.0) / 1e6
     };
@@ -158,6 +171,22 @@ pub async fn catchup(url: &str, args: CatchupArgs) -> Value {
     })
 }
 
+/// Waits until `position` is readable through `url` (a replica-backed server), so that
+/// catch-up is not timed against replication.
+async fn readable_here(http: &reqwest::Client, url: &str, position: u64) {
+    loop {
+        let response = http
+            .get(format!("{url}/all?limit=1&min_position={position}"))
+            .send()
+            .await
+            .expect("read");
+        if response.status().is_success() {
+            return;
+        }
+        assert_eq!(response.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE, "min_position");
+    }
+}
+
 fn now_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_micros() as u64
 }
@@ -190,6 +219,7 @@ pub async fn live(url: &str, args: LiveArgs) -> Value {
         }));
     }
 
+    let url = args.append_url.as_deref().unwrap_or(url);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
