@@ -15,37 +15,47 @@ fn postgres_installed() -> bool {
     on_path || debian
 }
 
-#[test]
-fn every_scenario_runs_for_a_moment() {
+/// The folder of the built binaries, or `None` (the test skips) without PostgreSQL.
+fn binaries() -> Option<PathBuf> {
     if !postgres_installed() {
         assert!(
             std::env::var("REQUIRE_POSTGRES").as_deref() != Ok("1"),
             "REQUIRE_POSTGRES=1 but PostgreSQL (initdb) is not installed"
         );
         eprintln!("skipped: the suite needs PostgreSQL's server programs");
-        return;
+        return None;
     }
     let benches = PathBuf::from(env!("CARGO_BIN_EXE_benches"));
-    let bin = benches.parent().expect("the binaries' folder");
+    let bin = benches.parent().expect("the binaries' folder").to_owned();
     assert!(
         bin.join("store-server").is_file(),
         "no store-server beside {}: run `cargo test --workspace`, which builds it",
         benches.display()
     );
+    Some(bin)
+}
+
+fn report_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+        .collect()
+}
+
+#[test]
+fn every_scenario_runs_for_a_moment() {
+    let Some(bin) = binaries() else { return };
     let out = tempfile::tempdir().expect("a temporary folder");
     let status = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("compare"))
         .arg("--smoke")
-        .env("BIN_DIR", bin)
+        .env("BIN_DIR", &bin)
         .env("OUT", out.path())
         .status()
         .expect("run benches/compare");
     assert!(status.success(), "benches/compare --smoke failed: {status}");
 
-    let lines: Vec<Value> = std::fs::read_to_string(out.path().join("results.jsonl"))
-        .expect("results.jsonl")
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("each line is JSON"))
-        .collect();
+    let lines = report_lines(&out.path().join("results.jsonl"));
     let find = |system: &str, scenario: &str| {
         lines
             .iter()
@@ -79,4 +89,42 @@ fn every_scenario_runs_for_a_moment() {
             assert!(png.starts_with(b"\x89PNG"), "{plot} is a PNG");
         }
     }
+}
+
+#[test]
+fn the_replication_script_runs_for_a_moment() {
+    let Some(bin) = binaries() else { return };
+    let out = tempfile::tempdir().expect("a temporary folder");
+    let status = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("replication"))
+        .envs([("DURATION", "1"), ("WARMUP", "1"), ("EVENTS", "2000")])
+        .envs([("SUBSCRIBERS", "3"), ("RATE", "50")])
+        .env("BIN_DIR", &bin)
+        .env("OUT", out.path())
+        .status()
+        .expect("run benches/replication");
+    assert!(status.success(), "benches/replication failed: {status}");
+    let lines = report_lines(&out.path().join("replication.jsonl"));
+    let systems = |scenario: &str| -> Vec<&str> {
+        lines
+            .iter()
+            .filter(|l| l["scenario"] == scenario)
+            .map(|l| l["system"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        systems("appends"),
+        ["alone", "asynchronous", "synchronous", "asynchronous", "synchronous"]
+            .map(|mode| format!("store-postgres-{mode}"))
+    );
+    for line in &lines {
+        assert!(line["errors"].is_null() || line["errors"] == 0, "{line}");
+        if line["scenario"] == "catchup" {
+            assert_eq!(line["in_order_without_gaps"], true, "{line}");
+        }
+        if line["scenario"] == "live" {
+            assert_eq!(line["deliveries"], line["deliveries_expected"], "{line}");
+        }
+    }
+    assert_eq!(systems("catchup"), ["store-postgres-replica", "store-postgres-primary"]);
+    assert_eq!(systems("live"), ["store-postgres-replica", "store-postgres-primary"]);
 }
