@@ -5,6 +5,7 @@ mod catalog;
 mod conditions;
 mod consumers;
 mod events;
+mod groups;
 mod lifecycle;
 mod names;
 mod personal;
@@ -22,14 +23,19 @@ pub use consumers::{Consumer, ConsumerConflict, ConsumerName, ConsumerWait, SetC
 pub use events::{
     AppendRequest, AppendResult, Direction, NewEvent, Page, RecordedEvent, Timestamp,
 };
+pub use groups::{
+    Assigned, CreateGroup, Group, GroupAck, GroupMember, GroupNack, GroupStart, PARTITIONS_DEFAULT,
+    PARTITIONS_MAX, ParkedEvent, partition_of,
+};
 pub use lifecycle::{
     CategoryMetadata, CategoryRetention, Deletion, InvalidRetention, MAX_AGE_SECONDS_MAX,
     STREAM_DELETED, STREAM_TRUNCATED, StreamDeleted, StreamMetadata, StreamRetention,
     StreamTruncated,
 };
 pub use names::{
-    Category, DataSubject, EventId, EventType, ExpectedRevision, InvalidName, NAME_BYTES_MAX,
-    Position, SchemaVersion, StreamName, StreamRevision, TAG_BYTES_MAX, Tag,
+    Category, DataSubject, EventId, EventType, ExpectedRevision, GroupName, InvalidName,
+    MemberName, NAME_BYTES_MAX, Position, SchemaVersion, StreamName, StreamRevision, TAG_BYTES_MAX,
+    Tag,
 };
 pub use personal::{
     DATA_SUBJECT_ERASED, DATA_SUBJECTS_STREAM, DataSubjectErased, DataSubjectInfo,

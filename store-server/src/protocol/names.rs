@@ -154,6 +154,41 @@ impl StreamName {
 }
 validated_name!(StreamName);
 
+/// The name of a consumer group: 1 to 200 bytes of UTF-8, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupName(String);
+
+impl GroupName {
+    /// Validates `name` as a group name.
+    ///
+    /// # Errors
+    /// [`InvalidName`] says which rule the name breaks.
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidName> {
+        let name = name.into();
+        check_name("group name", &name)?;
+        Ok(Self(name))
+    }
+}
+validated_name!(GroupName);
+
+/// The name a member of a consumer group connects with: the rules of a group name. One
+/// connection at a time may use it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberName(String);
+
+impl MemberName {
+    /// Validates `name` as a member name.
+    ///
+    /// # Errors
+    /// [`InvalidName`] says which rule the name breaks.
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidName> {
+        let name = name.into();
+        check_name("member name", &name)?;
+        Ok(Self(name))
+    }
+}
+validated_name!(MemberName);
+
 /// A category: what every stream `{category}-…` shares. Valid as a stream name, without `-`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Category(String);

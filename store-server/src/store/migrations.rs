@@ -35,10 +35,10 @@ macro_rules! embed {
 
 const SQLITE_FILES: &[(&str, &str)] = embed!("sqlite":
     "0001_initial.sql", "0002_consumers.sql", "0003_lifecycle.sql", "0004_personal_data.sql",
-    "0005_tags.sql", "0006_catalog.sql", "0007_import.sql");
+    "0005_tags.sql", "0006_catalog.sql", "0007_import.sql", "0008_groups.sql");
 const POSTGRES_FILES: &[(&str, &str)] = embed!("postgres":
     "0001_initial.sql", "0002_consumers.sql", "0003_lifecycle.sql", "0004_personal_data.sql",
-    "0005_tags.sql", "0006_catalog.sql", "0007_import.sql");
+    "0005_tags.sql", "0006_catalog.sql", "0007_import.sql", "0008_groups.sql");
 
 /// The SQLite migrations, in order.
 pub fn sqlite() -> Vec<Migration> {

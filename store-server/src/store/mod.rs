@@ -7,6 +7,7 @@
 
 mod catalog;
 pub mod export;
+pub mod groups;
 pub mod import;
 mod migrations;
 mod personal;
@@ -204,7 +205,7 @@ pub struct Scavenged {
 /// What a backend does. Every method is safe to call concurrently, but `commit` is only
 /// ever called by the one writer task of a server.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: groups::GroupStore + Send + Sync + 'static {
     /// Which backend this is.
     fn backend(&self) -> Backend;
 
@@ -533,6 +534,9 @@ pub enum Error {
         /// What is wrong with it.
         why: String,
     },
+    /// A stored row other than an event does not hold what the schema promises.
+    #[error("a stored row is damaged: {0}")]
+    CorruptRow(String),
     /// The data directory could not be created.
     #[error("cannot create data directory {path}")]
     DataDir {
@@ -578,7 +582,7 @@ impl Error {
             Self::Postgres(_) => "postgres",
             Self::Pool(_) => "pool",
             Self::Task(_) => "task",
-            Self::Corrupt { .. } => "corrupt",
+            Self::Corrupt { .. } | Self::CorruptRow(_) => "corrupt",
             Self::Key(_) => "key",
             Self::DataDir { .. } => "data_dir",
             Self::Migration(_) => "migration",

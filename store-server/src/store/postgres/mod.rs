@@ -8,6 +8,7 @@
 mod catalog;
 mod commit;
 mod export;
+mod groups;
 mod import;
 mod listen;
 mod personal;

@@ -3,6 +3,8 @@
 //! a pool of read-only connections for reads. SQLite calls block, so they run on
 //! tokio's blocking threads.
 
+mod groups;
+
 use super::catalog::{self, CatalogQuery, prefix_range};
 use super::export::{
     End, ExportLine, FORMAT, Header, StoredCategoryRetention, StoredConsumerPosition,
