@@ -123,16 +123,10 @@ impl Token {
             .is_none_or(|patterns| patterns.iter().any(|p| p.covers(stream.as_str())))
     }
 
-    /// `account-*` grants category `account`: every stream `account-…` is in its scope.
-    /// What else the category holds (a stream named `account`) its reads leave out.
     fn covers_category(&self, category: &Category) -> bool {
-        let streams_of_category = format!("{category}-");
-        self.streams.as_ref().is_none_or(|patterns| {
-            patterns.iter().any(|pattern| match pattern {
-                StreamPattern::Prefix(prefix) => streams_of_category.starts_with(prefix.as_str()),
-                StreamPattern::Exact(_) => false,
-            })
-        })
+        self.streams
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p.covers_category(category)))
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::append::BatchLimits;
 use crate::decide::RequestLimits;
 use crate::store::PostgresOptions;
-use crate::{append, decide, http, listen, scavenger, store, subscriptions};
+use crate::{append, decide, groups, http, listen, scavenger, store, subscriptions};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -205,6 +205,16 @@ pub struct Cli {
     #[arg(long, env = "STORE_SCAVENGE_BUSY_PERCENT", default_value_t = scavenger::BUSY_PERCENT, value_parser = clap::value_parser!(u32).range(1..=100), global = true)]
     pub scavenge_busy_percent: u32,
 
+    /// A consumer-group member that neither renews its lease nor acknowledges what it was
+    /// sent for this long loses its partitions to the other members.
+    #[arg(long, env = "STORE_GROUP_MEMBER_TIMEOUT_MS", default_value_t = groups::MEMBER_TIMEOUT_MS, value_parser = millis_positive, global = true)]
+    pub group_member_timeout_ms: u64,
+
+    /// Most events a consumer-group member is sent of one partition without acknowledging
+    /// them; past it, that partition waits (backpressure, never a drop).
+    #[arg(long, env = "STORE_GROUP_INFLIGHT_MAX", default_value_t = groups::INFLIGHT_MAX, value_parser = positive_usize, global = true)]
+    pub group_inflight_max: usize,
+
     /// Seal the data of events with a data_subject under a key of that subject's own,
     /// wrapped by the key in this file (64 hex digits; `store-server key new` prints one).
     /// Keep the file apart from the database and its backups: erasing a subject destroys its
@@ -362,6 +372,10 @@ fn positive_u64(text: &str) -> Result<u64, String> {
     positive(text).map(|n| n as u64)
 }
 
+fn positive_usize(text: &str) -> Result<usize, String> {
+    positive(text)
+}
+
 fn header_bytes(text: &str) -> Result<usize, String> {
     match positive(text)? {
         bytes if bytes < 8192 => Err("must be at least 8192 (hyper's smallest buffer)".into()),
@@ -394,6 +408,8 @@ pub struct Config {
     pub transport: listen::Transport,
     /// The scavenger.
     pub scavenger: scavenger::Options,
+    /// Consumer groups.
+    pub groups: groups::Options,
     /// Who may do what; `None`: anyone (loopback only, unless `insecure_no_auth`).
     pub auth: Option<std::sync::Arc<crate::auth::Tokens>>,
     /// `/metrics` without a token.
@@ -417,6 +433,7 @@ impl Config {
             subscriptions: subscriptions::Limits::default(),
             transport: listen::Transport::default(),
             scavenger: scavenger::Options::default(),
+            groups: groups::Options::default(),
             auth: None,
             public_metrics: false,
             insecure_no_auth: false,
@@ -496,6 +513,10 @@ impl Cli {
                 interval: millis(self.scavenge_interval_ms),
                 chunk_events: self.scavenge_chunk_events,
                 busy_percent: self.scavenge_busy_percent,
+            },
+            groups: groups::Options {
+                member_timeout: millis(self.group_member_timeout_ms),
+                inflight_max: self.group_inflight_max,
             },
             append: RequestLimits {
                 append_events_max: self.append_events_max,

@@ -45,6 +45,8 @@ pub mod crypto;
 #[cfg(feature = "server")]
 pub mod decide;
 #[cfg(feature = "server")]
+pub mod groups;
+#[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]
 pub mod listen;

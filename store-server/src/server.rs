@@ -46,6 +46,7 @@ pub struct Started {
     writer_task: tokio::task::JoinHandle<()>,
     tailer: tokio::task::JoinHandle<()>,
     scavenger: tokio::task::JoinHandle<()>,
+    coordinator: tokio::task::JoinHandle<()>,
 }
 
 /// Opens storage and starts the writer, the tailer and the scavenger.
@@ -71,7 +72,11 @@ pub async fn start(config: &Config) -> Result<Started, Error> {
         Writer::start(store.clone(), config.batch, metrics.clone(), hub.committed());
     let scavenger =
         crate::scavenger::start(store.clone(), config.scavenger, metrics.clone(), stop.clone());
+    let groups = Arc::new(crate::groups::Groups::default());
+    let coordinator = crate::groups::coordinate(store.clone(), groups.clone(), stop.clone());
     let state = AppState {
+        groups,
+        group_options: config.groups,
         store,
         writer,
         http: config.http,
@@ -86,7 +91,7 @@ pub async fn start(config: &Config) -> Result<Started, Error> {
         public_metrics: config.public_metrics,
         tickets: Arc::new(crate::auth::Tickets::new(config.http.ui_tickets_max)),
     };
-    Ok(Started { state, stopping, writer_task, tailer, scavenger })
+    Ok(Started { state, stopping, writer_task, tailer, scavenger, coordinator })
 }
 
 impl Started {
@@ -98,9 +103,10 @@ impl Started {
     /// Ends every subscription, answers every queued append, and waits for the background
     /// tasks. Every clone of the state (and of [`Started::app`]) must be gone by then.
     pub async fn stop(self) {
-        let Self { state, stopping, writer_task, tailer, scavenger } = self;
+        let Self { state, stopping, writer_task, tailer, scavenger, coordinator } = self;
         let _ = stopping.send(true);
         let _ = scavenger.await;
+        let _ = coordinator.await;
         // The writer ends once every handle to it is gone and its queue is drained.
         drop(state);
         let _ = writer_task.await;

@@ -637,3 +637,58 @@ async fn a_file_size_limit_refuses_appends_instead_of_killing_the_server() {
     assert_eq!(ready.status(), StatusCode::OK, "readiness is never down for good");
     let _ = server.kill().await;
 }
+
+/// Groups pass through to the real store.
+#[async_trait::async_trait]
+impl store_server::store::groups::GroupStore for PanicsOnCommit {
+    async fn create_group(
+        &self,
+        group: &store_server::store::groups::GroupState,
+        now: store_server::protocol::Timestamp,
+    ) -> Result<store_server::store::groups::Created, store_server::store::Error> {
+        self.store.create_group(group, now).await
+    }
+    async fn groups(
+        &self,
+    ) -> Result<Vec<store_server::store::groups::GroupState>, store_server::store::Error> {
+        self.store.groups().await
+    }
+    async fn group(
+        &self,
+        name: &store_server::protocol::GroupName,
+    ) -> Result<Option<store_server::store::groups::GroupState>, store_server::store::Error> {
+        self.store.group(name).await
+    }
+    async fn delete_group(
+        &self,
+        name: &store_server::protocol::GroupName,
+    ) -> Result<bool, store_server::store::Error> {
+        self.store.delete_group(name).await
+    }
+    async fn change_group(
+        &self,
+        name: &store_server::protocol::GroupName,
+        change: store_server::store::groups::GroupChange<'_>,
+    ) -> Result<bool, store_server::store::Error> {
+        self.store.change_group(name, change).await
+    }
+    async fn parked(
+        &self,
+        name: &store_server::protocol::GroupName,
+    ) -> Result<Vec<store_server::protocol::ParkedEvent>, store_server::store::Error> {
+        self.store.parked(name).await
+    }
+    async fn replay_parked(
+        &self,
+        name: &store_server::protocol::GroupName,
+    ) -> Result<u64, store_server::store::Error> {
+        self.store.replay_parked(name).await
+    }
+    async fn take_replays(
+        &self,
+        name: &store_server::protocol::GroupName,
+        partitions: &[u32],
+    ) -> Result<Vec<store_server::protocol::Position>, store_server::store::Error> {
+        self.store.take_replays(name, partitions).await
+    }
+}

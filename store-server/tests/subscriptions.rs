@@ -168,6 +168,7 @@ async fn filtered_subscription_over_non_matching_events_emits_checkpoints(
             Message::Checkpoint(position) => checkpoints.push(position),
             Message::CaughtUp(position) => caught_up = Some(position),
             Message::Event { event, .. } => panic!("nothing matches yet: {event}"),
+            other @ Message::Named(..) => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(caught_up, Some(1000));

@@ -6,6 +6,7 @@ mod body;
 mod catalog;
 mod consumers;
 mod export;
+mod groups;
 mod lifecycle;
 mod log;
 mod ops;
@@ -115,6 +116,10 @@ pub struct AppState {
     pub public_metrics: bool,
     /// Subscription tickets for the UI's `EventSource` (see `auth::Tickets`).
     pub tickets: Arc<crate::auth::Tickets>,
+    /// This server's consumer-group sessions, told when a group changes here.
+    pub groups: Arc<crate::groups::Groups>,
+    /// How consumer groups run.
+    pub group_options: crate::groups::Options,
 }
 
 /// Routes and the access each declares, built together: a route cannot be added without
@@ -197,6 +202,15 @@ fn routes(public_metrics: bool, ui: bool) -> Routes {
         .route(Method::PUT, "/consumers/{name}", Everything(Admin), consumers::put)
         .route(Method::DELETE, "/consumers/{name}", Everything(Admin), consumers::delete)
         .route(Method::GET, "/consumers/{name}/wait", InScope(Read), consumers::wait)
+        .route(Method::GET, "/groups", InScope(Read), groups::list)
+        .route(Method::GET, "/groups/{group}", InScope(Read), groups::get)
+        .route(Method::PUT, "/groups/{group}", Everything(Admin), groups::put)
+        .route(Method::DELETE, "/groups/{group}", Everything(Admin), groups::delete)
+        .route(Method::GET, "/groups/{group}/subscribe", InScope(Read), groups::subscribe)
+        .route(Method::POST, "/groups/{group}/ack", InScope(Read), groups::ack)
+        .route(Method::POST, "/groups/{group}/nack", InScope(Read), groups::nack)
+        .route(Method::GET, "/groups/{group}/parked", InScope(Read), groups::parked)
+        .route(Method::POST, "/groups/{group}/parked/replay", Everything(Admin), groups::replay)
         .route(Method::GET, "/export", Everything(Admin), export::export)
         .route(Method::GET, "/health/live", Public, ops::live)
         .route(Method::GET, "/health/ready", Public, ops::ready)

@@ -86,6 +86,16 @@ pub enum ApiError {
     /// append was ever acknowledged there and waiting cannot help.
     #[error("min_position {0} is past the head of the log: no event is stored there yet")]
     PositionNotWritten(crate::protocol::Position),
+    /// `404 group-not-found`.
+    #[error("group {0} does not exist")]
+    GroupNotFound(crate::protocol::GroupName),
+    /// `409 group-exists`: a group of that name exists with other settings.
+    #[error("group {0} exists with another filter or number of partitions")]
+    GroupExists(crate::protocol::GroupName),
+    /// `409 group-member-conflict`: the member's name is connected already, or the member
+    /// does not own the partition it acknowledges.
+    #[error("{0}")]
+    GroupRefused(String),
     /// `413 payload-too-large`.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -176,6 +186,9 @@ impl ApiError {
             Self::Unauthorized => ProblemType::Unauthorized,
             Self::Forbidden(_) => ProblemType::Forbidden,
             Self::ConsumerNotFound(_) => ProblemType::ConsumerNotFound,
+            Self::GroupNotFound(_) => ProblemType::GroupNotFound,
+            Self::GroupExists(_) => ProblemType::GroupExists,
+            Self::GroupRefused(_) => ProblemType::GroupMemberConflict,
             Self::DataSubjectNotFound(_) => ProblemType::DataSubjectNotFound,
             Self::ConsumerConflict {
                 conflict: ConsumerConflict::WrongExpectedPosition { .. },
@@ -211,6 +224,9 @@ impl IntoResponse for ApiError {
                 extensions.insert("stream".into(), json!(stream));
                 extensions.insert("expected_revision".into(), json!(expected));
                 extensions.insert("current_revision".into(), json!(current));
+            }
+            Self::GroupNotFound(name) | Self::GroupExists(name) => {
+                extensions.insert("group".into(), json!(name));
             }
             Self::ConsumerNotFound(name) => {
                 extensions.insert("consumer".into(), json!(name));

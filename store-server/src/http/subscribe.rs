@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 /// Chunks of SSE text (each at most one page or batch) a subscription may have ready before
 /// the client reads them. Small: a slow client should hold the subscription back (and be
 /// served from storage), not fill memory.
-const READY_CHUNKS_MAX: usize = 4;
+pub const READY_CHUNKS_MAX: usize = 4;
 
 /// `GET /all/subscribe`.
 pub async fn all(
@@ -108,6 +108,11 @@ async fn subscribe(
         .await;
         drop(permit);
     });
+    Ok(event_stream(ready))
+}
+
+/// The answer of a subscription: the chunks `ready` gives, as `text/event-stream`.
+pub fn event_stream(ready: tokio::sync::mpsc::Receiver<axum::body::Bytes>) -> Response {
     let body = Body::from_stream(ReceiverStream::new(ready).map(Ok::<_, Infallible>));
     let headers = [
         (header::CONTENT_TYPE, "text/event-stream"),
@@ -115,5 +120,5 @@ async fn subscribe(
         // Tells nginx not to buffer the stream.
         (HeaderName::from_static("x-accel-buffering"), "no"),
     ];
-    Ok((headers, body).into_response())
+    (headers, body).into_response()
 }

@@ -101,6 +101,7 @@ problem_types! {
     WrongExpectedPosition = "wrong-expected-position", 409, "Wrong expected position";
     PositionMovesBackwards = "position-moves-backwards", 409, "Position moves backwards";
     GroupExists = "group-exists", 409, "Group exists";
+    GroupMemberConflict = "group-member-conflict", 409, "Group member conflict";
     StreamDeleted = "stream-deleted", 410, "Stream deleted";
     PayloadTooLarge = "payload-too-large", 413, "Payload too large";
     Unavailable = "unavailable", 503, "Service unavailable";

@@ -133,6 +133,15 @@ impl StreamPattern {
             Self::Prefix(prefix) => name.starts_with(prefix.as_str()),
         }
     }
+
+    /// Whether it covers every stream `{category}-…`: `account-*` covers category
+    /// `account`. What else the category holds (a stream named `account`) its reads leave out.
+    pub fn covers_category(&self, category: &Category) -> bool {
+        match self {
+            Self::Prefix(prefix) => format!("{category}-").starts_with(prefix.as_str()),
+            Self::Exact(_) => false,
+        }
+    }
 }
 
 /// A read of the log by position, whole or filtered.

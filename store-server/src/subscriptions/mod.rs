@@ -7,7 +7,7 @@
 //! notifications only wake readers, storage is the source of truth, nothing is dropped.
 
 mod follow;
-mod sse;
+pub(crate) mod sse;
 
 pub use follow::{Subscription, follow};
 

@@ -24,6 +24,19 @@ pub fn event(out: &mut Vec<u8>, event: &RecordedEvent) {
     out.extend_from_slice(b"\n\n");
 }
 
+/// Appends one message with `id:` the position and `data:` the JSON `value`.
+pub fn event_json(
+    out: &mut Vec<u8>,
+    position: crate::protocol::Position,
+    value: &serde_json::Value,
+) {
+    let _ = write!(out, "id: {position}\ndata: ");
+    let start = out.len();
+    serde_json::to_writer(&mut *out, value).expect("a JSON value serializes");
+    continue_lines(out, start);
+    out.extend_from_slice(b"\n\n");
+}
+
 /// Appends a named message (`caught-up`, `checkpoint`) with a JSON `data:` line.
 pub fn named(out: &mut Vec<u8>, name: &str, data: &serde_json::Value) {
     let _ = write!(out, "event: {name}\ndata: {data}\n\n");

@@ -313,6 +313,8 @@ pub enum Message {
     CaughtUp(u64),
     /// `event: checkpoint`, with its position.
     Checkpoint(u64),
+    /// Any other named message (a group's `assigned`), with its data.
+    Named(String, Value),
 }
 
 /// A client of a server-sent event stream, parsed by the `eventsource-stream` crate.
@@ -357,7 +359,10 @@ impl Subscriber {
             },
             "caught-up" => Message::CaughtUp(position()),
             "checkpoint" => Message::Checkpoint(position()),
-            other => panic!("unexpected event type {other}"),
+            other => Message::Named(
+                other.to_owned(),
+                serde_json::from_str(&message.data).expect("JSON data"),
+            ),
         })
     }
 
