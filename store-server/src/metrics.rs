@@ -38,6 +38,16 @@ pub struct Metrics {
     pub consumer_position: IntGaugeVec,
     /// Each consumer's lag behind the head, refreshed at every scrape.
     pub consumer_lag_events: IntGaugeVec,
+    /// Each consumer group's events after its acknowledged positions, refreshed at every scrape.
+    pub group_lag_events: IntGaugeVec,
+    /// The same per partition.
+    pub group_partition_lag_events: IntGaugeVec,
+    /// Each group's parked events.
+    pub group_parked_events: IntGaugeVec,
+    /// Each group's connected members (holding a lease).
+    pub group_members: IntGaugeVec,
+    /// Changes of who owns a group's partitions made through this server.
+    pub group_rebalances_total: IntCounterVec,
     /// HTTP requests by route template (never a stream name), method and status.
     pub http_requests_total: IntCounterVec,
     /// HTTP requests by route template, received to response headers.
@@ -132,6 +142,36 @@ impl Metrics {
                 "eventstore_consumer_lag_events",
                 "Events beyond each consumer's position",
                 &["consumer"],
+            )?,
+            group_lag_events: gauge_vec(
+                &r,
+                "eventstore_group_lag_events",
+                "Events of each consumer group's filter after its acknowledged positions",
+                &["group"],
+            )?,
+            group_partition_lag_events: gauge_vec(
+                &r,
+                "eventstore_group_partition_lag_events",
+                "Events of each group partition after its acknowledged position",
+                &["group", "partition"],
+            )?,
+            group_parked_events: gauge_vec(
+                &r,
+                "eventstore_group_parked_events",
+                "Events each consumer group parked",
+                &["group"],
+            )?,
+            group_members: gauge_vec(
+                &r,
+                "eventstore_group_members",
+                "Members connected to each consumer group",
+                &["group"],
+            )?,
+            group_rebalances_total: counter_vec(
+                &r,
+                "eventstore_group_rebalances_total",
+                "Changes of partition ownership made through this server",
+                &["group"],
             )?,
             http_requests_total: counter_vec(
                 &r,
@@ -237,19 +277,25 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        self.render_consumers(|_| true)
+        self.render_consumers(|_| true, |_| true)
     }
 
-    /// The text exposition, without the series of consumers `shown` leaves out (what a
+    /// The text exposition, without the series of consumers `shown` and of groups
+    /// `group_shown` leaves out (what a
     /// scoped token may not see).
-    pub fn render_consumers(&self, shown: impl Fn(&str) -> bool) -> String {
+    pub fn render_consumers(
+        &self,
+        shown: impl Fn(&str) -> bool,
+        group_shown: impl Fn(&str) -> bool,
+    ) -> String {
         let mut families = self.registry.gather();
         for family in &mut families {
             family.mut_metric().retain(|metric| {
-                metric
-                    .get_label()
-                    .iter()
-                    .all(|label| label.name() != "consumer" || shown(label.value()))
+                metric.get_label().iter().all(|label| match label.name() {
+                    "consumer" => shown(label.value()),
+                    "group" => group_shown(label.value()),
+                    _ => true,
+                })
             });
         }
         families.retain(|family| !family.get_metric().is_empty());

@@ -72,7 +72,7 @@ pub async fn start(config: &Config) -> Result<Started, Error> {
         Writer::start(store.clone(), config.batch, metrics.clone(), hub.committed());
     let scavenger =
         crate::scavenger::start(store.clone(), config.scavenger, metrics.clone(), stop.clone());
-    let groups = Arc::new(crate::groups::Groups::default());
+    let groups = Arc::new(crate::groups::Groups::new(metrics.group_rebalances_total.clone()));
     let coordinator = crate::groups::coordinate(store.clone(), groups.clone(), stop.clone());
     let state = AppState {
         groups,

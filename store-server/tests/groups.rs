@@ -183,6 +183,19 @@ async fn a_member_gets_every_event_of_its_partitions_in_stream_order_and_acks_mo
     assert_eq!(live[0]["revision"], 4);
     let (_, group) = server.get("/groups/g").await;
     assert_eq!(group["lag"], 2, "{group}");
+    let (_, metrics) = server.get_text("/metrics").await;
+    for series in [
+        "eventstore_group_lag_events{group=\"g\"} 2",
+        "eventstore_group_members{group=\"g\"} 1",
+        "eventstore_group_parked_events{group=\"g\"} 0",
+        "eventstore_group_rebalances_total{group=\"g\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+    let k = partition(&live[0], 4);
+    let series =
+        format!("eventstore_group_partition_lag_events{{group=\"g\",partition=\"{k}\"}} 2");
+    assert!(metrics.contains(&series), "{series}");
     server.stop().await;
 }
 

@@ -56,12 +56,24 @@ impl Default for Options {
 
 /// What this server's sessions of each group are told: something changed here (an ack, a
 /// member joined or left), read the state again now rather than at the next refresh.
-#[derive(Default)]
 pub struct Groups {
     changes: Mutex<HashMap<GroupName, watch::Sender<u64>>>,
+    rebalances: prometheus::IntCounterVec,
 }
 
 impl Groups {
+    /// Counting the rebalances made here into `rebalances` (label: the group).
+    pub fn new(rebalances: prometheus::IntCounterVec) -> Self {
+        Self { changes: Mutex::default(), rebalances }
+    }
+
+    /// A change made here moved partitions of `group` (or is about to, once released).
+    pub fn rebalanced(&self, group: &GroupName, moved: bool) {
+        if moved {
+            self.rebalances.with_label_values(&[group.as_str()]).inc();
+        }
+    }
+
     /// Tells the sessions of `group` on this server to read its state again.
     pub fn changed(&self, group: &GroupName) {
         let changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -114,6 +126,7 @@ async fn sweep(store: &dyn Store, groups: &Groups) -> Result<(), crate::store::E
         };
         store.change_group(&group.name, &mut rebalance).await?;
         if changed {
+            groups.rebalanced(&group.name, true);
             groups.changed(&group.name);
         }
     }

@@ -122,14 +122,15 @@ pub async fn serve(
     };
     info!(group = %member.group, member = %member.member, reason, "group member ended");
     // Its partitions go to the others at once.
-    let (name, session_id) = (member.member.clone(), member.session.clone());
+    let (name, session_id, mut moved) = (member.member.clone(), member.session.clone(), false);
     let mut leave = |state: &mut GroupState| {
         state.leave(&name, &session_id);
-        state.rebalance(Timestamp::now());
+        moved = state.rebalance(Timestamp::now());
     };
     if let Err(err) = store.change_group(&member.group, &mut leave).await {
         warn!(cause = %crate::error_chain(&err), "a leaving group member's partitions wait for its lease to lapse");
     }
+    session.groups.rebalanced(&member.group, moved);
     session.groups.changed(&member.group);
 }
 
@@ -277,7 +278,7 @@ impl Session {
         releases: &[u32],
         redeliveries: &[(u32, Position)],
     ) -> Result<(), Ended> {
-        let member = self.member.member.clone();
+        let (member, mut moved) = (self.member.member.clone(), false);
         let mut change = |state: &mut GroupState| {
             for &k in releases {
                 state.release(&member, k);
@@ -289,13 +290,14 @@ impl Session {
                     }
                 }
             }
-            state.rebalance(Timestamp::now());
+            moved = state.rebalance(Timestamp::now());
         };
         match self.store.change_group(&self.member.group, &mut change).await {
             Ok(true) => {
                 for k in releases {
                     self.parts.remove(k);
                 }
+                self.groups.rebalanced(&self.member.group, moved);
                 self.groups.changed(&self.member.group);
                 Ok(())
             }

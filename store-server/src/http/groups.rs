@@ -28,7 +28,7 @@ fn group_name(path: Result<Path<String>, PathRejection>) -> Result<GroupName, Ap
 }
 
 /// Whether `visible` reaches `group`: every stream of its category, or everything.
-fn reaches(visible: Option<&Extension<Visible>>, group: &GroupState) -> bool {
+pub(super) fn reaches(visible: Option<&Extension<Visible>>, group: &GroupState) -> bool {
     let Some(scope) = Visible::scope_of(visible) else { return true };
     group
         .settings
@@ -177,12 +177,10 @@ pub async fn subscribe(
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManySubscriptions)?;
     let session = uuid::Uuid::now_v7().to_string();
-    let (ttl, mut refused) = (state.group_options.member_timeout, None);
+    let (ttl, mut refused, mut moved) = (state.group_options.member_timeout, None, false);
     let mut join =
         |group: &mut GroupState| match group.join(&member, &session, Timestamp::now(), ttl) {
-            Ok(()) => {
-                group.rebalance(Timestamp::now());
-            }
+            Ok(()) => moved = group.rebalance(Timestamp::now()),
             Err(refusal) => refused = Some(refusal),
         };
     if !state.store.change_group(&name, &mut join).await? {
@@ -191,6 +189,7 @@ pub async fn subscribe(
     if let Some(refusal) = refused {
         return Err(ApiError::GroupRefused(refusal.to_string()));
     }
+    state.groups.rebalanced(&name, moved);
     state.groups.changed(&name);
     let Some(joined) = state.store.group(&name).await? else {
         return Err(ApiError::GroupNotFound(name));

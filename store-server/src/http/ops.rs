@@ -141,8 +141,53 @@ pub async fn metrics(
             .with_label_values(&[label])
             .set(to_i64(count as u64));
     }
-    let text = state.metrics.render_consumers(|name| Visible::covers(visible.as_ref(), name));
+    let reached = group_metrics(&state, visible.as_ref()).await;
+    let text = state.metrics.render_consumers(
+        |name| Visible::covers(visible.as_ref(), name),
+        |group| reached.contains(group),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// Refreshes the groups' gauges from storage (their members connect through any instance);
+/// answers the names of the groups `visible` reaches.
+async fn group_metrics(
+    state: &AppState,
+    visible: Option<&Extension<Visible>>,
+) -> std::collections::HashSet<String> {
+    let metrics = &state.metrics;
+    let read = tokio::try_join!(state.store.groups(), state.store.head());
+    let (groups, head) = match read {
+        Ok(read) => read,
+        Err(err) => {
+            warn!(cause = %crate::error_chain(&err), "cannot read groups for metrics");
+            return std::collections::HashSet::new();
+        }
+    };
+    for gauge in [&metrics.group_lag_events, &metrics.group_parked_events, &metrics.group_members] {
+        gauge.reset();
+    }
+    metrics.group_partition_lag_events.reset();
+    let mut reached = std::collections::HashSet::new();
+    for group in groups {
+        if super::groups::reaches(visible, &group) {
+            reached.insert(group.name.to_string());
+        }
+        let label = [group.name.as_str()];
+        metrics.group_parked_events.with_label_values(&label).set(to_i64(group.parked));
+        metrics.group_members.with_label_values(&label).set(group.members.len() as i64);
+        match crate::groups::lag(&*state.store, &group, head).await {
+            Ok((lag, partitions)) => {
+                metrics.group_lag_events.with_label_values(&label).set(to_i64(lag));
+                for (k, lag) in partitions.iter().enumerate() {
+                    let labels = [group.name.as_str(), &k.to_string()];
+                    metrics.group_partition_lag_events.with_label_values(&labels).set(to_i64(*lag));
+                }
+            }
+            Err(err) => warn!(cause = %crate::error_chain(&err), "cannot count a group's lag"),
+        }
+    }
+    reached
 }
 
 /// `GET /openapi.json`: the OpenAPI 3.1 document of this API, kept true by tests (and by
