@@ -31,6 +31,8 @@ async fn metrics_move_with_the_work_and_pass_promtool(server: &TestServer) {
     server.get("/streams/m-1").await;
     server.send_json(reqwest::Method::PUT, "/consumers/c-1", &json!({"position": 3})).await;
     let _subscriber = server.subscribe("/all/subscribe", None).await;
+    server.send_json(reqwest::Method::PUT, "/groups/g-1", &json!({})).await;
+    let _member = server.subscribe("/groups/g-1/subscribe?member=m", None).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let (status, text) = server.get_text("/metrics").await;
