@@ -119,7 +119,7 @@ async fn creating_a_group_is_idempotent_and_refuses_other_settings_and_bad_input
         json!({"after": "start"}),
         json!({"after": 5}),
         json!({"category": "a-b"}),
-        json!({"types": ["$x", 1]}),
+        json!({"types": ["Deposited", 1]}),
         json!({"unknown": true}),
         json!([]),
     ] {
