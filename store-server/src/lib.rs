@@ -16,8 +16,9 @@
 //! | `crypto` | the keys of crypto-shredding: the key file's master key wraps each data subject's key, which seals its events' data |
 //! | `append` | the write path: the writer's queue and group commit |
 //! | `scavenger` | removes what retention gives up, in steps the writer runs between commits |
-//! | `store` | the backend trait, `sqlite.rs`, `postgres/`, shared row checks and SQL, migrations |
+//! | `store` | the backend trait, `sqlite/`, `postgres/`, shared row checks and SQL, migrations |
 //! | `subscriptions` | live delivery: the tailer and its broadcast (`Hub`), one follower per SSE connection |
+//! | `groups` | consumer groups: the pure changes of a group's state (`state`, `balance`), one session per member, the coordinator's sweep |
 //! | `metrics` | the Prometheus registry |
 //! | `auth` | bearer tokens from the auth file: roles and stream scopes |
 //! | `tools` | operators' commands on a store's export: `verify` (invariants, digests) and `copy` (a live copy into other storage) |
@@ -27,7 +28,7 @@
 //! `decide::decide`, insert) → each request gets its own outcome.
 //!
 //! Modules import downward only, in this order (a test keeps it so): `protocol`, `decide`,
-//! `crypto`, `store`, `metrics`, `append`, `scavenger`, `subscriptions`, `auth`, `http`, `listen`,
+//! `crypto`, `store`, `metrics`, `append`, `scavenger`, `subscriptions`, `groups`, `auth`, `http`, `listen`,
 //! `config`, `server`, `tools`.
 //!
 //! Build with `default-features = false` for [`protocol`] alone.

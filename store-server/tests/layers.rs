@@ -15,6 +15,7 @@ const LAYERS: &[&str] = &[
     "append",
     "scavenger",
     "subscriptions",
+    "groups",
     "auth",
     "http",
     "listen",

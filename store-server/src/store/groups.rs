@@ -1,6 +1,6 @@
 //! Consumer groups as stored: settings, per partition the acknowledged position and the
-//! owner, the members' leases, parked events. What changes them is decided in
-//! `crate::groups` on a [`GroupState`] read under the group's lock, and written back as
+//! owner, the members' leases, parked events. What changes them is decided by the
+//! groups module on a [`GroupState`] read under the group's lock, and written back as
 //! the difference.
 
 use super::Error;
