@@ -315,3 +315,168 @@ async fn parked_events_are_skipped_listed_and_replayed_to_the_owner(backend: Bac
     }
     server.stop().await;
 }
+
+/// What the members' handlers saw: per partition, the member holding unacknowledged events
+/// of it, and how many; per stream, the revisions each member was sent.
+#[derive(Default)]
+struct Ledger {
+    holding: HashMap<u64, (String, usize)>,
+    twice: Vec<String>,
+    seen: HashMap<String, Vec<(String, u64)>>,
+}
+
+/// A member on `server`: handles (records) and acknowledges each event, until `stop`.
+async fn run_member(
+    server: String,
+    group: &'static str,
+    member: String,
+    ledger: std::sync::Arc<std::sync::Mutex<Ledger>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let client = reqwest::Client::new();
+    let url = format!("{server}/groups/{group}/subscribe?member={member}");
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut messages = response.bytes_stream().eventsource();
+    let mut stop = stop;
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => message,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let Some(Ok(message)) = message else { break };
+        if message.event != "message" {
+            continue;
+        }
+        let event: Value = serde_json::from_str(&message.data).unwrap();
+        let k = event["partition"].as_u64().unwrap();
+        {
+            let mut ledger = ledger.lock().unwrap();
+            let holder = ledger.holding.entry(k).or_insert_with(|| (member.clone(), 0));
+            if holder.0 != member && holder.1 > 0 {
+                let twice = format!(
+                    "partition {k}: {member} sent an event while {} holds {}",
+                    holder.0, holder.1
+                );
+                ledger.twice.push(twice);
+            }
+            let holder = ledger.holding.get_mut(&k).unwrap();
+            *holder = (member.clone(), if holder.0 == member { holder.1 + 1 } else { 1 });
+            let stream = event["stream"].as_str().unwrap().to_owned();
+            ledger
+                .seen
+                .entry(stream)
+                .or_default()
+                .push((member.clone(), event["revision"].as_u64().unwrap()));
+        }
+        let positions = json!({ k.to_string(): event["position"] });
+        let ack = client
+            .post(format!("{server}/groups/{group}/ack"))
+            .json(&json!({"member": member, "positions": positions}))
+            .send()
+            .await
+            .unwrap();
+        let mut ledger = ledger.lock().unwrap();
+        if ack.status() == StatusCode::NO_CONTENT {
+            if let Some(holder) = ledger.holding.get_mut(&k).filter(|h| h.0 == member) {
+                holder.1 = holder.1.saturating_sub(1);
+            }
+        }
+    }
+    // Gone: what it held is released by the server, redelivered to the next owner.
+    let mut ledger = ledger.lock().unwrap();
+    for holder in ledger.holding.values_mut().filter(|h| h.0 == member) {
+        holder.1 = 0;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_two_instances_never_share_a_partition_and_see_each_stream_in_order() {
+    let test = "members_on_two_instances_never_share_a_partition_and_see_each_stream_in_order";
+    let Some(url) = store_testing::postgres::fresh_database().await else {
+        store_testing::postgres::skip(test);
+        return;
+    };
+    let config = store_server::config::Config::postgres(url);
+    let servers = [TestServer::start(config.clone()).await, TestServer::start(config).await];
+    put_group(&servers[0], "g", json!({"category": "account", "partitions": 16})).await;
+    let ledger = std::sync::Arc::new(std::sync::Mutex::new(Ledger::default()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let member = |n: usize, on: usize| {
+        let (url, ledger, stopped) = (servers[on].url.clone(), ledger.clone(), stopped.clone());
+        tokio::spawn(run_member(url, "g", format!("m{n}"), ledger, stopped))
+    };
+    let mut members: Vec<_> = (0..3).map(|n| member(n, n % 2)).collect();
+    // 6 writers over 200 streams, through both instances.
+    let writers: Vec<_> = (0..6)
+        .map(|w| {
+            let url = servers[w % 2].url.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                for i in 0..100 {
+                    let stream = format!("account-{}", (w * 100 + i * 7) % 200);
+                    let body = json!({"events": [{"type": "Deposited", "data": i}]});
+                    let response = client
+                        .post(format!("{url}/streams/{stream}"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), StatusCode::CREATED);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One member goes mid-run (its connection drops), another joins on the other instance.
+    let gone = members.remove(0);
+    gone.abort();
+    let _ = gone.await;
+    // Killed: it handles nothing any more; the server redelivers what it held.
+    for holder in ledger.lock().unwrap().holding.values_mut().filter(|h| h.0 == "m0") {
+        holder.1 = 0;
+    }
+    members.push(member(3, 1));
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    // Wait until every event is acknowledged.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, group) = servers[0].get("/groups/g").await;
+        if group["lag"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not all acknowledged: {group}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send_replace(true);
+    for member in members {
+        let _ = member.await;
+    }
+    let ledger = ledger.lock().unwrap();
+    assert!(ledger.twice.is_empty(), "{:#?}", ledger.twice);
+    let delivered: usize = ledger
+        .seen
+        .values()
+        .map(|s| {
+            let revisions: std::collections::BTreeSet<u64> = s.iter().map(|(_, r)| *r).collect();
+            revisions.len()
+        })
+        .sum();
+    assert_eq!(delivered, 600, "every event handled at least once");
+    for (stream, seen) in &ledger.seen {
+        // Each member saw the stream's events in revision order.
+        let mut last: HashMap<&str, u64> = HashMap::new();
+        for (member, revision) in seen {
+            if let Some(before) = last.insert(member, *revision) {
+                assert!(*revision > before, "{stream}: {member} got {revision} after {before}");
+            }
+        }
+    }
+    for server in servers {
+        server.stop().await;
+    }
+}
