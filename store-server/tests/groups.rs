@@ -456,6 +456,9 @@ async fn members_on_two_instances_never_share_a_partition_and_see_each_stream_in
     for member in members {
         let _ = member.await;
     }
+    for server in servers {
+        server.stop().await;
+    }
     let ledger = ledger.lock().unwrap();
     assert!(ledger.twice.is_empty(), "{:#?}", ledger.twice);
     let delivered: usize = ledger
@@ -475,8 +478,5 @@ async fn members_on_two_instances_never_share_a_partition_and_see_each_stream_in
                 assert!(*revision > before, "{stream}: {member} got {revision} after {before}");
             }
         }
-    }
-    for server in servers {
-        server.stop().await;
     }
 }
