@@ -3,13 +3,13 @@
 use crate::backoff::Backoff;
 use crate::protocol::{
     AppendRequest, AppendResult, Category, CategoryList, CategoryMetadata, CategoryRetention,
-    Condition, Consumer, ConsumerConflict, ConsumerName, ConsumerWait, DataSubject,
-    DataSubjectInfo, Deletion, Direction, EventId, EventType, ExpectedRevision, MultiAppendRequest,
-    MultiAppendResult, NewEvent, Page, Position, Problem, ProblemType, QueryItem, QueryPage,
-    QueryRequest, SetConsumer, StreamList, StreamMetadata, StreamName, StreamRetention,
-    StreamRevision, Tag, TypeList,
+    Condition, Consumer, ConsumerConflict, ConsumerName, ConsumerWait, CreateGroup, DataSubject,
+    DataSubjectInfo, Deletion, Direction, EventId, EventType, ExpectedRevision, Group, GroupAck,
+    GroupNack, GroupName, MemberName, MultiAppendRequest, MultiAppendResult, NewEvent, Page,
+    Position, Problem, ProblemType, QueryItem, QueryPage, QueryRequest, SetConsumer, StreamList,
+    StreamMetadata, StreamName, StreamRetention, StreamRevision, Tag, TypeList,
 };
-use crate::subscription::{Subscription, Target};
+use crate::subscription::{GroupSubscription, Subscription, Target};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -741,6 +741,62 @@ impl Client {
             Some(_) => Retry::Never,
         };
         self.send(request.json(update), retry).await
+    }
+
+    /// Creates consumer group `name` (an admin token), or finds it created with the same
+    /// settings.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] (`group-exists` when it exists with other settings) or
+    /// [`Error::Http`].
+    pub async fn create_group(
+        &self,
+        name: &GroupName,
+        group: &CreateGroup,
+    ) -> Result<Group, Error> {
+        let request = self.request(Method::PUT, &format!("/groups/{}", encode(name.as_str())));
+        self.send(request.json(group), Retry::Safe).await
+    }
+
+    /// A consumer group: its members, positions, lag; `None` when unknown.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] or [`Error::Http`].
+    pub async fn group(&self, name: &GroupName) -> Result<Option<Group>, Error> {
+        let path = format!("/groups/{}", encode(name.as_str()));
+        match self.send(self.request(Method::GET, &path), Retry::Safe).await {
+            Err(Error::Problem(problem)) if problem.kind() == Some(ProblemType::GroupNotFound) => {
+                Ok(None)
+            }
+            other => other.map(Some),
+        }
+    }
+
+    /// Acknowledges a member's events of group `name`, per partition up to a position.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] (`group-member-conflict` for a partition the member does not own)
+    /// or [`Error::Http`].
+    pub async fn ack_group(&self, name: &GroupName, ack: &GroupAck) -> Result<(), Error> {
+        let request = self.request(Method::POST, &format!("/groups/{}/ack", encode(name.as_str())));
+        // Acknowledging again is harmless: positions never move back.
+        self.send(request.json(ack), Retry::Safe).await
+    }
+
+    /// Gives one event of group `name` back: parked, or to be sent again.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] or [`Error::Http`].
+    pub async fn nack_group(&self, name: &GroupName, nack: &GroupNack) -> Result<(), Error> {
+        let request =
+            self.request(Method::POST, &format!("/groups/{}/nack", encode(name.as_str())));
+        self.send(request.json(nack), Retry::Safe).await
+    }
+
+    /// Connects to group `name` as `member`: its share of the group's events, reconnecting
+    /// after failures. Drop it to leave the group; its partitions go to the others at once.
+    pub fn subscribe_group(&self, name: &GroupName, member: &MemberName) -> GroupSubscription {
+        GroupSubscription::start(self.clone(), name.clone(), member.clone())
     }
 
     /// A consumer's position; `None` when unknown.

@@ -22,8 +22,9 @@ pub use client::{
 pub use decision::{DecisionHandler, DecisionModel};
 pub use events::{EventError, UpcastError, Upcasters};
 pub use projection::{
-    BATCH_EVENTS_MAX_DEFAULT, DeadLetter, Envelope, Erased, HANDLER_RETRY_DEFAULT, Handler,
-    HandlerError, InPostgres, OnFailure, OnServer, Options, Projection, Recorded, RunError, Runner,
-    RunnerOptions, ServerRunner, ServerRunnerOptions,
+    BATCH_EVENTS_MAX_DEFAULT, DeadLetter, Envelope, Erased, GroupHandler, GroupRunner,
+    GroupRunnerOptions, HANDLER_RETRY_DEFAULT, Handler, HandlerError, InGroup, InPostgres,
+    OnFailure, OnServer, Options, Projection, Recorded, RunError, Runner, RunnerOptions,
+    ServerRunner, ServerRunnerOptions,
 };
-pub use subscription::{Message, Subscription, Target};
+pub use subscription::{GroupMessage, GroupSubscription, Message, Subscription, Target};

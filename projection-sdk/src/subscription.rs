@@ -192,3 +192,119 @@ fn decode(message: &eventsource_stream::Event) -> Result<Option<Message>, Error>
         _ => return Ok(None), // a kind of message this SDK does not know yet
     }))
 }
+
+/// One message of a consumer group's subscription.
+#[derive(Debug, Clone)]
+pub enum GroupMessage {
+    /// The partitions this member owns from now on (the first message of each connection,
+    /// and after every rebalance).
+    Assigned(Vec<u32>),
+    /// The next event of one of its partitions, in position order within the partition.
+    Event {
+        /// The event.
+        event: RecordedEvent,
+        /// Its partition.
+        partition: u32,
+    },
+}
+
+/// A member's connection to a consumer group. Drop it to leave the group.
+///
+/// It reconnects after failures (also while the server still holds the member's previous
+/// connection: `409 group-member-conflict`), and ends with an error only when the server
+/// refuses for good (no such group, a missing token).
+pub struct GroupSubscription {
+    messages: mpsc::Receiver<Result<GroupMessage, Error>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GroupSubscription {
+    pub(crate) fn start(
+        client: Client,
+        group: crate::protocol::GroupName,
+        member: crate::protocol::MemberName,
+    ) -> Self {
+        let (out, messages) = mpsc::channel(READY_MESSAGES_MAX);
+        let task = tokio::spawn(follow_group(client, group, member, out));
+        Self { messages, task }
+    }
+}
+
+impl Drop for GroupSubscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stream for GroupSubscription {
+    type Item = Result<GroupMessage, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.messages.poll_recv(cx)
+    }
+}
+
+async fn follow_group(
+    client: Client,
+    group: crate::protocol::GroupName,
+    member: crate::protocol::MemberName,
+    out: mpsc::Sender<Result<GroupMessage, Error>>,
+) {
+    let path =
+        format!("/groups/{}/subscribe?member={}", encode(group.as_str()), encode(member.as_str()));
+    let mut reconnects = RECONNECT.start();
+    loop {
+        match client.endless_request(Method::GET, &path).send().await {
+            Ok(response) if response.status().is_success() => {
+                reconnects.reset();
+                let mut messages = response.bytes_stream().eventsource();
+                while let Some(Ok(message)) = messages.next().await {
+                    let decoded = match message.event.as_str() {
+                        "assigned" => {
+                            serde_json::from_str::<crate::protocol::Assigned>(&message.data)
+                                .map(|a| GroupMessage::Assigned(a.partitions))
+                                .map_err(|e| Error::Decode(e.to_string()))
+                        }
+                        "message" => decode_group_event(&message.data),
+                        _ => continue,
+                    };
+                    let stop = decoded.is_err();
+                    if out.send(decoded).await.is_err() || stop {
+                        return;
+                    }
+                }
+            }
+            // The server may still hold this member's last connection: wait for it to go.
+            Ok(response) if response.status() == reqwest::StatusCode::CONFLICT => {
+                tracing::info!(%group, %member, "member still connected elsewhere; retrying");
+            }
+            Ok(response) if response.status().is_client_error() => {
+                let status = response.status();
+                let body = response.bytes().await.unwrap_or_default();
+                let _ = out.send(Err(Error::from_problem(problem(status, &body)))).await;
+                return;
+            }
+            Ok(response) => {
+                tracing::warn!(status = %response.status(), "group subscription refused; retrying");
+            }
+            Err(err) => tracing::warn!(cause = %err, "group subscription lost; reconnecting"),
+        }
+        if out.is_closed() {
+            return;
+        }
+        reconnects.wait().await;
+    }
+}
+
+fn decode_group_event(data: &str) -> Result<GroupMessage, Error> {
+    let mut value: serde_json::Value =
+        serde_json::from_str(data).map_err(|e| Error::Decode(e.to_string()))?;
+    let partition = value
+        .as_object_mut()
+        .and_then(|object| object.remove("partition"))
+        .and_then(|k| k.as_u64())
+        .and_then(|k| u32::try_from(k).ok())
+        .ok_or_else(|| Error::Decode(format!("no partition in {data}")))?;
+    let event = serde_json::from_value(value).map_err(|e| Error::Decode(e.to_string()))?;
+    Ok(GroupMessage::Event { event, partition })
+}

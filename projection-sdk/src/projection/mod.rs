@@ -4,9 +4,11 @@
 //! (exactly-once effect); [`ServerRunner`] keeps the position of any other read model on the
 //! store server (at-least-once).
 
+mod group;
 mod postgres;
 mod server;
 
+pub use group::{GroupHandler, GroupRunner, GroupRunnerOptions, InGroup};
 pub use postgres::{DeadLetter, Runner};
 pub use server::{Handler, ServerRunner};
 

@@ -427,17 +427,18 @@ fn gauge(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-struct Metrics {
-    registry: Registry,
-    events_processed_total: IntCounter,
-    position: IntGauge,
-    lag_events: IntGauge,
-    errors_total: IntCounter,
-    batch_duration_seconds: Histogram,
+/// The `projection_*` metrics every runner keeps, labelled by its projection (or group).
+pub(super) struct Metrics {
+    pub registry: Registry,
+    pub events_processed_total: IntCounter,
+    pub position: IntGauge,
+    pub lag_events: IntGauge,
+    pub errors_total: IntCounter,
+    pub batch_duration_seconds: Histogram,
 }
 
 impl Metrics {
-    fn new(projection: &str) -> Result<Self, prometheus::Error> {
+    pub fn new(projection: &str) -> Result<Self, prometheus::Error> {
         let labels =
             std::collections::HashMap::from([("projection".to_owned(), projection.to_owned())]);
         let registry = Registry::new_custom(Some("projection".into()), Some(labels))?;
