@@ -236,3 +236,88 @@ fn change(event: &Envelope<AccountEvent>) -> Option<Change<'_>> {
         _ => return None,
     })
 }
+
+/// The same read model run by a consumer group: any number of `balances --group-member`
+/// processes share the accounts, each account's events applied by one of them at a time,
+/// in order. Delivery is at-least-once, so each row keeps the revision it was built up to
+/// and an event seen again changes nothing.
+///
+/// It follows the `account` category (a group has one filter), so it does not hear of
+/// erasures in `$data-subjects`: run the single [`Balances`] runner where holders' names
+/// must go at once.
+pub struct GroupBalances {
+    db: tokio_postgres::Client,
+}
+
+/// The group [`GroupBalances`] runs in, and how it is created.
+pub fn balances_group()
+-> (projection_sdk::protocol::GroupName, projection_sdk::protocol::CreateGroup) {
+    let types = ["Deposited", "Withdrawn", "HolderNamed", "$stream-deleted"];
+    let create = projection_sdk::protocol::CreateGroup {
+        category: Some(projection_sdk::protocol::Category::new("account").expect("a category")),
+        types: types.map(|t| EventType::new(t).expect("valid types")).to_vec(),
+        partitions: 16,
+        after: projection_sdk::protocol::GroupStart::After(projection_sdk::protocol::Position(0)),
+    };
+    (projection_sdk::protocol::GroupName::new("balances").expect("a group name"), create)
+}
+
+impl GroupBalances {
+    /// Creates `balances_v1` (and its revision column) if missing.
+    ///
+    /// # Errors
+    /// The read model's database fails.
+    pub async fn new(db: tokio_postgres::Client) -> Result<Self, tokio_postgres::Error> {
+        db.batch_execute(
+            "CREATE TABLE IF NOT EXISTS balances_v1 (
+                 account_id text   PRIMARY KEY,
+                 balance    bigint NOT NULL
+             );
+             ALTER TABLE balances_v1 ADD COLUMN IF NOT EXISTS holder text,
+                                     ADD COLUMN IF NOT EXISTS holder_subject text,
+                                     ADD COLUMN IF NOT EXISTS revision bigint NOT NULL DEFAULT -1",
+        )
+        .await?;
+        Ok(Self { db })
+    }
+}
+
+#[async_trait::async_trait]
+impl projection_sdk::GroupHandler for GroupBalances {
+    type Event = AccountEvent;
+
+    async fn apply(&mut self, event: &Envelope<AccountEvent>) -> Result<(), HandlerError> {
+        let revision = i64::try_from(event.revision.0)?;
+        let Some(change) = change(event) else { return Ok(()) };
+        // Each statement applies only past the row's revision: a redelivered event is a no-op.
+        match change {
+            Change::Amount(id, amount) => {
+                self.db
+                    .execute(
+                        "INSERT INTO balances_v1 (account_id, balance, revision) VALUES ($1, $2, $3)
+                         ON CONFLICT (account_id) DO UPDATE
+                         SET balance = balances_v1.balance + EXCLUDED.balance, revision = $3
+                         WHERE balances_v1.revision < $3",
+                        &[&id, &amount, &revision],
+                    )
+                    .await?;
+            }
+            Change::Holder(id, name, subject) => {
+                self.db
+                    .execute(
+                        "INSERT INTO balances_v1 (account_id, balance, holder, holder_subject, revision)
+                         VALUES ($1, 0, $2, $3, $4) ON CONFLICT (account_id) DO UPDATE
+                         SET holder = $2, holder_subject = $3, revision = $4
+                         WHERE balances_v1.revision < $4",
+                        &[&id, &name, &subject, &revision],
+                    )
+                    .await?;
+            }
+            Change::Closed(id) => {
+                self.db.execute("DELETE FROM balances_v1 WHERE account_id = $1", &[&id]).await?;
+            }
+            Change::Erased(_) => {} // not in the category: see the type's documentation
+        }
+        Ok(())
+    }
+}

@@ -434,3 +434,99 @@ async fn erasing_a_holder_keeps_the_balance_and_drops_the_name_from_the_store_an
     position(withdrawn.unwrap()).await;
     store.stop().await;
 }
+
+/// What `balances_v1` holds, per account.
+async fn balances_in_the_read_model(db: &str, accounts: usize) -> BTreeMap<String, i64> {
+    let (client, connection) = tokio_postgres::connect(db, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let mut model = BTreeMap::new();
+    for n in 0..accounts {
+        let id = format!("a{n}");
+        let row = client
+            .query_opt("SELECT balance FROM balances_v1 WHERE account_id = $1", &[&id])
+            .await
+            .unwrap();
+        model.insert(id, row.map_or(0, |r| r.get::<_, i64>(0)));
+    }
+    model
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_group_members_share_the_accounts_and_one_killed_leaves_the_other_exact() {
+    const ACCOUNTS: usize = 20;
+    let test = "two_group_members_share_the_accounts_and_one_killed_leaves_the_other_exact";
+    let Some(db) = postgres::fresh_database().await else { return postgres::skip(test) };
+    let dir = tempfile::tempdir().unwrap();
+    let store_address = free_address();
+    let store = start_store(dir.path(), &store_address).await;
+    let store_url = format!("http://{store_address}");
+    let client = Client::new(&store_url);
+    let member = |name: &'static str| {
+        let (listen, store_url, db) = (free_address(), store_url.clone(), db.clone());
+        async move {
+            let args = [
+                "--listen",
+                &listen,
+                "--store",
+                &store_url,
+                "--database-url",
+                &db,
+                "--group-member",
+                name,
+            ];
+            let child = spawn(env!("CARGO_BIN_EXE_balances"), &args).await;
+            wait_until_serving(&listen).await;
+            child
+        }
+    };
+    let mut first = member("b1").await;
+    let _second = member("b2").await;
+    let deposit = |n: usize| {
+        let client = client.clone();
+        async move {
+            let event = NewEvent::new(
+                EventType::new("Deposited").unwrap(),
+                &json!({"amount": 1 + n % 7, "currency": "USD"}),
+            )
+            .unwrap();
+            let stream = bank_account::stream(&format!("a{}", n % ACCOUNTS)).unwrap();
+            client.append(&stream, ExpectedRevision::Any, vec![event]).await.unwrap();
+        }
+    };
+    for n in 0..200 {
+        deposit(n).await;
+    }
+    let group = bank_account::balances_group().0;
+    let caught_up = || async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = client.group(&group).await.unwrap().expect("the members created it");
+            if state.lag == 0 {
+                return state;
+            }
+            assert!(std::time::Instant::now() < deadline, "the group catches up: {state:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let state = caught_up().await;
+    let shares: Vec<usize> = state.members.iter().map(|m| m.partitions.len()).collect();
+    assert_eq!(shares, [8, 8], "two members, half the partitions each: {state:?}");
+    assert_eq!(
+        balances_in_the_read_model(&db, ACCOUNTS).await,
+        balances_in_the_store(&client, ACCOUNTS).await
+    );
+
+    // b1 is killed (SIGKILL): b2 takes its accounts, and the read model stays exact.
+    first.kill().await.unwrap();
+    for n in 200..400 {
+        deposit(n).await;
+    }
+    let state = caught_up().await;
+    assert_eq!(state.members.len(), 1, "{state:?}");
+    assert_eq!(state.members[0].partitions.len(), 16, "{state:?}");
+    assert_eq!(
+        balances_in_the_read_model(&db, ACCOUNTS).await,
+        balances_in_the_store(&client, ACCOUNTS).await
+    );
+    store.stop().await;
+}
