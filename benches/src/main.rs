@@ -7,6 +7,7 @@
 //! cargo run --release -p benches -- catchup --events 1000000
 //! cargo run --release -p benches -- live --subscribers 100 --rate 5000
 //! cargo run --release -p benches -- projection --events 100000 --database-url postgres://…
+//! cargo run --release -p benches -- group --members 3 --events 100000 --database-url postgres://…
 //! cargo run --release -p benches -- scavenge --backlog 1000000 --clients 64
 //! cargo run --release -p benches -- expire-size --data-dir data --minutes 2
 //! cargo run --release -p benches -- tags --events 200000
@@ -14,6 +15,7 @@
 
 mod appends;
 mod contention;
+mod group;
 mod projection;
 mod raw;
 mod reads;
@@ -56,6 +58,8 @@ enum Scenario {
     Live(subscribe::LiveArgs),
     /// The SDK's projection runner into a PostgreSQL read model.
     Projection(projection::Args),
+    /// The same read model applied by the members of a consumer group.
+    Group(group::Args),
     /// Baseline: inserts of the same rows straight into SQLite, no server.
     SqliteInserts(raw::SqliteInsertArgs),
     /// Baseline: one connection paging through the store's own `events` table.
@@ -81,6 +85,7 @@ async fn main() {
         Scenario::Catchup(args) => ("catchup", subscribe::catchup(&cli.url, args).await),
         Scenario::Live(args) => ("live", subscribe::live(&cli.url, args).await),
         Scenario::Projection(args) => ("projection", projection::run(&cli.url, args).await),
+        Scenario::Group(args) => ("group", group::run(&cli.url, args).await),
         Scenario::Scavenge(args) => ("scavenge", retention::scavenge(&cli.url, args).await),
         Scenario::ExpireSize(args) => ("expire-size", retention::expire_size(&cli.url, args).await),
         Scenario::SqliteInserts(args) => ("appends", raw::sqlite_inserts(args).await),

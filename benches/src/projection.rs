@@ -38,13 +38,13 @@ async fn account_events(client: &Client) -> u64 {
     }
 }
 
-/// Fills the account category, then times the runner from position 0 to the head.
-pub async fn run(url: &str, args: Args) -> Value {
-    let client = Client::new(url);
+/// Fills the account category up to `events` (100 streams, 100 events per append);
+/// answers how many account events the log holds.
+pub async fn fill_accounts(client: &Client, events: u64) -> u64 {
     let encoder = upcasters();
-    let mut stored = account_events(&client).await;
+    let mut stored = account_events(client).await;
     let mut n = 0u64;
-    while stored < args.events {
+    while stored < events {
         let events = (0..100)
             .map(|i| {
                 let event = AccountEvent::Deposited { amount: 1 + (i % 7), currency: "EUR".into() };
@@ -56,6 +56,13 @@ pub async fn run(url: &str, args: Args) -> Value {
         stored += 100;
         n += 1;
     }
+    stored
+}
+
+/// Fills the account category, then times the runner from position 0 to the head.
+pub async fn run(url: &str, args: Args) -> Value {
+    let client = Client::new(url);
+    let stored = fill_accounts(&client, args.events).await;
     let head = client.read_all(&LogRead::forward().limit(1)).await.expect("read the head").head;
 
     let (db, connection) =

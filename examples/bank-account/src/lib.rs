@@ -320,4 +320,57 @@ impl projection_sdk::GroupHandler for GroupBalances {
         }
         Ok(())
     }
+
+    /// Deposits and withdrawals in one transaction: each account's rows locked, the events
+    /// past its revision summed, one upsert. A batch with rarer changes goes one by one.
+    async fn apply_batch(&mut self, events: &[Envelope<AccountEvent>]) -> Result<(), HandlerError> {
+        let mut amounts = Vec::with_capacity(events.len());
+        for event in events {
+            match change(event) {
+                Some(Change::Amount(id, amount)) => amounts.push((id, amount, event.revision.0)),
+                None => {}
+                Some(_) => {
+                    for event in events {
+                        self.apply(event).await?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        let tx = self.db.transaction().await?;
+        let ids: Vec<&str> = amounts.iter().map(|(id, ..)| *id).collect();
+        let rows = tx
+            .query(
+                "SELECT account_id, revision FROM balances_v1 WHERE account_id = ANY($1) FOR UPDATE",
+                &[&ids],
+            )
+            .await?;
+        let mut at: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
+        for row in &rows {
+            let id: &str = row.get(0);
+            let stored = ids.iter().find(|known| **known == id).copied().unwrap_or_default();
+            at.insert(stored, (0, row.get(1)));
+        }
+        for (id, amount, revision) in amounts {
+            let revision = i64::try_from(revision)?;
+            let (sum, last) = at.entry(id).or_insert((0, -1));
+            if revision > *last {
+                *sum += amount;
+                *last = revision;
+            }
+        }
+        let (ids, changes): (Vec<&str>, Vec<(i64, i64)>) = at.into_iter().unzip();
+        let (sums, revisions): (Vec<i64>, Vec<i64>) = changes.into_iter().unzip();
+        tx.execute(
+            "INSERT INTO balances_v1 (account_id, balance, revision)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[])
+             ON CONFLICT (account_id) DO UPDATE
+             SET balance = balances_v1.balance + EXCLUDED.balance, revision = EXCLUDED.revision
+             WHERE balances_v1.revision < EXCLUDED.revision",
+            &[&ids, &sums, &revisions],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }

@@ -28,7 +28,24 @@ pub trait GroupHandler: Send {
     /// # Errors
     /// The runner retries, then parks the event and goes on.
     async fn apply(&mut self, event: &Envelope<Self::Event>) -> Result<(), HandlerError>;
+
+    /// Applies a batch of events of this member's partitions, in position order (one
+    /// transaction, say). Unless a handler implements it, the runner applies the events one
+    /// by one with [`GroupHandler::apply`]; it does so too when a batch fails for good,
+    /// parking the events that fail.
+    ///
+    /// # Errors
+    /// The runner retries the batch, then falls back to [`GroupHandler::apply`].
+    async fn apply_batch(&mut self, events: &[Envelope<Self::Event>]) -> Result<(), HandlerError> {
+        let _ = events;
+        Err(Box::new(Unbatched))
+    }
 }
+
+/// What the default [`GroupHandler::apply_batch`] answers: apply one by one.
+#[derive(Debug, thiserror::Error)]
+#[error("the handler applies events one by one")]
+struct Unbatched;
 
 /// What only a [`GroupRunner`] needs: its group and its own name in it.
 #[derive(Debug, Clone)]
@@ -143,11 +160,17 @@ impl<H: GroupHandler> GroupRunner<H> {
         let started = std::time::Instant::now();
         let mut through: BTreeMap<u32, Position> = BTreeMap::new();
         for (event, partition) in &batch {
-            if !self.apply_with_retries(event).await {
-                self.park(event.position).await?;
-            }
             through.insert(*partition, event.position);
         }
+        let events: Vec<RecordedEvent> = batch.into_iter().map(|(event, _)| event).collect();
+        if !self.apply_batch_with_retries(&events).await {
+            for event in &events {
+                if !self.apply_with_retries(event).await {
+                    self.park(event.position).await?;
+                }
+            }
+        }
+        let batch = events;
         let ack = GroupAck { member: self.options.only.member.clone(), positions: through };
         match self.store.ack_group(&self.options.only.group, &ack).await {
             Ok(()) => {}
@@ -164,6 +187,32 @@ impl<H: GroupHandler> GroupRunner<H> {
             self.metrics.position.set(i64::try_from(last.0).unwrap_or(i64::MAX));
         }
         Ok(())
+    }
+
+    /// Whether the handler applied the whole batch (every event decoded), retrying as the
+    /// options say.
+    async fn apply_batch_with_retries(&mut self, events: &[RecordedEvent]) -> bool {
+        let Ok(envelopes) = events
+            .iter()
+            .map(|event| envelope(&self.upcasters, event))
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            return false; // one by one: the undecodable event is parked on its own
+        };
+        let mut retries = self.options.retry.start();
+        loop {
+            let Err(cause) = self.handler.apply_batch(&envelopes).await else { return true };
+            if cause.is::<Unbatched>() {
+                return false;
+            }
+            self.metrics.errors_total.inc();
+            let attempt = retries.done();
+            if !retries.wait().await {
+                tracing::warn!(group = %self.options.only.group, %cause, "batch failed; applying its events one by one");
+                return false;
+            }
+            tracing::warn!(group = %self.options.only.group, %cause, attempt, "batch failed; retrying");
+        }
     }
 
     /// Whether the handler applied `event`, retrying as the options say.
