@@ -43,6 +43,12 @@ impl GroupHandler for Counting {
         self.applied.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+
+    async fn apply_batch(&mut self, events: &[Envelope<Self::Event>]) -> Result<(), HandlerError> {
+        self.handler.apply_batch(events).await?;
+        self.applied.fetch_add(events.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {
