@@ -17,6 +17,7 @@ per_backend!(
     a_member_that_never_acks_is_sent_at_most_the_inflight_limit_per_partition,
     a_member_that_stops_acknowledging_loses_its_partitions_after_the_timeout,
     parked_events_are_skipped_listed_and_replayed_to_the_owner,
+    three_members_get_16_partitions_within_one_of_even_and_a_deleted_group_ends_them,
 );
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -479,4 +480,43 @@ async fn members_on_two_instances_never_share_a_partition_and_see_each_stream_in
             }
         }
     }
+}
+
+async fn three_members_get_16_partitions_within_one_of_even_and_a_deleted_group_ends_them(
+    backend: Backend,
+    test: &str,
+) {
+    let Some(server) = TestServer::fresh(backend, test).await else { return };
+    put_group(&server, "g", json!({"partitions": 16})).await;
+    let mut members = Vec::new();
+    for name in ["m1", "m2", "m3"] {
+        members.push(join(&server, "g", name).await);
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    let shares = loop {
+        let (_, group) = server.get("/groups/g").await;
+        let mut shares: Vec<usize> = group["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["partitions"].as_array().unwrap().len())
+            .collect();
+        shares.sort_unstable();
+        if shares.iter().sum::<usize>() == 16 && shares.len() == 3 {
+            break shares;
+        }
+        assert!(std::time::Instant::now() < deadline, "{group}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(shares, [5, 5, 6]);
+    let (status, _) = server.send_json(reqwest::Method::DELETE, "/groups/g", &json!(null)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Each member's connection ends: its group is gone.
+    for mut member in members {
+        let started = std::time::Instant::now();
+        while member.next(WAIT).await.is_some() {}
+        // `next` also answers None after WAIT without a message: the stream must end sooner.
+        assert!(started.elapsed() < WAIT / 2, "the connection ended rather than going quiet");
+    }
+    server.stop().await;
 }

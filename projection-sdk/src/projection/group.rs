@@ -76,6 +76,42 @@ impl GroupRunnerOptions {
 
 /// Runs a [`GroupHandler`] as one member of a consumer group.
 ///
+/// ```no_run
+/// use projection_sdk::protocol::{CreateGroup, GroupName, GroupStart, MemberName, Position};
+/// use projection_sdk::{Client, Envelope, GroupHandler, GroupRunner, GroupRunnerOptions};
+/// use projection_sdk::{HandlerError, Upcasters};
+///
+/// #[derive(serde::Deserialize)]
+/// #[serde(tag = "type", content = "data")]
+/// enum AccountEvent {
+///     Deposited { amount: i64 },
+/// }
+///
+/// struct Totals(i64);
+///
+/// #[async_trait::async_trait]
+/// impl GroupHandler for Totals {
+///     type Event = AccountEvent;
+///     async fn apply(&mut self, event: &Envelope<AccountEvent>) -> Result<(), HandlerError> {
+///         if let projection_sdk::Recorded::Event(AccountEvent::Deposited { amount }) = &event.event {
+///             self.0 += amount;
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = Client::new("http://127.0.0.1:2114");
+/// let group = GroupName::new("totals")?;
+/// let create = CreateGroup { category: None, types: vec![], partitions: 16, after: GroupStart::After(Position(0)) };
+/// store.create_group(&group, &create).await?;
+/// let options = GroupRunnerOptions::member(group, MemberName::new("worker-1")?);
+/// let mut runner = GroupRunner::new(Totals(0), store, Upcasters::new(), options)?;
+/// runner.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(())
+/// # }
+/// ```
+///
 /// It hands the handler the events of the partitions it owns, a batch at a time,
 /// acknowledges each batch once applied, retries a failing event
 /// ([`Options::retry`]) and then parks it (`nack` with `park`: it is kept aside on the

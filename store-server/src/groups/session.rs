@@ -165,9 +165,12 @@ impl Session {
                     if let Err(ended) = self.live(batch, &mut live).await {
                         return ended;
                     }
+                    // The state is read at the refresh, or when something changed here (an
+                    // acknowledgement): not once per commit.
+                    continue;
                 }
                 // Behind the broadcast: storage has it, at the next turn.
-                Some(Err(RecvError::Lagged(_))) => {}
+                Some(Err(RecvError::Lagged(_))) => continue,
                 Some(Err(RecvError::Closed)) => return Ended::Stopped,
                 None => {}
             }
@@ -202,6 +205,11 @@ impl Session {
         }
         if self.renewed_at.elapsed() >= self.options.member_timeout / 4 {
             self.renew().await?;
+        }
+        // Fenced: past half the timeout without a renewal, another instance may soon see the
+        // lease lapse and give these partitions away. Stop sending before it can.
+        if self.renewed_at.elapsed() > self.options.member_timeout / 2 {
+            return Err(Ended::Lost);
         }
         let mut releases = Vec::new();
         let mut redeliveries = Vec::new();
