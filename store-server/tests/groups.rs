@@ -15,6 +15,7 @@ per_backend!(
     a_member_gets_every_event_of_its_partitions_in_stream_order_and_acks_move_positions,
     a_second_member_takes_half_and_a_departed_members_partitions_move_at_once,
     a_member_that_never_acks_is_sent_at_most_the_inflight_limit_per_partition,
+    the_inflight_limit_holds_one_partition_back_and_not_the_others,
     a_member_that_stops_acknowledging_loses_its_partitions_after_the_timeout,
     parked_events_are_skipped_listed_and_replayed_to_the_owner,
     three_members_get_16_partitions_within_one_of_even_and_a_deleted_group_ends_them,
@@ -256,6 +257,39 @@ async fn a_member_that_never_acks_is_sent_at_most_the_inflight_limit_per_partiti
     let next = events(&mut m1, 2).await;
     assert_eq!(next[0]["revision"], 5, "{next:?}");
     nothing_more(&mut m1, Duration::from_millis(300)).await;
+    server.stop().await;
+}
+
+async fn the_inflight_limit_holds_one_partition_back_and_not_the_others(
+    backend: Backend,
+    test: &str,
+) {
+    let Some(server) = TestServer::fresh_with(backend, test, |c| c.groups.inflight_max = 300).await
+    else {
+        return;
+    };
+    put_group(&server, "g", json!({"partitions": 16})).await;
+    let mut m1 = join(&server, "g", "m1").await;
+    assigned(&mut m1).await;
+    // Streams of four different partitions, 200 events each, in one log.
+    let streams: Vec<String> = (0..)
+        .map(|n| format!("account-{n}"))
+        .scan(std::collections::HashSet::new(), |seen, s| {
+            Some((seen.insert(partition_of(&s, 16)), s))
+        })
+        .filter(|(new, _)| *new)
+        .map(|(_, s)| s)
+        .take(4)
+        .collect();
+    // 100-event appends, concurrently: whole pages and batches of one partition at a time.
+    let appends = streams.iter().map(|stream| append_many(&server, stream, "Deposited", 600));
+    futures::future::join_all(appends).await;
+    let got = events(&mut m1, 1200).await;
+    nothing_more(&mut m1, Duration::from_millis(300)).await;
+    for stream in &streams {
+        let of_stream = got.iter().filter(|e| e["stream"] == stream.as_str()).count();
+        assert_eq!(of_stream, 300, "{stream}: {got:?}");
+    }
     server.stop().await;
 }
 
