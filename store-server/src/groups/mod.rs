@@ -187,3 +187,26 @@ pub async fn lag(
     let beyond = head.0.saturating_sub(scanned.0);
     Ok((per_partition.iter().sum::<u64>() + beyond, per_partition))
 }
+
+/// The event at `position`, if one is stored there.
+///
+/// # Errors
+/// Storage fails.
+pub async fn event_at(
+    store: &dyn Store,
+    position: crate::protocol::Position,
+) -> Result<Option<crate::protocol::RecordedEvent>, crate::store::Error> {
+    use crate::store::{Direction, Filter, LogQuery};
+    if position == crate::protocol::Position(0) {
+        return Ok(None);
+    }
+    let query = LogQuery {
+        filter: Filter::default(),
+        from: Some(position),
+        direction: Direction::Forward,
+        limit: 1,
+        bytes_max: usize::MAX,
+    };
+    let page = store.read_log(query).await?;
+    Ok(page.events.into_iter().find(|e| e.position == position))
+}

@@ -349,18 +349,9 @@ impl Session {
         };
         for position in positions {
             self.parked.remove(&position);
-            let query = LogQuery {
-                filter: Filter::default(),
-                from: Some(position),
-                direction: Direction::Forward,
-                limit: 1,
-                bytes_max: usize::MAX,
-            };
-            if let Ok(page) = self.store.read_log(query).await {
-                if let Some(event) = page.events.into_iter().find(|e| e.position == position) {
-                    let k = partition_of(event.stream.as_str(), self.partitions);
-                    self.encode(&event, k);
-                }
+            if let Ok(Some(event)) = super::event_at(&*self.store, position).await {
+                let k = partition_of(event.stream.as_str(), self.partitions);
+                self.encode(&event, k);
             }
         }
     }

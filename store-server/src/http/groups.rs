@@ -10,10 +10,10 @@ use crate::groups::state::Refused;
 use crate::groups::{Member, serve};
 use crate::protocol::{
     CreateGroup, Group, GroupAck, GroupMember, GroupNack, GroupName, GroupStart, MemberName,
-    PARTITIONS_MAX, ParkedEvent, Position, Timestamp, partition_of,
+    PARTITIONS_MAX, ParkedEvent, Timestamp, partition_of,
 };
+use crate::store::Filter;
 use crate::store::groups::{Created, GroupSettings, GroupState};
-use crate::store::{Direction, Filter, LogQuery};
 use axum::Extension;
 use axum::Json;
 use axum::body::Body;
@@ -239,9 +239,19 @@ pub async fn ack(
             "partition {k}: position {past} is past the head of the log ({head})"
         )));
     }
+    member_change(&state, name, |group| group.ack(&ack.member, &ack.positions)).await
+}
+
+/// Applies a member's `change` to group `name`: `204`, or its refusal; tells this server's
+/// sessions of the group.
+async fn member_change(
+    state: &AppState,
+    name: GroupName,
+    change: impl Fn(&mut GroupState) -> Result<(), Refused> + Send + Sync,
+) -> Result<StatusCode, ApiError> {
     let mut outcome = Ok(());
-    let mut change = |group: &mut GroupState| outcome = group.ack(&ack.member, &ack.positions);
-    if !state.store.change_group(&name, &mut change).await? {
+    let mut apply = |group: &mut GroupState| outcome = change(group);
+    if !state.store.change_group(&name, &mut apply).await? {
         return Err(ApiError::GroupNotFound(name));
     }
     outcome.map_err(refusal)?;
@@ -262,7 +272,7 @@ pub async fn nack(
     let nack: GroupNack =
         json_object(&headers, body, state.http.request_body_bytes_max, "nack").await?;
     let group = visible_group(&state, &name, visible.as_ref()).await?;
-    let event = event_at(&state, nack.position).await?;
+    let event = crate::groups::event_at(&*state.store, nack.position).await?;
     let filter = Filter {
         category: group.settings.category.clone(),
         types: group.settings.types.clone(),
@@ -276,34 +286,10 @@ pub async fn nack(
     }
     let stream = event.map(|e| e.stream).expect("checked above");
     let partition = partition_of(stream.as_str(), group.settings.partitions);
-    let mut outcome = Ok(());
-    let mut change = |group: &mut GroupState| {
-        outcome = group.nack(&nack.member, partition, nack.position, nack.park);
-    };
-    if !state.store.change_group(&name, &mut change).await? {
-        return Err(ApiError::GroupNotFound(name));
-    }
-    outcome.map_err(refusal)?;
-    state.groups.changed(&name);
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn event_at(
-    state: &AppState,
-    position: Position,
-) -> Result<Option<crate::protocol::RecordedEvent>, ApiError> {
-    if position == Position(0) {
-        return Ok(None);
-    }
-    let query = LogQuery {
-        filter: Filter::default(),
-        from: Some(position),
-        direction: Direction::Forward,
-        limit: 1,
-        bytes_max: usize::MAX,
-    };
-    let page = state.store.read_log(query).await?;
-    Ok(page.events.into_iter().find(|e| e.position == position))
+    member_change(&state, name, |group| {
+        group.nack(&nack.member, partition, nack.position, nack.park)
+    })
+    .await
 }
 
 /// `GET /groups/{group}/parked`.
