@@ -73,7 +73,8 @@ pub async fn start(config: &Config) -> Result<Started, Error> {
     let scavenger =
         crate::scavenger::start(store.clone(), config.scavenger, metrics.clone(), stop.clone());
     let groups = Arc::new(crate::groups::Groups::new(metrics.group_rebalances_total.clone()));
-    let coordinator = crate::groups::coordinate(store.clone(), groups.clone(), stop.clone());
+    let coordinator =
+        crate::groups::coordinate(store.clone(), groups.clone(), config.groups, stop.clone());
     let state = AppState {
         groups,
         group_options: config.groups,

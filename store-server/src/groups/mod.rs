@@ -10,7 +10,7 @@
 //! every quarter of the member timeout and gives up at half of it without a renewal).
 //!
 //! The coordinator is the instance holding the scavenger's advisory lock (the one instance
-//! doing background work): it rebalances every group each [`session::REFRESH`], which
+//! doing background work): it looks at every group each quarter of the member timeout, which
 //! frees the partitions of leases that lapsed (a dead instance's members). Members joining
 //! and leaving rebalance in the same change, on the instance they are connected to; the
 //! lock makes both safe at once, so the coordinator is only the sweeper. Events come from
@@ -88,15 +88,18 @@ impl Groups {
     }
 }
 
-/// The coordinator's sweep, every [`REFRESH`] while this server has the turn; stops when
-/// `shutdown` turns true.
+/// The coordinator's sweep while this server has the turn, every quarter of the member
+/// timeout: only a lapsed lease needs it (joins, leaves and releases rebalance in their own
+/// change), and a lease lapses at that granularity, so a faster sweep would only read every
+/// group more often. Stops when `shutdown` turns true.
 pub fn coordinate(
     store: Arc<dyn Store>,
     groups: Arc<Groups>,
+    options: Options,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(REFRESH);
+        let mut ticks = tokio::time::interval((options.member_timeout / 4).max(REFRESH));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
