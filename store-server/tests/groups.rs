@@ -554,3 +554,31 @@ async fn three_members_get_16_partitions_within_one_of_even_and_a_deleted_group_
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_frees_the_partitions_of_a_lease_that_lapsed_on_a_dead_instance() {
+    let test = "the_coordinator_frees_the_partitions_of_a_lease_that_lapsed_on_a_dead_instance";
+    let Some(url) = store_testing::postgres::fresh_database().await else {
+        store_testing::postgres::skip(test);
+        return;
+    };
+    let mut config = store_server::config::Config::postgres(url.clone());
+    config.groups.member_timeout = Duration::from_millis(800);
+    let server = TestServer::start(config).await;
+    put_group(&server, "g", json!({"partitions": 2})).await;
+    // A member of an instance that died: it owns both partitions, its lease runs out in 1 s.
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    db.batch_execute(
+        "UPDATE group_partitions SET owner = 'ghost', wanted = 'ghost';
+         INSERT INTO group_members VALUES ('g', 'ghost', 'gone', now() + interval '1 second')",
+    )
+    .await
+    .unwrap();
+    let mut m1 = join(&server, "g", "m1").await;
+    let started = std::time::Instant::now();
+    assert_eq!(assigned(&mut m1).await, Vec::<u64>::new(), "the ghost still holds them");
+    assert_eq!(assigned(&mut m1).await, [0, 1], "once its lease lapsed");
+    assert!(started.elapsed() >= Duration::from_millis(700), "not before the lease lapsed");
+    server.stop().await;
+}
