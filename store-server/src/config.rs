@@ -102,8 +102,22 @@ pub struct Cli {
     pub postgres_pool_connections_max: usize,
 
     /// Most SQLite read connections.
-    #[arg(long, env = "STORE_SQLITE_READ_CONNECTIONS_MAX", default_value_t = store::SQLITE_READ_CONNECTIONS_MAX, value_parser = positive, global = true)]
+    #[arg(long, env = "STORE_SQLITE_READ_CONNECTIONS_MAX", default_value_t = store::SqliteLimits::READ_CONNECTIONS_MAX, value_parser = positive, global = true)]
     pub sqlite_read_connections_max: usize,
+
+    /// The SQLite writer's page cache, in MiB.
+    #[arg(long, env = "STORE_SQLITE_WRITER_CACHE_MB", default_value_t = store::SqliteLimits::WRITER_CACHE_MB, value_parser = positive_u64, global = true)]
+    pub sqlite_writer_cache_mb: u64,
+
+    /// How large the SQLite WAL may grow before the writer copies it back itself (the
+    /// checkpointer thread does it long before, unless it falls behind), in MiB.
+    #[arg(long, env = "STORE_SQLITE_WAL_MAX_MB", default_value_t = store::SqliteLimits::WAL_MAX_MB, value_parser = positive_u64, global = true)]
+    pub sqlite_wal_max_mb: u64,
+
+    /// How long the SQLite checkpointer lets commits gather before it copies them from the
+    /// WAL into the database file.
+    #[arg(long, env = "STORE_SQLITE_CHECKPOINT_GATHER_MS", default_value_t = store::SqliteLimits::CHECKPOINT_GATHER_MS, global = true)]
+    pub sqlite_checkpoint_gather_ms: u64,
 
     /// Most subscriptions at once; past it, 503 with Retry-After.
     #[arg(long, env = "STORE_SUBSCRIPTIONS_MAX", default_value_t = subscriptions::SUBSCRIPTIONS_MAX, value_parser = positive, global = true)]
@@ -487,7 +501,12 @@ impl Cli {
             }),
             None => store::Options::Sqlite {
                 data_dir: self.data_dir.clone(),
-                read_connections_max: self.sqlite_read_connections_max,
+                limits: store::SqliteLimits {
+                    read_connections_max: self.sqlite_read_connections_max,
+                    writer_cache_bytes: self.sqlite_writer_cache_mb << 20,
+                    wal_bytes_max: self.sqlite_wal_max_mb << 20,
+                    checkpoint_gather: Duration::from_millis(self.sqlite_checkpoint_gather_ms),
+                },
             },
         };
         Config {

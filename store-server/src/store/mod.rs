@@ -23,7 +23,9 @@ pub use postgres::{
     POOL_CONNECTIONS_MAX as POSTGRES_POOL_CONNECTIONS_MAX, Postgres, PostgresOptions,
 };
 pub use rows::to_i64;
-pub use sqlite::{FILE_NAME as SQLITE_FILE_NAME, Sqlite, backup as sqlite_backup};
+pub use sqlite::{
+    FILE_NAME as SQLITE_FILE_NAME, Limits as SqliteLimits, Sqlite, backup as sqlite_backup,
+};
 
 use crate::crypto::MasterKey;
 use crate::decide::{Command, Outcome, StreamState};
@@ -458,9 +460,6 @@ pub struct StoredConsumer {
     pub updated_at: Timestamp,
 }
 
-/// `--sqlite-read-connections-max` when not given.
-pub const SQLITE_READ_CONNECTIONS_MAX: usize = 8;
-
 /// Where events are kept, and how the backend is reached.
 #[derive(Debug, Clone)]
 pub enum Options {
@@ -468,8 +467,8 @@ pub enum Options {
     Sqlite {
         /// The folder.
         data_dir: std::path::PathBuf,
-        /// Most pooled read connections.
-        read_connections_max: usize,
+        /// Connections, memory and the WAL.
+        limits: SqliteLimits,
     },
     /// A PostgreSQL database.
     Postgres(PostgresOptions),
@@ -478,10 +477,7 @@ pub enum Options {
 impl Options {
     /// SQLite in `data_dir`, with the default limits.
     pub fn sqlite(data_dir: impl Into<std::path::PathBuf>) -> Self {
-        Self::Sqlite {
-            data_dir: data_dir.into(),
-            read_connections_max: SQLITE_READ_CONNECTIONS_MAX,
-        }
+        Self::Sqlite { data_dir: data_dir.into(), limits: SqliteLimits::default() }
     }
 
     /// PostgreSQL at `url`, with the default limits.
@@ -511,8 +507,8 @@ pub async fn open(
     master: Option<Arc<MasterKey>>,
 ) -> Result<Arc<dyn Store>, Error> {
     Ok(match options {
-        Options::Sqlite { data_dir, read_connections_max } => {
-            Arc::new(Sqlite::open(data_dir, *read_connections_max, master).await?)
+        Options::Sqlite { data_dir, limits } => {
+            Arc::new(Sqlite::open(data_dir, *limits, master).await?)
         }
         Options::Postgres(options) => Arc::new(Postgres::open(options, master).await?),
     })
