@@ -271,16 +271,50 @@ impl From<OffsetDateTime> for Timestamp {
     }
 }
 
+impl Timestamp {
+    /// The wire text, written digit by digit into a fixed buffer: catch-up writes one per
+    /// event, and the general formatter parses its description and allocates each time.
+    /// `None` for a year past 9999 or before 0, which the general formatter handles.
+    fn wire_text(&self) -> Option<[u8; 27]> {
+        let (date, time) = (self.0.date(), self.0.time());
+        let year = u32::try_from(date.year()).ok().filter(|year| *year <= 9999)?;
+        let mut text = *b"0000-00-00T00:00:00.000000Z";
+        let mut put = |at: usize, digits: usize, mut value: u32| {
+            for i in (at..at + digits).rev() {
+                text[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, u32::from(u8::from(date.month())));
+        put(8, 2, u32::from(date.day()));
+        put(11, 2, u32::from(time.hour()));
+        put(14, 2, u32::from(time.minute()));
+        put(17, 2, u32::from(time.second()));
+        put(20, 6, time.microsecond());
+        Some(text)
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = self.0.format(WIRE_FORMAT).map_err(|_| fmt::Error)?;
-        f.write_str(&text)
+        match self.wire_text() {
+            // Only ASCII digits and separators were written.
+            Some(text) => f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?),
+            None => f.write_str(&self.0.format(WIRE_FORMAT).map_err(|_| fmt::Error)?),
+        }
     }
 }
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        match self.wire_text() {
+            Some(text) => match std::str::from_utf8(&text) {
+                Ok(text) => serializer.serialize_str(text),
+                Err(_) => serializer.collect_str(self),
+            },
+            None => serializer.collect_str(self),
+        }
     }
 }
 
@@ -296,6 +330,15 @@ impl<'de> Deserialize<'de> for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_written_as_the_general_formatter_writes_them() {
+        for micros in [0, 1, 999_999, 1_764_000_000_123_456, 253_402_300_799_999_999] {
+            let at = Timestamp::from_unix_micros(micros).unwrap();
+            assert_eq!(at.to_string(), at.0.format(WIRE_FORMAT).unwrap(), "{micros}");
+            assert_eq!(serde_json::to_string(&at).unwrap(), format!("\"{at}\""));
+        }
+    }
 
     #[test]
     fn data_and_metadata_round_trip_as_sent() {

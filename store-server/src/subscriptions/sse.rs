@@ -46,13 +46,13 @@ pub fn named(out: &mut Vec<u8>, name: &str, data: &serde_json::Value) {
 /// whitespace. SSE ends a line at CR, LF or CRLF, so the text after each such line end
 /// continues on a further `data:` line, which a client joins back with LF.
 fn continue_lines(out: &mut Vec<u8>, start: usize) {
-    if !out[start..].iter().any(|&b| b == b'\n' || b == b'\r') {
+    if memchr::memchr2(b'\n', b'\r', &out[start..]).is_none() {
         return;
     }
     let text = out.split_off(start);
     let mut rest = &text[..];
     loop {
-        let Some(end) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+        let Some(end) = memchr::memchr2(b'\n', b'\r', rest) else {
             out.extend_from_slice(rest);
             return;
         };
