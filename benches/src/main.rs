@@ -11,11 +11,13 @@
 //! cargo run --release -p benches -- scavenge --backlog 1000000 --clients 64
 //! cargo run --release -p benches -- expire-size --data-dir data --minutes 2
 //! cargo run --release -p benches -- tags --events 200000
+//! cargo run --release -p benches -- growth --stored 10000000
 //! ```
 
 mod appends;
 mod contention;
 mod group;
+mod growth;
 mod projection;
 mod raw;
 mod reads;
@@ -71,6 +73,8 @@ enum Scenario {
     ExpireSize(retention::ExpireSizeArgs),
     /// Tag queries and conditional appends over a large tagged log.
     Tags(tags::Args),
+    /// Appends, stream and category reads and memory with a given number of events stored
+    Growth(growth::Args),
     /// Tables and PNG plots from a file of report lines.
     Report(report::Args),
 }
@@ -91,6 +95,7 @@ async fn main() {
         Scenario::SqliteInserts(args) => ("appends", raw::sqlite_inserts(args).await),
         Scenario::RawReads(args) => ("reads", raw::reads(args).await),
         Scenario::Tags(args) => ("tags", tags::run(&cli.url, args).await),
+        Scenario::Growth(args) => ("growth", growth::run(&cli.url, args).await),
         Scenario::Report(args) => return report::run(args),
     };
     let mut line = json!({"system": cli.system, "scenario": scenario});

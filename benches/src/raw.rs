@@ -19,6 +19,10 @@ pub struct SqliteInsertArgs {
     events_per_request: usize,
     #[command(flatten)]
     window: crate::Window,
+    /// Rows in the table before measuring (streams of 100 rows over 300 categories, as
+    /// `growth` fills the store).
+    #[arg(long, default_value_t = 0)]
+    stored: u64,
 }
 
 const SQLITE_SCHEMA: &str = include_str!("../../migrations/sqlite/0001_initial.sql");
@@ -31,13 +35,45 @@ fn sqlite_connection(path: &std::path::Path) -> rusqlite::Connection {
     db
 }
 
+/// Inserts `rows` rows in transactions of 10,000.
+fn prefill(db: &mut rusqlite::Connection, rows: u64) {
+    let data = crate::payload(0, 0).to_string();
+    for chunk in 0..rows.div_ceil(10_000) {
+        let tx = db.transaction().expect("begin");
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events (stream, category, revision, id, type, schema_version, \
+                     data, metadata, recorded_at) \
+                     VALUES (?1, ?2, ?3, randomblob(16), 'Deposited', 1, ?4, NULL, 0)",
+                )
+                .expect("prepare");
+            for row in chunk * 10_000..rows.min((chunk + 1) * 10_000) {
+                let stream = row / 100;
+                insert
+                    .execute(rusqlite::params![
+                        format!("grow{}-{stream}", stream % 300),
+                        format!("grow{}", stream % 300),
+                        (row % 100) as i64,
+                        data,
+                    ])
+                    .expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+}
+
 /// Runs the baseline and returns its report.
 pub async fn sqlite_inserts(args: SqliteInsertArgs) -> Value {
     let path = args.dir.join(format!("raw-{}x{}.sqlite", args.clients, args.events_per_request));
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
-    sqlite_connection(&path).execute_batch(SQLITE_SCHEMA).expect("schema");
+    let mut db = sqlite_connection(&path);
+    db.execute_batch(SQLITE_SCHEMA).expect("schema");
+    prefill(&mut db, args.stored);
+    drop(db);
     let phase = crate::Phase::default();
     let writers: Vec<_> = (0..args.clients)
         .map(|client| {
@@ -98,6 +134,7 @@ pub async fn sqlite_inserts(args: SqliteInsertArgs) -> Value {
     let transactions = latencies.len() as f64;
     json!({
         "clients": args.clients,
+        "stored": args.stored,
         "events_per_request": args.events_per_request,
         "seconds": elapsed,
         "requests_per_sec": (transactions / elapsed).round(),

@@ -13,6 +13,9 @@ pub struct Args {
     /// The report lines.
     #[arg(long)]
     results: PathBuf,
+    /// `benches/growth`'s lines, drawn as `growth-*.png` and tabled in `growth.md`.
+    #[arg(long)]
+    growth: Option<PathBuf>,
     /// Folder for `results.md` and the PNG plots.
     #[arg(long)]
     out: PathBuf,
@@ -65,19 +68,28 @@ impl Results {
 
 /// Writes the tables and plots.
 pub fn run(args: Args) {
-    let text = std::fs::read_to_string(&args.results)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", args.results.display()));
-    let lines = text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
-    let results = Results(lines);
+    // `benches/growth` on its own (into a folder of its own) has no comparison to table.
+    let results = match args.growth.is_some() && !args.results.exists() {
+        true => Results(Vec::new()),
+        false => read_lines(&args.results),
+    };
+    let growth = args.growth.as_deref().map(read_lines);
     std::fs::create_dir_all(&args.out).expect("the output folder");
 
-    let mut page = String::new();
-    targets(&results, &mut page);
-    appends_table(&results, &mut page);
-    other_tables(&results, &mut page);
-    let markdown = args.out.join("results.md");
-    std::fs::write(&markdown, page).expect("write results.md");
-    println!("wrote {}", markdown.display());
+    if !results.0.is_empty() {
+        let mut page = String::new();
+        targets(&results, &mut page);
+        appends_table(&results, &mut page);
+        other_tables(&results, &mut page);
+        let markdown = args.out.join("results.md");
+        std::fs::write(&markdown, page).expect("write results.md");
+        println!("wrote {}", markdown.display());
+    }
+    if let Some(growth) = &growth {
+        let markdown = args.out.join("growth.md");
+        std::fs::write(&markdown, growth_table(growth)).expect("write growth.md");
+        println!("wrote {}", markdown.display());
+    }
 
     match std::fs::read(&args.font) {
         Ok(font) => {
@@ -90,9 +102,55 @@ pub fn run(args: Args) {
                 plot_throughput(&results, batch, &args.out);
             }
             plot_latency(&results, &args.out);
+            if let Some(growth) = &growth {
+                plot_growth(growth, &args.out);
+            }
         }
         Err(e) => eprintln!("no font at {} ({e}): no plots", args.font.display()),
     }
+}
+
+fn read_lines(path: &Path) -> Results {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    Results(text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect())
+}
+
+/// `growth` lines as a table, then the catch-up of the whole log.
+fn growth_table(growth: &Results) -> String {
+    let mut page = String::from(
+        "| system | stored | appends/s | p99 ms | stream read p50 / p99 ms | category read p50 / p99 ms | RSS peak MB |\n\
+         | --- | ---: | ---: | ---: | --- | --- | ---: |\n",
+    );
+    let ms = |v: &Value| match (v["p50"].as_f64(), v["p99"].as_f64()) {
+        (Some(p50), Some(p99)) => format!("{p50:.2} / {p99:.2}"),
+        _ => "".into(),
+    };
+    for l in growth.0.iter().filter(|l| l["stored"].is_u64()) {
+        let _ = writeln!(
+            page,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            l["system"].as_str().unwrap_or(""),
+            l["stored"],
+            l["events_per_sec"],
+            l["latency_ms"]["p99"].as_f64().map_or(String::new(), |v| format!("{v:.2}")),
+            ms(&l["stream_read_ms"]),
+            ms(&l["category_read_ms"]),
+            l["server_rss_mb"]["peak"].as_f64().map_or(String::new(), |mb| format!("{mb:.1}")),
+        );
+    }
+    for l in growth.0.iter().filter(|l| l["scenario"] == "catchup") {
+        let _ = writeln!(
+            page,
+            "\nCatch-up, {}: {} events at {} events/s, server RSS {:.1} MB before, {:.1} MB peak",
+            l["system"].as_str().unwrap_or(""),
+            l["events"],
+            l["events_per_sec"],
+            l["server_rss_mb"]["before"].as_f64().unwrap_or(0.0),
+            l["server_rss_mb"]["peak"].as_f64().unwrap_or(0.0),
+        );
+    }
+    page
 }
 
 fn ratio_row(
@@ -342,11 +400,22 @@ fn colour(index: usize) -> RGBColor {
     RGBColor(r, g, b)
 }
 
-/// Draws one line per system over client counts, on log-scaled axes.
+/// The x axis of a plot, log-scaled: what it counts, its range, how its labels read.
+struct XAxis {
+    desc: &'static str,
+    range: std::ops::Range<f64>,
+    label: fn(&f64) -> String,
+}
+
+/// Client counts, 1 to 256.
+const CLIENTS_AXIS: XAxis =
+    XAxis { desc: "concurrent clients", range: 0.8..320.0, label: |x| format!("{x:.0}") };
+
+/// Draws one line per system, on log-scaled axes.
 fn plot(
     path: &Path,
     caption: &str,
-    y_desc: &str,
+    (x_axis, y_desc): (&XAxis, &str),
     legend: SeriesLabelPosition,
     series: Vec<(String, Vec<(f64, f64)>)>,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -367,12 +436,15 @@ fn plot(
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(80)
-        .build_cartesian_2d((0.8f64..320f64).log_scale(), (low / 2.0..high * 2.0).log_scale())?;
+        .build_cartesian_2d(
+            x_axis.range.clone().log_scale(),
+            (low / 2.0..high * 2.0).log_scale(),
+        )?;
     chart
         .configure_mesh()
-        .x_desc("concurrent clients")
+        .x_desc(x_axis.desc)
         .y_desc(y_desc)
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_label_formatter(&x_axis.label)
         .y_label_formatter(&|y| if *y >= 100.0 { format!("{y:.0}") } else { format!("{y:.2}") })
         .label_style(("sans-serif", 14))
         .draw()?;
@@ -410,8 +482,8 @@ fn plot_throughput(results: &Results, batch: u64, out: &Path) {
         .collect();
     let caption = format!("Appends of {batch} event(s) per request: events/s");
     let path = out.join(format!("appends-{batch}.png"));
-    if let Err(e) = plot(&path, &caption, "events/s (log)", SeriesLabelPosition::LowerRight, series)
-    {
+    let axes = (&CLIENTS_AXIS, "events/s (log)");
+    if let Err(e) = plot(&path, &caption, axes, SeriesLabelPosition::LowerRight, series) {
         eprintln!("cannot draw {}: {e}", path.display());
     }
 }
@@ -434,7 +506,61 @@ fn plot_latency(results: &Results, out: &Path) {
             .collect();
         let path = out.join(format!("latency-{quantile}.png"));
         let caption = format!("Single-event appends: {quantile} latency");
-        if let Err(e) = plot(&path, &caption, "ms (log)", SeriesLabelPosition::UpperLeft, series) {
+        let axes = (&CLIENTS_AXIS, "ms (log)");
+        if let Err(e) = plot(&path, &caption, axes, SeriesLabelPosition::UpperLeft, series) {
+            eprintln!("cannot draw {}: {e}", path.display());
+        }
+    }
+}
+
+/// Events stored, in millions; an empty log is drawn at 0.1.
+const STORED_AXIS: XAxis = XAxis {
+    desc: "events stored (millions; the leftmost point is an empty log)",
+    range: 0.08..20.0,
+    label: |x| if *x < 0.2 { "0".into() } else { format!("{x}") },
+};
+
+/// What a plot reads off a report line.
+type Measure = fn(&Value) -> Option<f64>;
+
+/// One plot per measure of `growth` lines, over the events stored.
+fn plot_growth(growth: &Results, out: &Path) {
+    let measures: [(&str, &str, Measure); 5] = [
+        ("growth-appends", "Single-event appends at 64 clients: events/s", |l| {
+            l["events_per_sec"].as_f64()
+        }),
+        ("growth-append-p99", "Single-event appends at 64 clients: p99 ms", |l| {
+            l["latency_ms"]["p99"].as_f64()
+        }),
+        ("growth-stream-read-p99", "Stream reads (100 events), 8 clients: p99 ms", |l| {
+            l["stream_read_ms"]["p99"].as_f64()
+        }),
+        ("growth-category-read-p99", "Category reads (100 events), 8 clients: p99 ms", |l| {
+            l["category_read_ms"]["p99"].as_f64()
+        }),
+        ("growth-rss", "Server RSS, peak MB", |l| l["server_rss_mb"]["peak"].as_f64()),
+    ];
+    for (name, caption, measure) in measures {
+        let series = ["store-sqlite", "store-postgres", "sqlite-raw"]
+            .iter()
+            .map(|system| {
+                let mut points: Vec<(f64, f64)> = growth
+                    .0
+                    .iter()
+                    .filter(|l| l["system"] == *system && l["stored"].is_u64())
+                    .filter_map(|l| {
+                        let stored = l["stored"].as_f64()? / 1e6;
+                        Some((stored.max(0.1), measure(l)?))
+                    })
+                    .collect();
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                (system.to_string(), points)
+            })
+            .filter(|(_, points)| !points.is_empty())
+            .collect();
+        let path = out.join(format!("{name}.png"));
+        let axes = (&STORED_AXIS, "(log)");
+        if let Err(e) = plot(&path, caption, axes, SeriesLabelPosition::LowerRight, series) {
             eprintln!("cannot draw {}: {e}", path.display());
         }
     }

@@ -41,7 +41,7 @@ pub struct LiveArgs {
     append_url: Option<String>,
 }
 
-async fn head(http: &reqwest::Client, url: &str) -> u64 {
+pub async fn head(http: &reqwest::Client, url: &str) -> u64 {
     let info: Value =
         http.get(format!("{url}/info")).send().await.expect("info").json().await.expect("json");
     info["head"].as_u64().expect("head")
