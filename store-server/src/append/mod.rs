@@ -6,6 +6,8 @@ use crate::decide::{Append, Command, Outcome};
 use crate::metrics::Metrics;
 use crate::protocol::{Position, Timestamp};
 use crate::store::Store;
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -167,15 +169,23 @@ async fn run(
         }
         let outcome = match batch.is_empty() {
             true => Commit::Nothing,
-            // In a task of its own: a panic in a commit fails that batch (its requests get
-            // 503), and the writer goes on with the next one.
-            false => match tokio::spawn(commit(store.clone(), batch, metrics.clone())).await {
-                Ok(outcome) => outcome,
-                Err(panicked) => {
-                    error!(cause = %panicked, "group commit panicked; its requests were answered 503");
-                    Commit::Failed
+            // A panic in a commit fails that batch (its replies drop as it unwinds: 503),
+            // and the writer goes on with the next one. Run here rather than in a task of
+            // its own: measured (issue 20), SQLite's writer went from busy 79% to 88% of the
+            // time at 64 clients, 18,200 to 20,200 appends/s.
+            false => {
+                let committing = AssertUnwindSafe(commit(store.clone(), batch, metrics.clone()));
+                match committing.catch_unwind().await {
+                    Ok(outcome) => outcome,
+                    Err(panic) => {
+                        error!(
+                            cause = panic_message(&*panic),
+                            "group commit panicked; its requests were answered 503"
+                        );
+                        Commit::Failed
+                    }
                 }
-            },
+            }
         };
         match outcome {
             Commit::Wrote(head) => {
@@ -198,6 +208,15 @@ async fn run(
                 let _ = reply.send(probed);
             }
         }
+    }
+}
+
+/// What a panic said, when it said it with text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => text,
+        (_, Some(text)) => text,
+        _ => "a panic without a message",
     }
 }
 
