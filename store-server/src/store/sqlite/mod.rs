@@ -1392,13 +1392,18 @@ fn add_counts(tx: &Connection, counts: &catalog::Counts<'_>) -> Result<(), Error
 /// key zeroed) and empties it, so no older page image holding the key stays in either.
 /// Erasures are rare; the commit is durable already, so a failure here is only logged.
 fn forget_old_pages(connection: &Connection) {
-    let result =
-        connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
-    match result {
-        Ok(0) => {}
-        Ok(_) => tracing::warn!("a reader kept the WAL from being emptied after an erasure"),
-        Err(err) => tracing::warn!(%err, "cannot empty the WAL after an erasure"),
+    // The checkpointer thread may be copying at this moment (SQLite then answers busy at
+    // once, without waiting): its copies take milliseconds, so try again for a while.
+    for _ in 0..200 {
+        let result =
+            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
+        match result {
+            Ok(0) => return,
+            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+            Err(err) => return tracing::warn!(%err, "cannot empty the WAL after an erasure"),
+        }
     }
+    tracing::warn!("a reader kept the WAL from being emptied after an erasure");
 }
 
 fn set_category(
