@@ -128,3 +128,35 @@ fn the_replication_script_runs_for_a_moment() {
     assert_eq!(systems("catchup"), ["store-postgres-replica", "store-postgres-primary"]);
     assert_eq!(systems("live"), ["store-postgres-replica", "store-postgres-primary"]);
 }
+
+#[test]
+fn the_growth_script_runs_for_a_moment() {
+    let Some(bin) = binaries() else { return };
+    let out = tempfile::tempdir().expect("a temporary folder");
+    let status = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("growth"))
+        .envs([("DURATION", "1"), ("WARMUP", "0"), ("SIZES", "0 2000")])
+        .env("BIN_DIR", &bin)
+        .env("OUT", out.path())
+        .status()
+        .expect("run benches/growth");
+    assert!(status.success(), "benches/growth failed: {status}");
+    let lines = report_lines(&out.path().join("growth.jsonl"));
+    let sizes = |system: &str| -> Vec<u64> {
+        lines
+            .iter()
+            .filter(|l| l["system"] == system && l["stored"].is_u64())
+            .map(|l| l["stored"].as_u64().unwrap())
+            .collect()
+    };
+    for system in ["store-sqlite", "store-postgres", "sqlite-raw", "postgres-raw"] {
+        assert_eq!(sizes(system), [0, 2000], "{system}");
+    }
+    for line in lines.iter().filter(|l| l["scenario"] == "growth" && l["stored"] == 2000) {
+        assert!(line["stream_read_ms"]["p99"].is_f64(), "{line}");
+        assert!(line["category_read_ms"]["p99"].is_f64(), "{line}");
+    }
+    for line in lines.iter().filter(|l| l["scenario"] == "catchup") {
+        assert_eq!(line["in_order_without_gaps"], true, "{line}");
+    }
+    assert!(out.path().join("growth.md").exists());
+}
