@@ -114,9 +114,9 @@ impl Follower {
 
     /// Reads storage from where we are to the head as it stands; answers that head.
     ///
-    /// The next page is read while this one is sent: measured (issue 20), reading, then
-    /// encoding and sending, one after the other, left the storage connection idle half
-    /// the time.
+    /// The next page is read while this one is sent (so a subscription holds up to two
+    /// pages): reading, then encoding and sending, one after the other, left storage idle
+    /// while the client was fed (issue 20's profile).
     async fn catch_up(&mut self, store: &dyn Store, hub: &Hub) -> Result<Position, Stopped> {
         let mut page = self.read_page(store, self.scanned).await?;
         loop {

@@ -113,9 +113,14 @@ impl Sqlite {
             .map_err(|source| Error::DataDir { path: data_dir.to_owned(), source })?;
         let path = data_dir.join(FILE_NAME);
         let writer_path = path.clone();
-        let writer =
-            tokio::task::spawn_blocking(move || open_writer(&writer_path, &limits)).await??;
-        let checkpointer = checkpoint::Checkpointer::start(&path, limits.checkpoint_gather)?;
+        let (writer, checkpointer) = tokio::task::spawn_blocking(move || {
+            let writer = open_writer(&writer_path, &limits)?;
+            // After the migrations: the checkpointer only ever sees the current schema.
+            let checkpointer =
+                checkpoint::Checkpointer::start(&writer_path, limits.checkpoint_gather)?;
+            Ok::<_, Error>((writer, checkpointer))
+        })
+        .await??;
         let readers = deadpool::managed::Pool::builder(Readers { path })
             .max_size(limits.read_connections_max)
             .build()
