@@ -13,12 +13,17 @@
 use super::Error;
 use rusqlite::Connection;
 use std::path::Path;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// Wakes the checkpointer thread; the thread ends when this is dropped.
 pub(super) struct Checkpointer {
     wake: SyncSender<()>,
+    /// Held by the thread while it copies. SQLite lets one checkpoint run at a time and
+    /// answers another busy at once, so a checkpoint that must complete (after an erasure)
+    /// takes this first.
+    copying: Arc<Mutex<()>>,
 }
 
 impl Checkpointer {
@@ -29,34 +34,41 @@ impl Checkpointer {
         connection.busy_timeout(super::BUSY_TIMEOUT)?;
         // One pending wake is enough: commits after it are in the WAL it will copy.
         let (wake, woken) = sync_channel(1);
+        let copying = Arc::new(Mutex::new(()));
+        let held = copying.clone();
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || run(&connection, &woken, gather))
+            .spawn(move || run(&connection, &woken, &held, gather))
             .map_err(|source| {
                 Error::Migration(format!("cannot start the checkpointer: {source}"))
             })?;
-        Ok(Self { wake })
+        Ok(Self { wake, copying })
     }
 
-    /// The WAL grew. Never blocks.
+    /// The WAL grew. Never blocks: a wake already pending covers this commit too, and
+    /// should the thread be gone, the writer's auto-checkpoint still bounds the WAL.
     pub(super) fn committed(&self) {
-        match self.wake.try_send(()) {
-            Ok(()) | Err(TrySendError::Full(())) => {}
-            // The thread ended (it only does on a panic); the writer's auto-checkpoint
-            // still bounds the WAL.
-            Err(TrySendError::Disconnected(())) => {}
-        }
+        let _ = self.wake.try_send(());
+    }
+
+    /// What to hold so that the thread does not copy meanwhile.
+    pub(super) fn copying(&self) -> Arc<Mutex<()>> {
+        self.copying.clone()
     }
 }
 
-fn run(connection: &Connection, woken: &Receiver<()>, gather: Duration) {
+fn run(connection: &Connection, woken: &Receiver<()>, copying: &Mutex<()>, gather: Duration) {
+    let passive = || {
+        let _copying = copying.lock().unwrap_or_else(PoisonError::into_inner);
+        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+    };
     while woken.recv().is_ok() {
         std::thread::sleep(gather);
         // A reader's snapshot may hold some frames back; the next wake copies them.
-        if let Err(err) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        if let Err(err) = passive() {
             tracing::warn!(%err, "WAL checkpoint failed; the next commit tries again");
         }
     }
     // The store closed: leave the WAL copied for whoever opens the file next.
-    let _ = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    let _ = passive();
 }

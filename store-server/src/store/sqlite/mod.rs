@@ -284,8 +284,11 @@ impl Store for Sqlite {
         recorded_at: Timestamp,
     ) -> Result<Committed, Error> {
         let master = self.master.clone();
-        self.write(move |connection| commit(connection, &batch, recorded_at, master.as_deref()))
-            .await
+        let copying = self.checkpointer.copying();
+        self.write(move |connection| {
+            commit(connection, &batch, recorded_at, master.as_deref(), &copying)
+        })
+        .await
     }
 
     async fn probe(&self) -> Result<(), Error> {
@@ -659,6 +662,7 @@ impl Store for Sqlite {
     }
 
     async fn import_state(&self, state: ImportedState) -> Result<(), Error> {
+        let copying = self.checkpointer.copying();
         self.write(move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut new_streams = Vec::new();
@@ -740,7 +744,7 @@ impl Store for Sqlite {
             }
             tx.commit()?;
             if keys_destroyed {
-                forget_old_pages(connection);
+                forget_old_pages(connection, &copying);
             }
             Ok(())
         })
@@ -1254,6 +1258,7 @@ fn commit(
     batch: &[Command],
     recorded_at: Timestamp,
     master: Option<&MasterKey>,
+    copying: &Mutex<()>,
 ) -> Result<Committed, Error> {
     // BEGIN IMMEDIATE takes SQLite's write lock before anything is read: the snapshot the
     // decisions rest on cannot change before commit, and positions are handed out in
@@ -1368,7 +1373,7 @@ fn commit(
     let erased = sealed.subjects.iter().any(|s| s.wrapped_key.is_none());
     tx.commit()?;
     if erased {
-        forget_old_pages(connection);
+        forget_old_pages(connection, copying);
     }
     Ok(Committed { outcomes, head })
 }
@@ -1396,19 +1401,16 @@ fn add_counts(tx: &Connection, counts: &catalog::Counts<'_>) -> Result<(), Error
 /// After an erasure: copies the WAL into the file (where `secure_delete` left the destroyed
 /// key zeroed) and empties it, so no older page image holding the key stays in either.
 /// Erasures are rare; the commit is durable already, so a failure here is only logged.
-fn forget_old_pages(connection: &Connection) {
-    // The checkpointer thread may be copying at this moment (SQLite then answers busy at
-    // once, without waiting): its copies take milliseconds, so try again for a while.
-    for _ in 0..200 {
-        let result =
-            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
-        match result {
-            Ok(0) => return,
-            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
-            Err(err) => return tracing::warn!(%err, "cannot empty the WAL after an erasure"),
-        }
+fn forget_old_pages(connection: &Connection, copying: &Mutex<()>) {
+    // Not while the checkpointer copies: SQLite would answer busy at once.
+    let _copying = copying.lock().unwrap_or_else(PoisonError::into_inner);
+    let result =
+        connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
+    match result {
+        Ok(0) => {}
+        Ok(_) => tracing::warn!("a reader kept the WAL from being emptied after an erasure"),
+        Err(err) => tracing::warn!(%err, "cannot empty the WAL after an erasure"),
     }
-    tracing::warn!("a reader kept the WAL from being emptied after an erasure");
 }
 
 fn set_category(
