@@ -16,6 +16,23 @@ as_pg() {
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
+# About 200 bytes of JSON: the raw baselines' event data, as the load generator's.
+RAW_DATA='{"account_id":"acc-7-12345","amount":86415,"currency":"EUR","reference":"invoice 2026-11-27 / order 1234567890 / customer 42","note":"benchmark event with a realistic amount of payload text"}'
+
+RAW_COLUMNS="stream, category, revision, id, type, schema_version, data, metadata, recorded_at"
+# Row `r` of a stream in one of 300 categories, for pgbench (`:c`, `:s` set by the script).
+RAW_VALUES="'cat' || :c || '-' || :s, 'cat' || :c, r, gen_random_uuid(), 'Deposited', 1, '$RAW_DATA', NULL, now()"
+
+# raw_insert_script ROWS FILE: a pgbench script of one transaction of ROWS rows into
+# raw_events (positions from its identity column).
+raw_insert_script() {
+    cat >"$2" <<SQL
+\set c random(0, 299)
+\set s random(1, 1000000000000)
+INSERT INTO raw_events ($RAW_COLUMNS) SELECT $RAW_VALUES FROM generate_series(0, $1 - 1) AS r;
+SQL
+}
+
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }

@@ -17,7 +17,7 @@ DATABASE_NAME=message_store "$package/database/install.sh" >"$work/install.log" 
 # Message DB's functions call each other unqualified; its own role sets this search path.
 export PGOPTIONS="-c search_path=message_store,public"
 
-data='{"account_id":"acc-7-12345","amount":86415,"currency":"EUR","reference":"invoice 2026-11-27 / order 1234567890 / customer 42","note":"benchmark event with a realistic amount of payload text"}'
+data=$RAW_DATA
 write() { # STREAM-EXPRESSION ROWS
     cat <<SQL
 \set c random(0, 299)

@@ -14,45 +14,22 @@ source "$here/cluster.sh"
 scripts=$(mktemp -d)
 trap 'rm -rf "$scripts"' EXIT
 createdb raw
+psql -q -v ON_ERROR_STOP=1 -f "$here/raw-events.sql" raw
 psql -q -v ON_ERROR_STOP=1 raw <<'SQL'
-CREATE TABLE raw_events (
-    position       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    stream         text COLLATE "C" NOT NULL,
-    category       text COLLATE "C" NOT NULL,
-    revision       bigint NOT NULL,
-    id             uuid NOT NULL UNIQUE,
-    type           text COLLATE "C" NOT NULL,
-    schema_version integer NOT NULL,
-    data           text NOT NULL,
-    metadata       text,
-    recorded_at    timestamptz NOT NULL,
-    UNIQUE (stream, revision)
-);
-CREATE INDEX ON raw_events (category, position);
-CREATE INDEX ON raw_events (type, position);
 CREATE TABLE ordered_events (LIKE raw_events INCLUDING INDEXES);
 CREATE TABLE log_head (singleton boolean PRIMARY KEY DEFAULT true, position bigint NOT NULL);
 INSERT INTO log_head VALUES (true, 0);
 SQL
 
-data='{"account_id":"acc-7-12345","amount":86415,"currency":"EUR","reference":"invoice 2026-11-27 / order 1234567890 / customer 42","note":"benchmark event with a realistic amount of payload text"}'
-columns="stream, category, revision, id, type, schema_version, data, metadata, recorded_at"
-values="'cat' || :c || '-' || :s, 'cat' || :c, r, gen_random_uuid(), 'Deposited', 1, '$data', NULL, now()"
-
-# insert ROWS: one transaction of ROWS rows, positions from the identity column.
 for rows in 1 10 30 100; do
-    cat >"$scripts/insert-$rows.sql" <<SQL
-\set c random(0, 299)
-\set s random(1, 1000000000000)
-INSERT INTO raw_events ($columns) SELECT $values FROM generate_series(0, $rows - 1) AS r;
-SQL
+    raw_insert_script "$rows" "$scripts/insert-$rows.sql"
     # The same rows, positioned under the log-head row lock, held to the commit.
     cat >"$scripts/ordered-$rows.sql" <<SQL
 \set c random(0, 299)
 \set s random(1, 1000000000000)
 WITH head AS (UPDATE log_head SET position = position + $rows RETURNING position - $rows AS start)
-INSERT INTO ordered_events (position, $columns)
-SELECT head.start + r + 1, $values FROM head, generate_series(0, $rows - 1) AS r;
+INSERT INTO ordered_events (position, $RAW_COLUMNS)
+SELECT head.start + r + 1, $RAW_VALUES FROM head, generate_series(0, $rows - 1) AS r;
 SQL
 done
 

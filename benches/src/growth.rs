@@ -4,8 +4,6 @@
 //! resident memory throughout. `benches/growth` runs it at 0, 1,000,000 and 10,000,000.
 
 use serde_json::{Value, json};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// One size of the log.
@@ -23,7 +21,7 @@ pub struct Args {
 }
 
 /// Streams of the fill: request `n` writes the 100 events of stream `grow{n % 300}-{n}`.
-fn fill_stream(_client: usize, n: u64) -> String {
+fn fill_stream(n: u64) -> String {
     format!("grow{}-{n}", n % 300)
 }
 
@@ -32,14 +30,14 @@ pub async fn run(url: &str, args: Args) -> Value {
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("HTTP client");
     let first = args.filled / 100;
     let requests = (args.stored / 100).saturating_sub(first);
-    let stream = move |client, n| fill_stream(client, first + n);
+    let stream = move |_, n| fill_stream(first + n);
     crate::subscribe::append_requests_about(&http, url, requests, "Deposited", stream, 0).await;
     let filled = 0..args.stored / 100;
-    let (sampling, sampler) = sample_rss(&http, url);
+    let rss = crate::RssPeak::start(&http, url);
     let appends =
         crate::appends::run(url, crate::appends::Args::single_events(64, args.window)).await;
     let stream_reads = read_latency(&http, url, args.window, filled.clone(), |n| {
-        format!("/streams/grow{}-{n}?limit=100", n % 300)
+        format!("/streams/{}?limit=100", fill_stream(n))
     })
     .await;
     let category_reads = read_latency(&http, url, args.window, filled, |n| {
@@ -48,8 +46,7 @@ pub async fn run(url: &str, args: Args) -> Value {
         format!("/categories/grow{}?from={}&limit=100", n % 300, n * 100 + 1)
     })
     .await;
-    sampling.store(false, Ordering::Relaxed);
-    let rss_peak = sampler.await.expect("sampler");
+    let rss_peak = rss.stop().await;
     json!({
         "stored": args.stored,
         "events_per_sec": appends["events_per_sec"],
@@ -58,25 +55,6 @@ pub async fn run(url: &str, args: Args) -> Value {
         "category_read_ms": category_reads,
         "server_rss_mb": {"peak": rss_peak},
     })
-}
-
-/// Samples the server's resident memory every 100 ms until told to stop; answers the peak.
-fn sample_rss(
-    http: &reqwest::Client,
-    url: &str,
-) -> (Arc<AtomicBool>, tokio::task::JoinHandle<f64>) {
-    let sampling = Arc::new(AtomicBool::new(true));
-    let (http, url, running) = (http.clone(), url.to_owned(), sampling.clone());
-    let sampler = tokio::spawn(async move {
-        let mut peak = 0f64;
-        while running.load(Ordering::Relaxed) {
-            let rss = crate::metric(&http, &url, "process_resident_memory_bytes").await;
-            peak = peak.max(rss.unwrap_or(0.0) / 1e6);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        peak
-    });
-    (sampling, sampler)
 }
 
 /// 8 clients GET `path(n)` for random fill requests `n` in `filled` over the window: p50,

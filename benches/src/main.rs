@@ -183,6 +183,38 @@ fn latency_report(sorted: &[Duration]) -> Value {
     })
 }
 
+/// The server's resident memory in MB, as its metrics say (0 when they do not).
+async fn rss_mb(http: &reqwest::Client, url: &str) -> f64 {
+    metric(http, url, "process_resident_memory_bytes").await.unwrap_or(0.0) / 1e6
+}
+
+/// The peak of the server's resident memory, sampled every 100 ms until [`RssPeak::stop`].
+struct RssPeak {
+    sampling: Arc<AtomicBool>,
+    sampler: tokio::task::JoinHandle<f64>,
+}
+
+impl RssPeak {
+    fn start(http: &reqwest::Client, url: &str) -> Self {
+        let sampling = Arc::new(AtomicBool::new(true));
+        let (http, url, running) = (http.clone(), url.to_owned(), sampling.clone());
+        let sampler = tokio::spawn(async move {
+            let mut peak = 0f64;
+            while running.load(Ordering::Relaxed) {
+                peak = peak.max(rss_mb(&http, &url).await);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            peak
+        });
+        Self { sampling, sampler }
+    }
+
+    async fn stop(self) -> f64 {
+        self.sampling.store(false, Ordering::Relaxed);
+        self.sampler.await.expect("the memory sampler")
+    }
+}
+
 /// Reads one sample's value from the server's Prometheus text.
 async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
     let text = http.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;

@@ -123,22 +123,8 @@ pub async fn catchup(url: &str, args: CatchupArgs) -> Value {
     } else {
         fill(&http, url, args.events, args.data_subjects).await;
     }
-    let rss = |http: reqwest::Client, url: String| async move {
-        crate::metric(&http, &url, "process_resident_memory_bytes").await.unwrap_or(0.0) / 1e6
-    };
-    let rss_before = rss(http.clone(), url.to_owned()).await;
-    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let sampler = tokio::spawn({
-        let (http, url, sampling) = (http.clone(), url.to_owned(), sampling.clone());
-        async move {
-            let mut peak = 0f64;
-            while sampling.load(Ordering::Relaxed) {
-                peak = peak.max(rss(http.clone(), url.clone()).await);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            peak
-        }
-    });
+    let rss_before = crate::rss_mb(&http, url).await;
+    let rss = crate::RssPeak::start(&http, url);
     let started = Instant::now();
     let response = http.get(format!("{url}/all/subscribe")).send().await.expect("subscribe");
     let mut messages = Messages::new(response.bytes_stream());
@@ -160,8 +146,7 @@ pub async fn catchup(url: &str, args: CatchupArgs) -> Value {
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    sampling.store(false, Ordering::Relaxed);
-    let rss_peak = sampler.await.expect("sampler");
+    let rss_peak = rss.stop().await;
     json!({
         "events": events,
         "seconds": seconds,
