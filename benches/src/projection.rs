@@ -115,7 +115,8 @@ pub async fn run(url: &str, args: Args) -> Value {
     let seconds = started.elapsed().as_secs_f64();
     // The runner applies every event of its types in the log, not only the accounts this
     // scenario appended: in `benches/compare` the earlier scenarios' `Deposited` events
-    // come first (counting only the accounts gave 577 events/s for 100,000 of ~14 million).
+    // come first (counting only the accounts gave 577 events/s, for 100,000 of about 11
+    // million).
     let applied = events_of_types(&client, &["Deposited", "Withdrawn", "HolderNamed"]).await;
     json!({
         "events": applied,
